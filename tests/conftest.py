@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny random BERT saved as a local model folder, and a small separable text dataset."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+WORDS = {
+    "negative": ["awful", "bad", "terrible", "hate", "broken", "late"],
+    "neutral": ["flight", "gate", "seat", "today", "ticket", "bag"],
+    "positive": ["great", "love", "thanks", "good", "happy", "best"],
+}
+FILLER = ["the", "my", "was", "and", "a", "is", "it", "so"]
+
+
+def make_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """`n` (text, label) pairs; each label's texts use that label's words, so the task is learnable."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = list(WORDS)[i % 3]
+        words = [rng.choice(WORDS[label]) for _ in range(3)] + [rng.choice(FILLER) for _ in range(3)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT with a word-level vocabulary, saved with its tokenizer (random weights)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER, *(w for ws in WORDS.values() for w in ws)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # deterministic losses
+        initializer_range=0.3,  # large random weights keep token information distinct through 2 random layers
+    )  # fmt: skip
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory) -> Path:
+    """A 3-class CSV (text,label) of 240 separable rows."""
+    import csv
+
+    path = tmp_path_factory.mktemp("data") / "train.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(make_texts(240))
+    return path
+
+
+@pytest.fixture()
+def hf_home(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache for the test."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    return tmp_path / "hf_home"

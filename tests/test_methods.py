@@ -1,0 +1,137 @@
+"""Every registered method (and some combinations) on a tiny random BERT: builds, trains exactly the intended
+weights, the loss falls, and save -> load (ft_plugin and, for PEFT layouts, plain peft) gives identical logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ft_plugin
+from ft_plugin.methods import METHODS, count_parameters, parse_method
+from ft_plugin.models import load_base_model
+from ft_plugin.saving import save_result
+
+from .conftest import make_texts
+
+LABELS = ["negative", "neutral", "positive"]
+HEAD = ("classifier",)
+
+# (method, options, markers: a trainable parameter's name must contain one of these or be the head)
+MATRIX = [
+    ("full", {}, None),
+    ("freeze", {"freeze_trainable_layers": 1}, ("layer.1.", "pooler")),
+    ("lora", {"r": 4}, ("lora_",)),
+    ("dora", {"r": 4}, ("lora_",)),
+    ("adalora", {"init_r": 6, "target_r": 2, "total_step": 30}, ("lora_",)),
+    ("ia3", {}, ("ia3_l",)),
+    ("bitfit", {}, ("beft_bias",)),
+    ("prefix", {"num_virtual_tokens": 4}, ("prompt_encoder",)),
+    ("prompt", {"num_virtual_tokens": 4}, ("prompt_encoder",)),
+    ("p_tuning", {"num_virtual_tokens": 4}, ("prompt_encoder",)),
+    ("adapter", {"reduction_factor": 4}, ("bottleneck_adapter",)),
+    ("intrinsic_prompt", {"num_virtual_tokens": 4, "intrinsic_dim": 8}, ("intrinsic_z",)),
+    ("lora+bitfit", {"lora_r": 4}, ("lora_", "beft_bias")),
+    ("freeze+lora", {"freeze_trainable_layers": 1}, ("layer.1.", "pooler", "lora_")),
+    ("adapter+prefix+lora", {"num_virtual_tokens": 4}, ("bottleneck_adapter", "prompt_encoder", "lora_")),
+    ("bitfit+adapter+intrinsic_prompt", {"num_virtual_tokens": 4}, ("beft_bias", "bottleneck_adapter", "intrinsic_z")),
+]
+IDS = [row[0] for row in MATRIX]
+
+
+def test_every_registered_method_is_in_the_matrix():
+    assert set(METHODS) <= set(IDS)
+
+
+def _batch(tokenizer, n=24):
+    texts, labels = zip(*make_texts(n, seed=1))
+    batch = tokenizer(list(texts), padding=True, return_tensors="pt")
+    batch["labels"] = torch.tensor([LABELS.index(label) for label in labels])
+    return batch
+
+
+def _build(tiny_model_dir, method, options):
+    torch.manual_seed(0)
+    base, tokenizer = load_base_model(str(tiny_model_dir), LABELS)
+    return ft_plugin.apply(base, method, **options), tokenizer
+
+
+@pytest.mark.parametrize("method,options,markers", MATRIX, ids=IDS)
+def test_only_the_method_weights_and_head_train(tiny_model_dir, method, options, markers):
+    model, _ = _build(tiny_model_dir, method, options)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    assert any("classifier" in name for name in trainable), "the new head must always train"
+    if markers is None:
+        assert not frozen
+        return
+    assert all(any(m in name for m in markers + HEAD) for name in trainable), trainable
+    for marker in markers:
+        assert any(marker in name for name in trainable), f"nothing trains for {marker}"
+    assert any("attention.self.query" in name for name in frozen), "base weights must stay frozen"
+    assert all(".original_module." not in name for name in trainable)
+
+
+@pytest.mark.parametrize("method,options,markers", MATRIX, ids=IDS)
+def test_loss_falls_and_save_load_round_trip(tiny_model_dir, tmp_path, method, options, markers):
+    model, tokenizer = _build(tiny_model_dir, method, options)
+    batch = _batch(tokenizer)
+    lr = 3 * min(spec.learning_rate for spec in parse_method(method))  # a fixed batch: learn it fast
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for _ in range(25):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+    save_result(model, tmp_path, tokenizer)
+    model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        loaded = ft_plugin.load(tmp_path)
+        assert count_parameters(loaded)[1] > 0
+        torch.testing.assert_close(loaded(**inputs).logits, expected, rtol=1e-4, atol=1e-5)
+
+    if (tmp_path / "adapter_config.json").is_file():  # a PEFT layout: plain peft loads it as documented
+        from peft import AutoPeftModelForSequenceClassification
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(tmp_path)
+        plain = AutoPeftModelForSequenceClassification.from_pretrained(
+            tmp_path, num_labels=config.num_labels, id2label=config.id2label, label2id=config.label2id
+        ).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(plain(**inputs).logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_apply_accepts_short_and_prefixed_option_names(tiny_model_dir):
+    short, _ = _build(tiny_model_dir, "lora", {"r": 4})
+    prefixed, _ = _build(tiny_model_dir, "lora", {"lora_r": 4})
+    assert count_parameters(short) == count_parameters(prefixed)
+    assert short.peft_config["default"].r == 4
+
+
+@pytest.mark.parametrize(
+    "method,options,message",
+    [
+        ("nope", {}, "Unknown method 'nope': choose from full, freeze, lora"),
+        ("lora+ia3", {}, "'lora' and 'ia3' cannot be combined"),
+        ("prefix+prompt", {}, "'prefix' and 'prompt' cannot be combined"),
+        ("full+lora", {}, "'full' cannot be combined"),
+        ("lora+lora", {}, "names a method twice"),
+        ("lora", {"r": 0}, "--lora_r must be a positive rank"),
+        ("lora", {"rank": 4}, "Unknown option(s) ['rank']"),
+        ("lora", {"target_modules": ["nothing"]}, "Pass --target_modules with names of its linear layers: "),
+        ("adapter", {"adapter_target_modules": "nothing$"}, "No linear layer matches the adapter pattern"),
+        ("adapter", {"placement": "middle"}, "--adapter_placement must be one of"),
+    ],
+)
+def test_bad_method_input_is_one_clear_error(tiny_model_dir, method, options, message):
+    with pytest.raises(ft_plugin.MethodError) as error:
+        _build(tiny_model_dir, method, options)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
