@@ -1,10 +1,10 @@
-"""LoRA on a BERT-style encoder for text classification (default: MiniLM-L6 on the embedded tweets).
+"""LoRA on a BERT-style encoder (default: MiniLM-L6 on the embedded tweets).
 
     accelerate launch --config_file accelerate_configs/cpu.yaml recipes/lora_bert.py --output_dir out/lora
-    python recipes/lora_bert.py --lora_r 16 --max_train_samples 2000 --output_dir out/lora
-    python recipes/lora_bert.py recipes/configs/lora_bert.yaml        # flags after the file override it
+    python recipes/lora_bert.py --lora_r 16 --lora_alpha 32 --max_train_samples 2000 --output_dir out/lora
+    python recipes/lora_bert.py recipes/configs/lora_bert.yaml       # flags after the file override it
 
-Every run_glue.py flag works (--model_name_or_path, --train_file, --num_train_epochs, ...).
+Takes every run_glue.py flag (--model_name_or_path, --train_file, --num_train_epochs, ...); `--help` lists them.
 """
 
 from ft_plugin.recipe import main

@@ -54,7 +54,8 @@ def apply_method(model: nn.Module, method: str, arguments: Any = None, **overrid
     Returns the model to train: a `PeftModel` for PEFT methods used alone, else the (changed) model.
     Only the method's weights and the classification head are trainable afterwards.
     """
-    specs = sorted(parse_method(method), key=lambda spec: SLOT_ORDER.index(spec.slot))
+    named = parse_method(method)  # the user's order names the result; the slot order applies it
+    specs = sorted(named, key=lambda spec: SLOT_ORDER.index(spec.slot))
     configs = configs_from_arguments(specs, arguments, **overrides)
     combined = len(specs) > 1
     with warnings.catch_warnings():
@@ -70,7 +71,7 @@ def apply_method(model: nn.Module, method: str, arguments: Any = None, **overrid
         trainable.update(own)
     for name, parameter in model.named_parameters():
         parameter.requires_grad = name in trainable
-    model.ft_plugin_method = "+".join(spec.name for spec in specs)
+    model.ft_plugin_method = "+".join(spec.name for spec in named)
     model.ft_plugin_configs = {spec.name: config for spec, config in zip(specs, configs)}
     return model
 

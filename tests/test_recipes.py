@@ -1,0 +1,92 @@
+"""Recipes, their YAML configs and the Accelerate configs: all parse, stay short, and run on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ft_plugin.methods import parse_method
+from ft_plugin.recipe import parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*_bert.py"))
+CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
+ACCELERATE_CONFIGS = sorted((ROOT / "accelerate_configs").glob("*.yaml"))
+
+
+def recipe_method(recipe: Path) -> str:
+    return recipe.read_text().split('main(method="')[1].split('"')[0]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_recipe_is_short_and_has_a_config(recipe):
+    assert len(recipe.read_text().splitlines()) <= 30
+    parse_method(recipe_method(recipe))
+    assert (ROOT / "recipes" / "configs" / f"{recipe.stem}.yaml").is_file()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_shipped_config_parses_into_the_recipe_arguments(config):
+    recipe = ROOT / "recipes" / f"{config.stem}.py"
+    model_args, data_args, method_args, training_args = parse_args([str(config)], method=recipe_method(recipe))
+    assert model_args.method == recipe_method(recipe)
+    assert training_args.output_dir.startswith("outputs/")
+    assert data_args.max_train_samples and training_args.learning_rate > 0
+
+
+def test_flags_after_a_config_file_override_it():
+    _, _, method_args, training_args = parse_args([str(ROOT / "recipes/configs/lora_bert.yaml"), "--lora_r", "4"])
+    assert method_args.lora_r == 4 and method_args.target_modules == ["query", "value"]
+    assert training_args.learning_rate == 5e-4
+
+
+def test_method_default_learning_rate_unless_given():
+    assert parse_args([], method="prompt")[3].learning_rate == 3e-2
+    assert parse_args(["--learning_rate", "1e-4"], method="prompt")[3].learning_rate == 1e-4
+    assert parse_args([], method="lora+bitfit")[3].learning_rate == 5e-4
+
+
+@pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=[c.stem for c in ACCELERATE_CONFIGS])
+def test_accelerate_configs_load_with_accelerates_own_loader(config):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    loaded = load_config_from_file(str(config))
+    assert config.read_text().startswith("#"), "each config says when to use it"
+    expected = {
+        "cpu": ("NO", 1), "cpu_ddp": ("MULTI_CPU", 2), "single_gpu": ("NO", 1), "multi_gpu": ("MULTI_GPU", 8),
+        "fsdp": ("FSDP", 8), "deepspeed_zero2": ("DEEPSPEED", 8), "multi_node": ("MULTI_GPU", 16),
+    }[config.stem]  # fmt: skip
+    assert (str(loaded.distributed_type).split(".")[-1], loaded.num_processes) == expected
+    if config.stem.startswith("cpu"):
+        assert loaded.use_cpu
+    if config.stem == "fsdp":
+        assert loaded.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
+    if config.stem == "multi_node":
+        assert loaded.num_machines == 2 and loaded.main_process_port
+
+
+def run_recipe(recipe: Path, args: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    command = [*(launcher or [sys.executable]), str(recipe), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_recipe_trains_and_saves_on_a_tiny_model(recipe, tiny_model_dir, tiny_csv, tmp_path):
+    out = tmp_path / "out"
+    result = run_recipe(
+        recipe,
+        ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--output_dir", str(out),
+         "--max_steps", "4", "--per_device_train_batch_size", "16", "--eval_strategy", "no", "--save_strategy", "no",
+         "--load_best_model_at_end", "false", "--prompt_init_text", ""],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "ft_plugin_config.json").read_text())
+    assert record["method"] == recipe_method(recipe)
+    assert record["labels"] == ["negative", "neutral", "positive"]
+    for name in ("all_results.json", "eval_results.json", "test_results.json", "config.json", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    assert "test_accuracy" in json.loads((out / "all_results.json").read_text())
