@@ -1,0 +1,92 @@
+"""The `ft-plugin` console script: methods table, train, predict, evaluate, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ft_plugin.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ft_plugin(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ft_plugin.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tiny_csv, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "lora"
+    result = ft_plugin(
+        "train", "--method", "lora", "--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv),
+        "--output_dir", str(out), "--num_train_epochs", "8", "--per_device_train_batch_size", "16",
+        "--learning_rate", "2e-2", "--save_strategy", "no", "--load_best_model_at_end", "false", "--eval_strategy", "no",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_methods_lists_every_method_with_its_trainable_share(tiny_model_dir):
+    result = ft_plugin("methods", "--model_name_or_path", str(tiny_model_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:] if line.strip()}
+    assert set(METHODS) <= set(rows)
+    assert rows["full"][3] == "100.000%"
+    assert 0 < float(rows["lora"][3].rstrip("%")) < 100
+
+
+def test_predict_texts_and_file(trained, tmp_path):
+    result = ft_plugin("predict", "--adapter", str(trained), "thanks great love", "awful late broken")
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = (json.loads(line) for line in result.stdout.strip().splitlines())
+    assert (first["label"], second["label"]) == ("positive", "negative")
+    assert abs(sum(first["scores"].values()) - 1) < 1e-3
+
+    inputs = tmp_path / "in.csv"
+    inputs.write_text("id,text\n1,love great thanks\n2,hate terrible bad\n")
+    output = tmp_path / "preds.csv"
+    result = ft_plugin("predict", "--adapter", str(trained), "--input_file", str(inputs), "--output_file", str(output))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(output.open()))
+    assert [row["label"] for row in rows] == ["positive", "negative"] and rows[0]["id"] == "1"
+    assert {"score_negative", "score_neutral", "score_positive"} <= set(rows[0])
+
+
+def test_evaluate_on_a_labelled_file(trained, tiny_csv):
+    result = ft_plugin("evaluate", "--adapter", str(trained), "--test_file", str(tiny_csv))
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(result.stdout[result.stdout.index("{") :])
+    assert metrics["examples"] == 240 and metrics["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--method", "nope"], "Unknown method 'nope': choose from full, freeze, lora"),
+        (["train", "--train_file", "missing.csv"], "Data file 'missing.csv' does not exist"),
+        (["train", "--lora_r", "0"], "--lora_r must be a positive rank"),
+        (["train", "--learning_rate", "-1"], "--learning_rate must be positive"),
+        (["predict", "--adapter", "no/such/folder", "hi"], "does not exist"),
+        (["predict", "--adapter", str(ROOT / "recipes"), "hi"], "is not an ft-plugin result"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = ft_plugin(*args)
+    assert result.returncode == 2, (result.stdout[-500:], result.stderr[-2000:])
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("ft-plugin: error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_base_model_for_an_adapter_is_refused(trained):
+    from ft_plugin import ModelError, load
+
+    with pytest.raises(ModelError, match="different base model"):
+        load(trained, model_name_or_path="minilm-l6")
