@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .saving import load, resolve_result
+from .saving import load, read_record, resolve_result
 
 
 @dataclass
@@ -30,7 +30,8 @@ class TextClassifier:
         model = load(folder, model_name_or_path=model_name_or_path)
         if merge and hasattr(model, "merge_and_unload") and not model.active_peft_config.is_prompt_learning:
             model = model.merge_and_unload()
-        return cls(model=model, tokenizer=AutoTokenizer.from_pretrained(folder))
+        max_length = read_record(folder).get("max_seq_length", 128)
+        return cls(model=model, tokenizer=AutoTokenizer.from_pretrained(folder), max_length=max_length)
 
     @property
     def labels(self) -> list[str]:

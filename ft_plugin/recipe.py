@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import transformers
 from transformers import (
     DataCollatorWithPadding,
@@ -81,6 +82,7 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 1,
     "report_to": "none",
     "train_sampling_strategy": "group_by_length",
+    "dataloader_pin_memory": torch.cuda.is_available(),  # pinning only helps host-to-GPU copies
 }
 
 
@@ -180,6 +182,7 @@ def build_trainer(
     )
     trainer.ft_data = data
     trainer.ft_test_dataset = tokenized["test"]
+    trainer.ft_max_seq_length = data_args.max_seq_length
     return trainer
 
 
@@ -207,6 +210,7 @@ def train_and_save(trainer: Trainer, resume_from_checkpoint: str | bool | None =
             trainer.processing_class,
             extra={
                 "dataset": trainer.ft_data.source,
+                "max_seq_length": trainer.ft_max_seq_length,
                 "train_seconds": round(time.perf_counter() - started, 2),
                 "ft_plugin_version": _version(),
             },

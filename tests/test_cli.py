@@ -90,3 +90,27 @@ def test_wrong_base_model_for_an_adapter_is_refused(trained):
 
     with pytest.raises(ModelError, match="different base model"):
         load(trained, model_name_or_path="minilm-l6")
+
+
+def test_setup_registers_the_embedded_model_for_offline_hub_id_loading(tmp_path):
+    import os
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    load = "from transformers import AutoConfig; print(AutoConfig.from_pretrained('sentence-transformers/all-MiniLM-L6-v2').hidden_size)"
+    before = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True)
+    assert before.returncode != 0, "the fresh cache must not know the model yet"
+    setup = subprocess.run([sys.executable, "-m", "ft_plugin.cli", "setup"], env=env, capture_output=True, text=True)
+    assert setup.returncode == 0 and "sentence-transformers/all-MiniLM-L6-v2" in setup.stdout, setup.stderr[-2000:]
+    after = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True)
+    assert after.returncode == 0 and after.stdout.strip() == "384", after.stderr[-2000:]
+
+
+def test_report_to_tensorboard_writes_event_files(tiny_model_dir, tiny_csv, tmp_path):
+    out = tmp_path / "tb"
+    result = ft_plugin(
+        "train", "--method", "bitfit", "--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv),
+        "--output_dir", str(out), "--max_steps", "3", "--logging_steps", "1", "--report_to", "tensorboard",
+        "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(out.rglob("events.out.tfevents.*")), "tensorboard event files are written"
