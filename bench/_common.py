@@ -1,0 +1,107 @@
+"""Shared pieces of the benchmarks: timing, token counting, FLOP estimates, GEMM peak, table and JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+# Tests point this elsewhere so smoke runs never overwrite the published figures.
+RESULTS = Path(os.environ.get("FT_PLUGIN_BENCH_RESULTS", Path(__file__).parent / "results"))
+
+
+class StepClock(TrainerCallback):
+    """Timestamps of optimizer steps, so steady-state time excludes start-up and the first (warm-up) steps."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def tick(self) -> None:
+        self.times.append(time.perf_counter())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.tick()
+
+    def seconds_after(self, warmup: int) -> float:
+        return self.times[-1] - self.times[warmup - 1]
+
+
+class CountingCollator:
+    """Wraps a data collator and records each batch's padded shape and real (unpadded) token count."""
+
+    def __init__(self, collator) -> None:
+        self.collator = collator
+        self.batches: list[tuple[int, int, int]] = []  # (batch size, padded length, real tokens)
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        record(self.batches, batch)
+        return batch
+
+
+def record(batches: list, batch) -> None:
+    size, length = batch["input_ids"].shape
+    batches.append((size, length, int(batch["attention_mask"].sum())))
+
+
+def encoder_matmul_parameters(model: nn.Module) -> int:
+    """Weights of the linear layers that every token passes through (embeddings and the head excluded)."""
+    return sum(
+        m.weight.numel() for name, m in model.named_modules() if isinstance(m, nn.Linear) and "classifier" not in name
+    )
+
+
+def training_flops(batches, matmul_params: int, layers: int, hidden: int, full: bool) -> float:
+    """Model FLOPs of training steps: forward = 2 P T + 4 L T^2 H per sequence (padded length T); backward is
+    2x forward with weight gradients (full fine-tuning), 1x without (frozen weights: only input gradients)."""
+    multiplier = 3 if full else 2
+    forward = sum(size * (2 * matmul_params * length + 4 * layers * length**2 * hidden) for size, length, _ in batches)
+    return multiplier * forward
+
+
+def gemm_peak_flops(hidden: int, repeats: int = 20) -> float:
+    """fp32 GEMM FLOP/s on this machine for the model's shapes (tokens x hidden x 4 hidden), best of shapes."""
+    best = 0.0
+    for m, k, n in [(4096, hidden, 4 * hidden), (4096, 4 * hidden, hidden), (4096, hidden, hidden)]:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            a @ b
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            runs.append(time.perf_counter() - start)
+        best = max(best, 2 * m * k * n / statistics.median(runs))
+    return best
+
+
+def machine() -> dict:
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    cells = [[f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    return path

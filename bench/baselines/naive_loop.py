@@ -1,0 +1,31 @@
+"""The naive loop of a typical tutorial: every batch padded to max_length, a plain PyTorch loop, no Trainer."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+
+def train(model_path, texts, labels, num_labels, method, batch_size, max_length, steps, on_step):
+    """Train `steps` steps; `on_step(batch)` is called after each optimizer step (for timing and counting)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1))
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    data = torch.utils.data.TensorDataset(encoded["input_ids"], encoded["attention_mask"], torch.tensor(labels))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
+    model.train()
+    step = 0
+    while step < steps:
+        for input_ids, attention_mask, label in loader:
+            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=label).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            on_step({"input_ids": input_ids, "attention_mask": attention_mask})
+            step += 1
+            if step == steps:
+                return

@@ -1,0 +1,104 @@
+"""Prediction latency: base + LoRA adapter unmerged vs merged vs an exported merged model.
+
+    python bench/inference.py                          # trains a small LoRA result first (about 1 minute)
+    python bench/inference.py --adapter outputs/lora   # or measure an existing LoRA result folder
+
+Single-text and batch-of-32 latency, p50 and p95 over `--repeats` calls after warm-up, measured side by side in one
+run on the same texts (real tweets from the embedded test split). Writes bench/results/inference.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench._common import print_table, write_json  # noqa: E402
+from ft_plugin.data import DataArguments, load_data  # noqa: E402
+from ft_plugin.inference import TextClassifier  # noqa: E402
+
+
+def train_small_lora(model_name_or_path: str | None, max_seq_length: int) -> str:
+    from ft_plugin.recipe import build_trainer, parse_args, train_and_save
+
+    output_dir = tempfile.mkdtemp(prefix="bench-inference-")
+    argv = ["--method", "lora", "--output_dir", output_dir, "--max_steps", "20", "--max_train_samples", "640",
+            "--max_eval_samples", "32", "--max_predict_samples", "32", "--eval_strategy", "no", "--save_strategy",
+            "no", "--load_best_model_at_end", "false", "--max_seq_length", str(max_seq_length)]  # fmt: skip
+    if model_name_or_path:
+        argv += ["--model_name_or_path", model_name_or_path]
+    train_and_save(build_trainer(*parse_args(argv)))
+    return output_dir
+
+
+def latencies(classifier: TextClassifier, texts: list[str], batch: int, repeats: int) -> list[float]:
+    for _ in range(3):
+        classifier.predict_proba(texts[:batch], batch_size=batch)
+    runs = []
+    for i in range(repeats):
+        chunk = [texts[(i * batch + j) % len(texts)] for j in range(batch)]
+        start = time.perf_counter()
+        classifier.predict_proba(chunk, batch_size=batch)
+        runs.append(time.perf_counter() - start)
+    return runs
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adapter", default=None, help="A LoRA result folder (default: train a small one).")
+    parser.add_argument("--model_name_or_path", default=None, help="Base for the small LoRA run.")
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--output", default="inference")
+    options = parser.parse_args(argv)
+    adapter = options.adapter or train_small_lora(options.model_name_or_path, options.max_seq_length)
+    texts = list(load_data(DataArguments(max_predict_samples=500)).splits["test"]["text"])
+
+    unmerged = TextClassifier.from_pretrained(adapter, merge=False)
+    merged = copy.copy(unmerged)
+    merged.model = copy.deepcopy(unmerged.model).merge_and_unload()
+    export_dir = tempfile.mkdtemp(prefix="bench-export-")
+    merged.model.save_pretrained(export_dir)
+    unmerged.tokenizer.save_pretrained(export_dir)
+    from transformers import AutoModelForSequenceClassification
+
+    exported = copy.copy(merged)
+    exported.model = AutoModelForSequenceClassification.from_pretrained(export_dir).eval()
+    with torch.inference_mode():  # the three must agree before their speed means anything
+        batch = unmerged.tokenizer(texts[:8], padding=True, truncation=True, return_tensors="pt")
+        reference = unmerged.model(**batch).logits
+        for other in (merged, exported):
+            torch.testing.assert_close(other.model(**batch).logits, reference, rtol=1e-3, atol=1e-4)
+
+    rows = []
+    for name, classifier in [("unmerged (PeftModel)", unmerged), ("merged", merged), ("exported merged", exported)]:
+        for batch_size in (1, 32):
+            runs = latencies(classifier, texts, batch_size, options.repeats)
+            rows.append({"model": name, "batch": batch_size, "p50_ms": 1000 * percentile(runs, 50),
+                         "p95_ms": 1000 * percentile(runs, 95), "texts_per_s": batch_size / statistics.median(runs)})  # fmt: skip
+    for row in rows:
+        unmerged_p50 = next(
+            r["p50_ms"] for r in rows if r["model"].startswith("unmerged") and r["batch"] == row["batch"]
+        )
+        row["speedup_vs_unmerged"] = unmerged_p50 / row["p50_ms"]
+    print(f"\nLatency over {options.repeats} calls, threads={torch.get_num_threads()}")
+    print_table(rows, ["model", "batch", "p50_ms", "p95_ms", "texts_per_s", "speedup_vs_unmerged"])
+    path = write_json(options.output, {"settings": vars(options), "rows": rows})
+    print(f"\nWrote {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

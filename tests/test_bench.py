@@ -1,0 +1,43 @@
+"""Smoke runs of every benchmark on a tiny setting, so the scripts cannot rot (figures come from full runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, args: list[str], results: Path) -> dict:
+    env = {**os.environ, "FT_PLUGIN_BENCH_RESULTS": str(results)}
+    result = subprocess.run([sys.executable, f"bench/{script}.py", *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((results / f"{script}.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        ("throughput", ["--steps", "2", "--warmup", "1", "--repeats", "1", "--batch_size", "4", "--max_length", "32"]),
+        ("methods", ["--methods", "lora", "adapter", "--seeds", "1", "--max_train_samples", "32",
+                     "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32"]),
+        ("inference", ["--repeats", "3", "--max_seq_length", "32"]),
+    ],
+)  # fmt: skip
+def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tmp_path):
+    payload = run_bench(script, [*args, "--model_name_or_path", str(tiny_model_dir)], tmp_path)
+    assert payload["machine"]["threads"] >= 1 and payload["rows"]
+    if script == "throughput":
+        variants = {row["variant"] for row in payload["rows"]}
+        assert len(variants) == 3 and all(row["samples_per_s"] > 0 for row in payload["rows"])
+    if script == "methods":
+        assert (tmp_path / "methods.png").stat().st_size > 0
+        assert all(0 <= row["test_accuracy"] <= 1 and row["trainable_params"] > 0 for row in payload["rows"])
+    if script == "inference":
+        assert {row["model"] for row in payload["rows"]} == {"unmerged (PeftModel)", "merged", "exported merged"}
