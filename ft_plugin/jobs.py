@@ -74,25 +74,37 @@ class TrainingJob:
     ended_at: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        from .recipe import parse_args
-
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise MethodError(f"max_minutes must be positive, got {self.max_minutes}.")
-        try:
-            self.arguments = parse_args(options_to_argv(self.options))
-        except ValueError as error:  # HfArgumentParser: unknown flags; dataclasses: bad values
-            if isinstance(error, FtPluginError):
-                raise
-            raise MethodError(f"Invalid training options: {error}. The options are the recipe's flags.") from None
-        self.method = self.arguments[0].method
-        self.output_dir = Path(self.arguments[3].output_dir)
+        if not self.options.get("output_dir"):
+            raise MethodError("A training job needs an 'output_dir' option: the folder its result is saved in.")
+        self.method = str(self.options.get("method") or "lora")
+        self.output_dir = Path(self.options["output_dir"])
         self.name = self.name or self.output_dir.name
+        self.arguments: tuple | None = None
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def prepare(self) -> None:
+        """Parse and check the options (the recipe's `parse_args`); errors are raised here, in the caller.
+
+        Not while another job trains: creating `TrainingArguments` resets Accelerate's process-wide state,
+        which would break the running Trainer. `JobRunner.submit` takes care of that.
+        """
+        from .recipe import parse_args
+
+        try:
+            self.arguments = parse_args(options_to_argv(self.options))
+        except FtPluginError:
+            raise
+        except ValueError as error:  # HfArgumentParser: unknown flags; dataclasses: bad values
+            raise MethodError(f"Invalid training options: {error}. The options are the recipe's flags.") from None
 
     # -- control ---------------------------------------------------------------------------------------------
     def start(self) -> TrainingJob:
         """Run in a daemon thread; returns at once."""
+        if self.arguments is None:
+            self.prepare()
         self._thread = threading.Thread(target=self._run, name=f"ft-plugin-job-{self.name}", daemon=True)
         self.state = RUNNING
         self.started_at = time.time()
@@ -134,7 +146,7 @@ class TrainingJob:
         return {
             "run": self.name,
             "method": self.method,
-            "base model": self.arguments[0].model_name_or_path or "minilm-l6",
+            "base model": self.options.get("model_name_or_path") or "minilm-l6",
             "state": self.state,
             "steps": self.step,
             "accuracy": self.metrics.get("test_accuracy", self.metrics.get("eval_accuracy")),
@@ -227,6 +239,7 @@ class JobRunner:
                 )
             if any(job.output_dir.resolve() == other.output_dir.resolve() for other in self.jobs):
                 raise FtPluginError(f"Output folder '{job.output_dir}' is used by another run: choose a new one.")
+            job.prepare()  # only now: no other job is training (see `TrainingJob.prepare`)
             self.jobs.append(job)
             return job.start()
 

@@ -33,7 +33,7 @@ from ft_plugin.data import (
 from ft_plugin.errors import FtPluginError
 from ft_plugin.inference import TextClassifier
 from ft_plugin.jobs import FAILED, FINISHED, JobRunner, TrainingJob
-from ft_plugin.methods import METHODS
+from ft_plugin.methods import METHODS, parse_method
 from ft_plugin.models import DEFAULT_MODEL, PACKAGED_MODELS, load_base_model
 from ft_plugin.saving import read_record
 
@@ -220,30 +220,36 @@ def predict_file(path: str | None, text_column: str | None, base: str = AUTO_BAS
 # ---------------------------------------------------------------------------------------------------------------
 # Train
 # ---------------------------------------------------------------------------------------------------------------
+def _option_fields(method: str) -> list:
+    """The hyper-parameter fields of a method or `+`-combination (its recipe flags), minus automatic ones."""
+    return [
+        f
+        for spec in parse_method(method)
+        for f in fields(spec.config_cls)
+        if f.name != "adalora_total_step"  # set from the schedule, not by users
+    ]
+
+
 def method_defaults(method: str) -> dict:
-    """The method's hyper-parameters and their defaults (the recipe flags of its config dataclass)."""
-    config_cls = METHODS[method].config_cls
-    return {
-        f.name: (f.default if f.default is not MISSING else None)
-        for f in fields(config_cls)
-        if f.name not in ("adalora_total_step",)  # set from the schedule, not by users
-    }
+    """The method's hyper-parameters and their defaults."""
+    return {f.name: (f.default if f.default is not MISSING else None) for f in _option_fields(method)}
 
 
 def method_help(method: str) -> str:
-    spec = METHODS[method]
+    """The method's description and a table of its options."""
+    specs = parse_method(method)
+    about = " ".join(f"**{spec.name}** ({spec.family}): {spec.description}" for spec in specs)
     rows = "\n".join(
-        f"| `{f.name}` | {f.metadata.get('help', '').split(': ', 1)[-1]} |"
-        for f in fields(spec.config_cls)
-        if f.name in method_defaults(method)
+        f"| `{f.name}` | {f.metadata.get('help', '').split(': ', 1)[-1]} |" for f in _option_fields(method)
     )
-    table = f"\n\n| option | meaning |\n|---|---|\n{rows}" if rows else "\n\n*No method options.*"
-    return f"**{spec.name}** ({spec.family}): {spec.description}{table}"
+    return about + (f"\n\n| option | meaning |\n|---|---|\n{rows}" if rows else "\n\n*No method options.*")
 
 
+@friendly
 def on_method_change(method: str) -> tuple[float, str, str]:
-    """Learning rate, options (JSON) and help of a newly chosen method."""
-    return METHODS[method].learning_rate, json.dumps(method_defaults(method), indent=1), method_help(method)
+    """Learning rate (the lowest default of the methods), options (JSON) and help of a newly chosen method."""
+    learning_rate = min(spec.learning_rate for spec in parse_method(method))
+    return learning_rate, json.dumps(method_defaults(method), indent=1), method_help(method)
 
 
 def parse_options(code: str) -> dict:
@@ -340,7 +346,6 @@ def train(
             "eval_steps": 0.25,
             "save_strategy": "no",
             "load_best_model_at_end": False,
-            "disable_tqdm": True,
             **(options or {}),
         },
         max_minutes=max_minutes or None,
@@ -362,8 +367,7 @@ def cancel() -> str:
         gr.Warning("No training job is running.")
         return "No training job is running."
     job.cancel()
-    gr.Info(f"Stopping '{job.name}' after its current step; the model trained so far is kept.")
-    return f"Cancelling {job.name}"
+    return f"Cancelling **{job.name}** after its current step; the model trained so far is evaluated and kept."
 
 
 def announce_queue() -> None:
@@ -396,14 +400,14 @@ def refresh(x: str, pushed: str | None):
 @friendly
 def push(result: str, repo_id: str, token: str, private: bool, oauth_token: gr.OAuthToken | None = None) -> str:
     """Push a result folder (adapter, tokenizer, model card) to the Hub; returns the repository link."""
+    if not result:
+        raise gr.Error("Choose a result to push (train one in the Train tab first).")
+    if not repo_id or repo_id.strip().count("/") != 1:
+        raise gr.Error("Give the repo id as 'username/name', e.g. 'alice/minilm-lora-tweets'.")
     try:
         from ft_plugin.hub import push_result
     except ImportError:
         raise gr.Error("This ft-plugin has no Hub support (ft_plugin.hub): upgrade ft-plugin to push.") from None
-    if not result:
-        raise gr.Error("Choose a result to push (train one in the Train tab first).")
-    if not repo_id or repo_id.count("/") != 1:
-        raise gr.Error("Give the repo id as 'username/name', e.g. 'alice/minilm-lora-tweets'.")
     token = (token or "").strip() or (oauth_token.token if oauth_token is not None else None)
     url = push_result(result, repo_id.strip(), token=token, private=bool(private))
     return f"Pushed to [{url}]({url})"
@@ -495,7 +499,8 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
                         )
                         method = gr.Dropdown(
                             [(f"{name} · {METHODS[name].family}", name) for name in method_names],
-                            value=default_method, label="Method",
+                            value=default_method, label="Method", allow_custom_value=True,
+                            info="Or a combination, e.g. lora+bitfit.",
                         )  # fmt: skip
                         with gr.Row():
                             learning_rate = gr.Number(METHODS[default_method].learning_rate, label="Learning rate")
@@ -517,6 +522,7 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
                         with gr.Row():
                             cancel_button = gr.Button("Cancel", variant="stop")
                             train_button = gr.Button("Train", variant="primary")
+                        cancel_note = gr.Markdown()
                     with gr.Column(scale=3):
                         status = gr.HTML('<div class="job-status"><span>No job yet.</span></div>', label="Status")
                         curve = gr.LinePlot(
@@ -572,7 +578,7 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
             [status, curve, summary],
             api_name="train", concurrency_limit=1, concurrency_id="train", show_progress="hidden",
         )  # fmt: skip
-        cancel_button.click(cancel, None, None, api_name="cancel", queue=False)
+        cancel_button.click(cancel, None, cancel_note, api_name="cancel", queue=False)
 
         # new runs show up in the Predict, Compare and Push tabs
         for trigger in (train_event.then, compare_tab.select, push_tab.select, predict_tab.select, x_axis.change):
