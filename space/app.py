@@ -297,16 +297,16 @@ def _status_html(job: TrainingJob) -> str:
     )
 
 
-def _curve(job: TrainingJob) -> pd.DataFrame:
+def _curve(job: TrainingJob) -> pd.DataFrame | None:
     """Long-format curve for `gr.LinePlot`: training loss, validation loss and accuracy against steps."""
     series = {"loss": "train loss", "eval_loss": "validation loss", "eval_accuracy": "validation accuracy"}
     rows = [
-        {"step": record["step"], "series": name, "value": record[key]}
-        for record in job.history
-        for key, name in series.items()
-        if key in record
+        (record["step"], name, record[key]) for record in job.history for key, name in series.items() if key in record
     ]
-    return pd.DataFrame(rows, columns=["step", "series", "value"])
+    if not rows:  # None, not an empty frame: a plot first given no rows draws no coloured lines later (Gradio 6)
+        return None
+    frame = pd.DataFrame(rows, columns=["step", "series", "value"])
+    return frame.drop_duplicates(["step", "series"], keep="last")
 
 
 @friendly
@@ -459,14 +459,14 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
                         text = gr.Textbox(
-                            label="Text", lines=4, max_lines=12, placeholder="Type a sentence, e.g. a tweet...",
+                            label="Text", elem_id="predict-text", lines=4, max_lines=12, placeholder="Type a sentence, e.g. a tweet...",
                             autofocus=True,
                         )  # fmt: skip
                         with gr.Row():
                             gr.ClearButton([text], value="Clear")
-                            predict_button = gr.Button("Predict", variant="primary")
+                            predict_button = gr.Button("Predict", variant="primary", elem_id="predict-button")
                     with gr.Column(scale=2):
-                        scores = gr.Label(label="Label probabilities", num_top_classes=5)
+                        scores = gr.Label(label="Label probabilities", num_top_classes=5, elem_id="scores")
                 gr.Examples([[t] for t in example_texts()], inputs=[text], label="Tweets from the test split")
                 with gr.Accordion("Classify a whole file", open=False):
                     with gr.Row():
@@ -489,13 +489,18 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
                     with gr.Column(scale=2):
                         train_file = gr.File(
                             label="Labelled data (empty: the embedded tweets)",
+                            elem_id="train-file",
                             file_types=[".csv", ".tsv", ".jsonl", ".json", ".parquet"],
                         )
                         with gr.Row():
                             text_column = gr.Dropdown([], label="Text column", allow_custom_value=True, visible=False)
                             label_column = gr.Dropdown([], label="Label column", allow_custom_value=True, visible=False)
                         train_base = gr.Dropdown(
-                            base_choices(extra), value=DEFAULT_MODEL, label="Base model", allow_custom_value=True
+                            base_choices(extra),
+                            value=DEFAULT_MODEL,
+                            label="Base model",
+                            allow_custom_value=True,
+                            elem_id="train-base",
                         )
                         method = gr.Dropdown(
                             [(f"{name} · {METHODS[name].family}", name) for name in method_names],
@@ -503,12 +508,21 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
                             info="Or a combination, e.g. lora+bitfit.",
                         )  # fmt: skip
                         with gr.Row():
-                            learning_rate = gr.Number(METHODS[default_method].learning_rate, label="Learning rate")
-                            epochs = gr.Number(1, label="Epochs", minimum=0.1)
-                            batch_size = gr.Number(16, label="Batch size", precision=0, minimum=1)
+                            learning_rate = gr.Number(
+                                METHODS[default_method].learning_rate, label="Learning rate", min_width=110
+                            )
+                            epochs = gr.Number(1, label="Epochs", minimum=0.1, elem_id="epochs", min_width=110)
+                            batch_size = gr.Number(16, label="Batch size", precision=0, minimum=1, min_width=110)
                         with gr.Row():
-                            max_samples = gr.Number(1000, label="Max training samples", precision=0, minimum=1)
-                            max_minutes = gr.Number(5, label="Max minutes", minimum=0.1)
+                            max_samples = gr.Number(
+                                1000,
+                                label="Max training samples",
+                                precision=0,
+                                minimum=1,
+                                elem_id="max-samples",
+                                min_width=110,
+                            )
+                            max_minutes = gr.Number(5, label="Max minutes", minimum=0.1, min_width=110)
                         with gr.Accordion("Method options", open=False):
                             options = gr.JSON(method_defaults(default_method), visible=False)
                             options_code = gr.Code(
@@ -521,12 +535,14 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
                             options_help = gr.Markdown(method_help(default_method))
                         with gr.Row():
                             cancel_button = gr.Button("Cancel", variant="stop")
-                            train_button = gr.Button("Train", variant="primary")
+                            train_button = gr.Button("Train", variant="primary", elem_id="train-button")
                         cancel_note = gr.Markdown()
                     with gr.Column(scale=3):
-                        status = gr.HTML('<div class="job-status"><span>No job yet.</span></div>', label="Status")
+                        status = gr.HTML(
+                            '<div class="job-status"><span>No job yet.</span></div>', elem_id="train-status"
+                        )
                         curve = gr.LinePlot(
-                            pd.DataFrame(columns=["step", "series", "value"]), x="step", y="value", color="series",
+                            None, x="step", y="value", color="series",
                             title="Training curve", height=320, x_title="optimizer step", y_title="",
                         )  # fmt: skip
                         summary = gr.JSON(label="Run summary", open=False)
@@ -540,7 +556,7 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
                 scatter = gr.ScatterPlot(
                     x="trainable params", y="accuracy", color="method", height=340, tooltip=["run", "method"]
                 )
-                table = gr.Dataframe(label="Runs", interactive=False)
+                table = gr.Dataframe(label="Runs", interactive=False, elem_id="runs-table")
 
             # -- Push ----------------------------------------------------------------------------------------
             with gr.Tab("Push to Hub", id="push") as push_tab:
