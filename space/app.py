@@ -175,9 +175,17 @@ def predict(text: str, base: str = AUTO_BASE, adapter: str = NO_ADAPTER) -> dict
     tokens = len(classifier.tokenizer(text, truncation=False)["input_ids"])
     if tokens > classifier.max_length:
         gr.Warning(f"The text has {tokens} tokens: only the first {classifier.max_length} were classified.")
-    if (adapter or NO_ADAPTER) == NO_ADAPTER:
-        gr.Info("No adapter chosen: the classification head is untrained, so these scores are near chance.")
     return classifier.predict([text])[0]
+
+
+def adapter_note(adapter: str | None) -> str:
+    """A hint under the model pickers while no adapter is chosen."""
+    if (adapter or NO_ADAPTER) != NO_ADAPTER:
+        return ""
+    return (
+        "No adapter: the classification head is untrained, so scores are near chance. Train one in the "
+        "**Train** tab (a minute on CPU) or pick a result."
+    )
 
 
 def _column_picker(columns: list[str], candidates: tuple[str, ...], fallback: int) -> gr.Dropdown:
@@ -380,6 +388,8 @@ def announce_queue() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 def runs_table() -> pd.DataFrame:
     table = pd.DataFrame([job.summary() for job in RUNNER.jobs]).drop(columns=["output_dir"], errors="ignore")
+    if "base model" in table:  # local folders by their name
+        table["base model"] = [Path(name).name if os.path.isdir(name) else name for name in table["base model"]]
     return table.round({"accuracy": 3, "f1 (macro)": 3})
 
 
@@ -421,6 +431,7 @@ CSS = """
 .job-status .bar { height: 10px; border-radius: 5px; background: var(--neutral-200); overflow: hidden; }
 .job-status .bar div { height: 100%; background: var(--color-accent); transition: width 0.8s ease; }
 #header p { color: var(--body-text-color-subdued); }
+.note p { font-size: 0.9em; color: var(--body-text-color-subdued); margin: 0 4px; }
 """
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="sky")
 HEADER = """
@@ -456,6 +467,7 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
                         value=NO_ADAPTER, label="Adapter", allow_custom_value=True, scale=3,
                         info="A run from the Train tab, a local result folder or a Hub repo id.",
                     )  # fmt: skip
+                note = gr.Markdown(adapter_note(NO_ADAPTER), elem_classes="note")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
                         text = gr.Textbox(
@@ -554,7 +566,13 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
                     ["trainable params", "train seconds", "peak memory (MB)"], value="trainable params", label="x axis"
                 )
                 scatter = gr.ScatterPlot(
-                    x="trainable params", y="accuracy", color="method", height=340, tooltip=["run", "method"]
+                    x="trainable params",
+                    y="accuracy",
+                    color="method",
+                    height=340,
+                    tooltip=["run", "method"],
+                    x_axis_format="~s",
+                    y_axis_format=".2f",
                 )
                 table = gr.Dataframe(label="Runs", interactive=False, elem_id="runs-table")
 
@@ -576,6 +594,7 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
             [predict_button.click, text.submit], predict, [text, base, adapter], scores,
             api_name="predict", concurrency_limit=4,
         )  # fmt: skip
+        adapter.change(adapter_note, adapter, note, api_visibility="private")
         upload.upload(file_columns, upload, upload_column, api_visibility="private")
         file_button.click(
             predict_file, [upload, upload_column, base, adapter], [predictions_file, preview],
