@@ -182,3 +182,30 @@ def test_long_text_is_truncated_with_a_warning(space):
     with pytest.warns(UserWarning, match="only the first 128 were classified"):
         result = app.predict("great flight " * 400, "auto", "none")
     assert set(result) == LABELS
+
+
+def test_push_calls_the_hub_helper_and_shows_its_errors(space, client, tmp_path, monkeypatch):
+    """The Push tab's contract with `ft_plugin.hub.push_result(output_dir, repo_id, token=..., private=...)`."""
+    import sys
+    import types
+
+    from ft_plugin.errors import ModelError
+
+    calls = []
+
+    def push_result(output_dir, repo_id, token=None, private=False):
+        calls.append((output_dir, repo_id, token, private))
+        if repo_id.endswith("denied"):
+            raise ModelError(f"Could not push to '{repo_id}' (401 Unauthorized): check the token.")
+        return f"https://huggingface.co/{repo_id}"
+
+    monkeypatch.setitem(sys.modules, "ft_plugin.hub", types.SimpleNamespace(push_result=push_result))
+    link = client.predict(str(tmp_path), "alice/tweets-lora", "hf_secret", False, api_name="/push")
+    assert link == "Pushed to [https://huggingface.co/alice/tweets-lora](https://huggingface.co/alice/tweets-lora)"
+    assert calls == [(str(tmp_path), "alice/tweets-lora", "hf_secret", False)]
+    with pytest.raises(AppError, match="401 Unauthorized"):
+        client.predict(str(tmp_path), "alice/denied", "hf_wrong", True, api_name="/push")
+
+    monkeypatch.setitem(sys.modules, "ft_plugin.hub", None)  # an ft-plugin without Hub support
+    with pytest.raises(AppError, match="no Hub support"):
+        client.predict(str(tmp_path), "alice/tweets-lora", "hf_secret", False, api_name="/push")
