@@ -71,7 +71,7 @@ def train(client: Client, csv: Path, base: str, **overrides):
         learning_rate=0.01, epochs=1, batch_size=16, max_samples=64, max_minutes=5, options={"lora_r": 4},
     )  # fmt: skip
     arguments.update(overrides)
-    return client.submit(*arguments.values(), api_name="/train")
+    return client.submit(**arguments, api_name="/train")  # by name, as space/README.md shows
 
 
 def test_api_names_the_main_actions(client):
@@ -209,3 +209,28 @@ def test_push_calls_the_hub_helper_and_shows_its_errors(space, client, tmp_path,
     monkeypatch.setitem(sys.modules, "ft_plugin.hub", None)  # an ft-plugin without Hub support
     with pytest.raises(AppError, match="no Hub support"):
         client.predict(str(tmp_path), "alice/tweets-lora", "hf_secret", False, api_name="/push")
+
+
+def test_training_job_library_api(tiny_model_dir, tiny_csv, tmp_path):
+    """`ft_plugin.jobs` on its own: option errors at submit, a time limit that keeps the model, one job at a time."""
+    from ft_plugin.errors import FtPluginError, MethodError
+    from ft_plugin.jobs import JobRunner, TrainingJob
+
+    options = {
+        "method": "lora", "model_name_or_path": str(tiny_model_dir), "train_file": str(tiny_csv),
+        "num_train_epochs": 50, "per_device_train_batch_size": 4, "max_train_samples": 32,
+        "eval_strategy": "no", "save_strategy": "no", "load_best_model_at_end": False, "report_to": "none",
+    }  # fmt: skip
+    runner = JobRunner()
+    with pytest.raises(MethodError, match="Invalid training options"):
+        runner.submit(TrainingJob({**options, "lora_rank": 4, "output_dir": str(tmp_path / "bad")}))
+    with pytest.raises(MethodError, match="output_dir"):
+        TrainingJob(options)
+
+    job = runner.submit(TrainingJob({**options, "output_dir": str(tmp_path / "limited")}, max_minutes=0.02))
+    with pytest.raises(FtPluginError, match="still running"):
+        runner.submit(TrainingJob({**options, "output_dir": str(tmp_path / "second")}))
+    assert job.wait(120) and job.state == "finished", job.error
+    assert job.stop_reason.startswith("time limit of 0.02 min") and 0 < job.step < job.max_steps == 400
+    assert job.has_result and job.metrics["test_accuracy"] >= 0 and job.history[0]["step"] >= 1
+    assert runner.current is None and [j.name for j in runner.jobs] == ["limited"]
