@@ -603,7 +603,10 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
 
         train_file.change(train_file_columns, train_file, [text_column, label_column], api_visibility="private")
         method.change(on_method_change, method, [learning_rate, options_code, options_help], api_visibility="private")
-        train_button.click(announce_queue, None, None, queue=False, api_visibility="private")
+        # queued (gr.Info needs an event) but never waiting: its own unlimited concurrency group
+        train_button.click(
+            announce_queue, None, None, api_visibility="private", concurrency_limit=None, concurrency_id="notices"
+        )
         train_event = train_button.click(
             parse_options, options_code, options, api_visibility="private", queue=False
         ).success(

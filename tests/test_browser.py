@@ -94,3 +94,30 @@ def test_train_a_tiny_job_in_the_browser(space, browser, tiny_model_dir, tiny_cs
     open_tab(browser, "Compare")
     wait.until(lambda d: job.name in d.find_element(By.ID, "runs-table").text)
     screenshot(browser, "compare")
+
+
+def test_a_second_job_is_queued_with_a_notice_and_cancel_frees_the_queue(space, browser, tiny_model_dir, tiny_csv):  # noqa: F811
+    from tests.test_space import train
+
+    app, url = space
+    before = len(app.RUNNER.jobs)
+    long_job = train(api_client(url), tiny_csv, str(tiny_model_dir), epochs=500, max_samples=32, batch_size=4)
+    wait = WebDriverWait(browser, 120)
+    wait.until(lambda d: app.RUNNER.current is not None and app.RUNNER.current.step > 0)
+    open_tab(browser, "Train")
+    browser.find_element(By.ID, "train-button").click()  # the form still holds the tiny job of the test above
+    notice = wait.until(lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".toast-body") if "queued" in e.text])
+    assert "is training: your job is queued" in notice[0].text
+    screenshot(browser, "queued")
+    assert len(app.RUNNER.jobs) == before + 1  # only the long job has started
+    next(e for e in browser.find_elements(By.TAG_NAME, "button") if e.text.strip() == "Cancel").click()
+    assert long_job.result(timeout=120)[2]["state"] == "cancelled"
+    wait.until(lambda d: len(app.RUNNER.jobs) == before + 2 and not app.RUNNER.jobs[-1].is_alive())
+    assert app.RUNNER.jobs[-1].state == "finished"  # the queued browser job ran once the queue was free
+    wait.until(lambda d: app.RUNNER.jobs[-1].name in d.find_element(By.ID, "train-status").text)
+
+
+def api_client(url: str):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
