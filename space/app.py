@@ -378,9 +378,13 @@ def cancel() -> str:
     return f"Cancelling **{job.name}** after its current step; the model trained so far is evaluated and kept."
 
 
-def announce_queue() -> None:
-    if RUNNER.current is not None:
-        gr.Info(f"'{RUNNER.current.name}' is training: your job is queued and starts when it ends.")
+def announce_queue():
+    """When a job is training, tell the user that theirs waits (the Train event itself queues it)."""
+    running = RUNNER.current
+    if running is None:
+        return gr.skip()
+    gr.Info(f"'{running.name}' is training: your job is queued and starts when it ends.")
+    return f'<div class="job-status"><span>Queued: waiting for <b>{running.name}</b> to finish.</span></div>'
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -605,7 +609,7 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
         method.change(on_method_change, method, [learning_rate, options_code, options_help], api_visibility="private")
         # queued (gr.Info needs an event) but never waiting: its own unlimited concurrency group
         train_button.click(
-            announce_queue, None, None, api_visibility="private", concurrency_limit=None, concurrency_id="notices"
+            announce_queue, None, status, api_visibility="private", concurrency_limit=None, concurrency_id="notices"
         )
         train_event = train_button.click(
             parse_options, options_code, options, api_visibility="private", queue=False

@@ -108,6 +108,7 @@ def test_a_second_job_is_queued_with_a_notice_and_cancel_frees_the_queue(space, 
     browser.find_element(By.ID, "train-button").click()  # the form still holds the tiny job of the test above
     notice = wait.until(lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".toast-body") if "queued" in e.text])
     assert "is training: your job is queued" in notice[0].text
+    wait.until(lambda d: "Queued: waiting for" in d.find_element(By.ID, "train-status").text)
     screenshot(browser, "queued")
     assert len(app.RUNNER.jobs) == before + 1  # only the long job has started
     next(e for e in browser.find_elements(By.TAG_NAME, "button") if e.text.strip() == "Cancel").click()
