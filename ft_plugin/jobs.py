@@ -9,6 +9,8 @@ What the Space (or a notebook) uses to train without blocking its UI::
 
 A job is the recipe's own code (`recipe.parse_args` -> `build_trainer` -> `train_and_save`) with a callback
 that records the Trainer's logs and stops it on request, so a job's result folder is an ordinary result.
+One job at a time per process: `TrainingArguments` resets Accelerate's process-wide state when created, so a
+second job's options are only parsed once the first has ended (`JobRunner.submit` enforces it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import torch
 from transformers import TrainerCallback
 
 from .errors import FtPluginError, MethodError
@@ -197,12 +200,11 @@ class JobCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         job = self.job
         job.step = state.global_step
-        # CPU: resident memory added since the job began; GPU: peak allocated memory.
-        import torch
-
-        memory = (
-            torch.cuda.max_memory_allocated() if torch.cuda.is_available() else self.process.memory_info().rss
-        ) - (0 if torch.cuda.is_available() else self.baseline_rss)
+        # GPU: peak allocated memory; CPU: resident memory added since the job began.
+        if torch.cuda.is_available():
+            memory = torch.cuda.max_memory_allocated()
+        else:
+            memory = self.process.memory_info().rss - self.baseline_rss
         job.peak_memory_mb = max(job.peak_memory_mb, memory / 2**20)
         if job._cancel.is_set():
             job.stop_reason = f"cancelled at step {state.global_step}"
