@@ -5,6 +5,7 @@ ft-plugin train --method lora [run_glue-style flags]      (same flags as the rec
 ft-plugin evaluate --adapter DIR [--test_file F]
 ft-plugin predict --adapter DIR "some text" ... | --input_file F [--output_file P]
 ft-plugin setup                                              (register the embedded model in the HF cache)
+ft-plugin space [--port 7860] [--share]                      (the Gradio Space, from a source checkout)
 """
 
 from __future__ import annotations
@@ -106,12 +107,40 @@ def _setup(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- space (issue 5) -------------------------------------------------------------------------------------------
+def _space_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0 to share on a network).")
+    parser.add_argument("--port", type=int, default=None, help="Port (default: Gradio's, 7860 or the next free).")
+    parser.add_argument("--share", action="store_true", help="Also create a temporary public gradio.live link.")
+
+
+def _space(args: argparse.Namespace) -> int:
+    """Launch the Gradio Space (space/app.py beside the package: a source checkout with `pip install -e .[space]`)."""
+    import importlib.util
+    from pathlib import Path
+
+    app_file = Path(__file__).resolve().parents[1] / "space" / "app.py"
+    if not app_file.is_file() or importlib.util.find_spec("gradio") is None:
+        raise FtPluginError(
+            "`ft-plugin space` runs space/app.py from a source checkout with gradio: clone the repository and run "
+            '`pip install -e ".[space]"` there.'
+        )
+    spec = importlib.util.spec_from_file_location("ft_plugin_space_app", app_file)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    app.launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0
+
+
+# -- end space ---------------------------------------------------------------------------------------------------
+
 # name -> (help, add_arguments, run). A new subcommand is one entry here.
 SUBCOMMANDS = {
     "methods": ("List the methods with their trainable parameters.", _methods_arguments, _methods),
     "evaluate": ("Evaluate a result folder or Hub repo.", _evaluate_arguments, _evaluate),
     "predict": ("Classify texts with a result folder or Hub repo.", _predict_arguments, _predict),
     "setup": ("Register the embedded model in the Hugging Face cache.", lambda parser: None, _setup),
+    "space": ("Launch the Gradio Space (predict, train, compare, push).", _space_arguments, _space),
 }
 
 

@@ -1,0 +1,252 @@
+"""Training jobs in a background thread: live progress, loss and accuracy, cancel, one job at a time.
+
+What the Space (or a notebook) uses to train without blocking its UI::
+
+    runner = JobRunner()
+    job = runner.submit(TrainingJob({"method": "lora", "max_train_samples": 500, "output_dir": "out/lora"}))
+    while job.is_alive(): print(job.progress, job.history[-1:]); time.sleep(1)
+    job.cancel()        # stops after the current step; the model trained so far is evaluated and saved
+
+A job is the recipe's own code (`recipe.parse_args` -> `build_trainer` -> `train_and_save`) with a callback
+that records the Trainer's logs and stops it on request, so a job's result folder is an ordinary result.
+One job at a time per process: `TrainingArguments` resets Accelerate's process-wide state when created, so a
+second job's options are only parsed once the first has ended (`JobRunner.submit` enforces it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from transformers import TrainerCallback
+
+from .errors import FtPluginError, MethodError
+
+logger = logging.getLogger(__name__)
+
+# Job states; `is_alive()` is True for the first two.
+QUEUED, RUNNING, FINISHED, CANCELLED, FAILED = "queued", "running", "finished", "cancelled", "failed"
+
+
+def options_to_argv(options: dict[str, Any]) -> list[str]:
+    """`{"lora_r": 8, "target_modules": ["query", "value"]}` -> `["--lora_r", "8", "--target_modules", ...]`.
+
+    The options are the recipe's flags (the CLI and YAML configs use the same names); None means "default".
+    """
+    argv: list[str] = []
+    for key, value in options.items():
+        if value is None or value == "":
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+@dataclass
+class TrainingJob:
+    """One training run, configured by recipe flags, observable while it runs in a background thread.
+
+    Args:
+        options: recipe flags as a mapping (`method`, `model_name_or_path`, `train_file`, `lora_r`,
+            `num_train_epochs`, `output_dir`...), parsed and validated at once by `recipe.parse_args`.
+        max_minutes: stop training after this many minutes (the model trained so far is kept), None: no limit.
+        name: a label for tables and dropdowns (default: the output folder's name).
+    """
+
+    options: dict[str, Any]
+    max_minutes: float | None = None
+    name: str | None = None
+    state: str = field(default=QUEUED, init=False)
+    step: int = field(default=0, init=False)
+    max_steps: int = field(default=0, init=False)
+    history: list[dict[str, float]] = field(default_factory=list, init=False)
+    metrics: dict[str, float] = field(default_factory=dict, init=False)
+    error: str | None = field(default=None, init=False)
+    stop_reason: str | None = field(default=None, init=False)
+    phase: str = field(default="waiting", init=False)
+    peak_memory_mb: float = field(default=0.0, init=False)
+    started_at: float | None = field(default=None, init=False)
+    ended_at: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise MethodError(f"max_minutes must be positive, got {self.max_minutes}.")
+        if not self.options.get("output_dir"):
+            raise MethodError("A training job needs an 'output_dir' option: the folder its result is saved in.")
+        self.method = str(self.options.get("method") or "lora")
+        self.output_dir = Path(self.options["output_dir"])
+        self.name = self.name or self.output_dir.name
+        self.arguments: tuple | None = None
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def prepare(self) -> None:
+        """Parse and check the options (the recipe's `parse_args`); errors are raised here, in the caller.
+
+        Not while another job trains: creating `TrainingArguments` resets Accelerate's process-wide state,
+        which would break the running Trainer. `JobRunner.submit` takes care of that.
+        """
+        from .recipe import parse_args
+
+        try:
+            self.arguments = parse_args(options_to_argv(self.options))
+        except FtPluginError:
+            raise
+        except ValueError as error:  # HfArgumentParser: unknown flags; dataclasses: bad values
+            raise MethodError(f"Invalid training options: {error}. The options are the recipe's flags.") from None
+
+    # -- control ---------------------------------------------------------------------------------------------
+    def start(self) -> TrainingJob:
+        """Run in a daemon thread; returns at once."""
+        if self.arguments is None:
+            self.prepare()
+        self._thread = threading.Thread(target=self._run, name=f"ft-plugin-job-{self.name}", daemon=True)
+        self.state = RUNNING
+        self.started_at = time.time()
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        """Stop after the current optimizer step; the model trained so far is still evaluated and saved."""
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job ends (or `timeout` seconds). True if it has ended."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.is_alive()
+
+    def is_alive(self) -> bool:
+        return self.state in (QUEUED, RUNNING)
+
+    # -- observation -----------------------------------------------------------------------------------------
+    @property
+    def progress(self) -> float:
+        """Share of the optimizer steps done, in [0, 1]."""
+        return min(1.0, self.step / self.max_steps) if self.max_steps else 0.0
+
+    @property
+    def elapsed(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (self.ended_at or time.time()) - self.started_at
+
+    @property
+    def has_result(self) -> bool:
+        """True once a result folder was saved (finished, or cancelled after training started)."""
+        return (self.output_dir / "ft_plugin_config.json").is_file() and not self.is_alive()
+
+    def summary(self) -> dict[str, Any]:
+        """One row for a comparison table."""
+        return {
+            "run": self.name,
+            "method": self.method,
+            "base model": self.options.get("model_name_or_path") or "minilm-l6",
+            "state": self.state,
+            "steps": self.step,
+            "accuracy": self.metrics.get("test_accuracy", self.metrics.get("eval_accuracy")),
+            "f1 (macro)": self.metrics.get("test_f1_macro", self.metrics.get("eval_f1_macro")),
+            "trainable params": self.metrics.get("trainable_params"),
+            "train seconds": round(self.metrics.get("train_runtime", self.elapsed), 1),
+            "peak memory (MB)": round(self.peak_memory_mb),
+            "output_dir": str(self.output_dir),
+        }
+
+    # -- the work --------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        from .recipe import build_trainer, train_and_save
+
+        try:
+            self.phase = "loading data and model"
+            trainer = build_trainer(*self.arguments, callbacks=[JobCallback(self)])
+            if self._cancel.is_set():  # cancelled while the data and model were loading: nothing to keep
+                self.stop_reason = "cancelled before training started"
+                self.state = CANCELLED
+                return
+            self.metrics = train_and_save(trainer)
+            self.state = CANCELLED if self._cancel.is_set() else FINISHED
+        except Exception as error:  # a thread must not die silently: the UI shows the error
+            logger.exception("Training job %s failed", self.name)
+            self.error = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            self.state = FAILED
+        finally:
+            self.phase = self.state
+            self.ended_at = time.time()
+
+
+class JobCallback(TrainerCallback):
+    """Feeds a `TrainingJob`: steps, logged loss/accuracy, peak memory; stops on cancel or time limit."""
+
+    def __init__(self, job: TrainingJob) -> None:
+        self.job = job
+        self.process = psutil.Process()
+        self.baseline_rss = self.process.memory_info().rss
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.job.max_steps = state.max_steps
+        self.job.phase = "training"
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.job.phase = "evaluating and saving"
+
+    def on_step_end(self, args, state, control, **kwargs):
+        job = self.job
+        job.step = state.global_step
+        # GPU: peak allocated memory; CPU: resident memory added since the job began.
+        if torch.cuda.is_available():
+            memory = torch.cuda.max_memory_allocated()
+        else:
+            memory = self.process.memory_info().rss - self.baseline_rss
+        job.peak_memory_mb = max(job.peak_memory_mb, memory / 2**20)
+        if job._cancel.is_set():
+            job.stop_reason = f"cancelled at step {state.global_step}"
+            control.should_training_stop = True
+        elif job.max_minutes is not None and job.elapsed > 60 * job.max_minutes:
+            job.stop_reason = f"time limit of {job.max_minutes:g} min reached at step {state.global_step}"
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            numbers = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+            self.job.history.append({"step": state.global_step, **numbers})
+
+
+class JobRunner:
+    """Runs one `TrainingJob` at a time and remembers every job it ran (for comparison tables)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[TrainingJob] = []
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> TrainingJob | None:
+        """The job still running, if any."""
+        return next((job for job in self.jobs if job.is_alive()), None)
+
+    def submit(self, job: TrainingJob) -> TrainingJob:
+        """Start `job`; raises if another job is still running (cancel it or wait for it first)."""
+        with self._lock:
+            running = self.current
+            if running is not None:
+                raise FtPluginError(
+                    f"Training job '{running.name}' is still running: wait for it to finish or cancel it first."
+                )
+            if any(job.output_dir.resolve() == other.output_dir.resolve() for other in self.jobs):
+                raise FtPluginError(f"Output folder '{job.output_dir}' is used by another run: choose a new one.")
+            job.prepare()  # only now: no other job is training (see `TrainingJob.prepare`)
+            self.jobs.append(job)
+            return job.start()
+
+    def get(self, name: str) -> TrainingJob:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise FtPluginError(f"No training run named '{name}': the runs are {[job.name for job in self.jobs]}.")

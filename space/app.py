@@ -1,0 +1,641 @@
+"""ft-plugin Space: classify texts with a base model plus a delta adapter, train small jobs live, compare, push.
+
+    python space/app.py            # or: ft-plugin space    (offline, on the embedded MiniLM-L6 + tweets)
+
+UI only: loading, training, saving and pushing are ft-plugin's (`TextClassifier`, `jobs.TrainingJob` on top of
+`recipe.build_trainer`, `hub.push_result`). API endpoints for `gradio_client`: /predict, /predict_file, /train,
+/cancel, /push (see README.md).
+"""
+
+import functools
+import inspect
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from ft_plugin.data import (
+    LABEL_COLUMN_CANDIDATES,
+    TEXT_COLUMN_CANDIDATES,
+    DataArguments,
+    load_data,
+    load_text_file,
+    read_file,
+)
+from ft_plugin.errors import FtPluginError
+from ft_plugin.inference import TextClassifier
+from ft_plugin.jobs import FAILED, FINISHED, JobRunner, TrainingJob
+from ft_plugin.methods import METHODS, parse_method
+from ft_plugin.models import DEFAULT_MODEL, PACKAGED_MODELS, load_base_model
+from ft_plugin.saving import read_record
+
+logger = logging.getLogger("ft_plugin.space")
+
+RUNS_DIR = Path(os.environ.get("FT_PLUGIN_SPACE_RUNS", "outputs/space"))  # where the app's runs are saved
+RESULT_ROOTS = [Path(p) for p in os.environ.get("FT_PLUGIN_SPACE_RESULTS", "outputs").split(os.pathsep) if p]
+AUTO_BASE, NO_ADAPTER = "auto", "none"
+MAX_CHARS = 10_000  # longer texts are cut before tokenising (the model reads 128 tokens anyway)
+EVAL_SAMPLES = 500  # validation/test texts per run: enough for a stable accuracy, quick on CPU
+MODEL_CACHE_SIZE = 3
+
+RUNNER = JobRunner()
+_models: "OrderedDict[tuple[str, str], TextClassifier]" = OrderedDict()
+_models_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers: user errors become gr.Error, never tracebacks
+# ---------------------------------------------------------------------------------------------------------------
+def _message(error: Exception) -> str:
+    if isinstance(error, FtPluginError):
+        return str(error)
+    logger.exception("Unexpected error")
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"Unexpected error ({type(error).__name__}: {first}). The server log has the details."
+
+
+def friendly(fn):
+    """Show ft-plugin errors (and unexpected ones, in one line) as `gr.Error` pop-ups."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as error:
+                raise gr.Error(_message(error)) from None
+
+        return generator
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as error:
+            raise gr.Error(_message(error)) from None
+
+    return wrapper
+
+
+@functools.cache
+def embedded_data():
+    """The embedded tweets (labels for an untrained head, example inputs)."""
+    return load_data(DataArguments())
+
+
+def example_texts(per_label: int = 2) -> list[str]:
+    """Short test-split tweets, `per_label` of each label."""
+    data = embedded_data()
+    test = data.splits["test"]
+    chosen: dict[int, list[str]] = {i: [] for i in range(len(data.labels))}
+    for text, label in zip(test["text"], test["label"]):
+        if 40 <= len(text) <= 110 and "\ufffd" not in text and len(chosen[label]) < per_label:
+            chosen[label].append(text)
+    return [text for texts in chosen.values() for text in texts]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models: loaded once, a few kept (least recently used dropped)
+# ---------------------------------------------------------------------------------------------------------------
+def get_classifier(base: str, adapter: str) -> TextClassifier:
+    """The classifier for a base model choice and an adapter choice, from the cache when possible."""
+    base = (base or AUTO_BASE).strip()
+    adapter = (adapter or NO_ADAPTER).strip()
+    key = (base, adapter)
+    with _models_lock:  # one load at a time; predictions on loaded models stay concurrent
+        if key in _models:
+            _models.move_to_end(key)
+            return _models[key]
+        if adapter == NO_ADAPTER:
+            model, tokenizer = load_base_model(None if base == AUTO_BASE else base, embedded_data().labels)
+            classifier = TextClassifier(model=model.eval(), tokenizer=tokenizer)
+        else:  # a result folder or Hub id; LoRA-like adapters are merged into the base for speed
+            classifier = TextClassifier.from_pretrained(adapter, None if base == AUTO_BASE else base)
+        _models[key] = classifier
+        while len(_models) > MODEL_CACHE_SIZE:
+            _models.popitem(last=False)
+        return classifier
+
+
+def find_results() -> list[Path]:
+    """Result folders (with `ft_plugin_config.json`) under the result roots and the runs folder."""
+    found = set()
+    for root in [RUNS_DIR, *RESULT_ROOTS]:
+        if root.is_dir():
+            for depth in ("*", "*/*", "*/*/*"):
+                found.update(p.parent.resolve() for p in root.glob(f"{depth}/ft_plugin_config.json"))
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def result_choices() -> list[tuple[str, str]]:
+    """(label, value) for every result: the app's runs first (with their accuracy), then other local folders."""
+    runs = {job.output_dir.resolve(): job for job in RUNNER.jobs if job.has_result}
+    choices = []
+    for folder in find_results():
+        job = runs.get(folder)
+        if job is not None:
+            accuracy = job.summary()["accuracy"]
+            label = f"{job.name} · {job.method}" + (f" · acc {accuracy:.3f}" if accuracy is not None else "")
+        else:
+            record = read_record(folder)
+            label = f"{folder.name} · {record.get('method')} (local)"
+        choices.append((label, str(folder)))
+    return choices
+
+
+def base_choices(extra: list[str]) -> list[tuple[str, str]]:
+    packaged = [(f"{name} · {model.description.split(' (')[0]}", name) for name, model in PACKAGED_MODELS.items()]
+    return packaged + [(Path(path).name, path) for path in extra]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Predict
+# ---------------------------------------------------------------------------------------------------------------
+@friendly
+def predict(text: str, base: str = AUTO_BASE, adapter: str = NO_ADAPTER) -> dict[str, float]:
+    """Label probabilities of one text."""
+    text = (text or "").strip()
+    if not text:
+        raise gr.Error("The text is empty: type a sentence to classify.")
+    classifier = get_classifier(base, adapter)
+    if len(text) > MAX_CHARS:
+        text = text[:MAX_CHARS]
+    tokens = len(classifier.tokenizer(text, truncation=False)["input_ids"])
+    if tokens > classifier.max_length:
+        gr.Warning(f"The text has {tokens} tokens: only the first {classifier.max_length} were classified.")
+    return classifier.predict([text])[0]
+
+
+def adapter_note(adapter: str | None) -> str:
+    """A hint under the model pickers while no adapter is chosen."""
+    if (adapter or NO_ADAPTER) != NO_ADAPTER:
+        return ""
+    return (
+        "No adapter: the classification head is untrained, so scores are near chance. Train one in the "
+        "**Train** tab (a minute on CPU) or pick a result."
+    )
+
+
+def _column_picker(columns: list[str], candidates: tuple[str, ...], fallback: int) -> gr.Dropdown:
+    guess = next((c for c in candidates if c in columns), columns[fallback] if columns else None)
+    return gr.Dropdown(choices=columns, value=guess, visible=bool(columns))
+
+
+@friendly
+def file_columns(path: str | None) -> gr.Dropdown:
+    """Text column picker for an uploaded file (a text-like column preselected)."""
+    return _column_picker(read_file(path).column_names if path else [], TEXT_COLUMN_CANDIDATES, 0)
+
+
+@friendly
+def train_file_columns(path: str | None) -> tuple[gr.Dropdown, gr.Dropdown]:
+    """Text and label column pickers for a training file; hidden while the embedded tweets are used."""
+    columns = read_file(path).column_names if path else []
+    return (
+        _column_picker(columns, TEXT_COLUMN_CANDIDATES, 0),
+        _column_picker(columns, LABEL_COLUMN_CANDIDATES, -1),
+    )
+
+
+@friendly
+def predict_file(path: str | None, text_column: str | None, base: str = AUTO_BASE, adapter: str = NO_ADAPTER):
+    """Classify every row of a CSV/JSONL/... file: a predictions CSV (label + one score column per label)."""
+    if not path:
+        raise gr.Error("Upload a csv, tsv, jsonl or parquet file with a text column first.")
+    frame = load_text_file(path, text_column or None).to_pandas()
+    classifier = get_classifier(base, adapter)
+    probabilities = classifier.predict_proba(frame["text"].tolist())
+    frame["label"] = [classifier.labels[i] for i in probabilities.argmax(-1).tolist()]
+    for i, label in enumerate(classifier.labels):
+        frame[f"score_{label}"] = probabilities[:, i].numpy().round(4)
+    output = Path(tempfile.mkdtemp(prefix="ft-plugin-")) / f"{Path(path).stem}_predictions.csv"
+    frame.to_csv(output, index=False)
+    return str(output), frame.head(20)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Train
+# ---------------------------------------------------------------------------------------------------------------
+def _option_fields(method: str) -> list:
+    """The hyper-parameter fields of a method or `+`-combination (its recipe flags), minus automatic ones."""
+    return [
+        f
+        for spec in parse_method(method)
+        for f in fields(spec.config_cls)
+        if f.name != "adalora_total_step"  # set from the schedule, not by users
+    ]
+
+
+def method_defaults(method: str) -> dict:
+    """The method's hyper-parameters and their defaults."""
+    return {f.name: (f.default if f.default is not MISSING else None) for f in _option_fields(method)}
+
+
+def method_help(method: str) -> str:
+    """The method's description and a table of its options."""
+    specs = parse_method(method)
+    about = " ".join(f"**{spec.name}** ({spec.family}): {spec.description}" for spec in specs)
+    rows = "\n".join(
+        f"| `{f.name}` | {f.metadata.get('help', '').split(': ', 1)[-1]} |" for f in _option_fields(method)
+    )
+    return about + (f"\n\n| option | meaning |\n|---|---|\n{rows}" if rows else "\n\n*No method options.*")
+
+
+@friendly
+def on_method_change(method: str) -> tuple[float, str, str]:
+    """Learning rate (the lowest default of the methods), options (JSON) and help of a newly chosen method."""
+    learning_rate = min(spec.learning_rate for spec in parse_method(method))
+    return learning_rate, json.dumps(method_defaults(method), indent=1), method_help(method)
+
+
+def parse_options(code: str) -> dict:
+    """The method options box (JSON) as a dict of recipe flags."""
+    try:
+        value = json.loads(code or "{}")
+    except json.JSONDecodeError as error:
+        raise gr.Error(f"Method options are not valid JSON ({error.msg}, line {error.lineno}).") from None
+    if not isinstance(value, dict):
+        raise gr.Error('Method options must be a JSON object, e.g. {"lora_r": 8}.')
+    return value
+
+
+def _run_name(method: str) -> str:
+    stem = method.replace("+", "_")
+    index = 1
+    while (RUNS_DIR / f"{stem}-{index}").exists() or any(j.name == f"{stem}-{index}" for j in RUNNER.jobs):
+        index += 1
+    return f"{stem}-{index}"
+
+
+def _status_html(job: TrainingJob) -> str:
+    """A progress bar with the latest loss/accuracy (a plain HTML block, so it updates without flicker)."""
+    last = {}
+    for record in job.history:
+        last.update({k: v for k, v in record.items() if k in ("loss", "eval_accuracy")})
+    parts = [f"step {job.step}/{job.max_steps or '?'}", job.phase]
+    if "loss" in last:
+        parts.append(f"loss {last['loss']:.3f}")
+    if "eval_accuracy" in last:
+        parts.append(f"val. accuracy {last['eval_accuracy']:.3f}")
+    parts.append(f"{job.elapsed:.0f} s")
+    if job.state == FINISHED or (job.has_result and job.state != FAILED):
+        summary = job.summary()
+        parts = [f"<b>{job.name}</b> {job.state}" + (f" ({job.stop_reason})" if job.stop_reason else "")]
+        if summary["accuracy"] is not None:
+            parts.append(f"test accuracy {summary['accuracy']:.3f}")
+        parts.append(f"{summary['train seconds']} s · now in the Predict tab")
+    elif not job.is_alive():
+        parts = [f"<b>{job.name}</b> {job.state}: {job.error or job.stop_reason or ''}"]
+    percent = 100 * (1.0 if not job.is_alive() else job.progress)
+    return (
+        f'<div class="job-status"><div class="bar"><div style="width:{percent:.0f}%"></div></div>'
+        f"<span>{' · '.join(parts)}</span></div>"
+    )
+
+
+def _curve(job: TrainingJob) -> pd.DataFrame | None:
+    """Long-format curve for `gr.LinePlot`: training loss, validation loss and accuracy against steps."""
+    series = {"loss": "train loss", "eval_loss": "validation loss", "eval_accuracy": "validation accuracy"}
+    rows = [
+        (record["step"], name, record[key]) for record in job.history for key, name in series.items() if key in record
+    ]
+    if not rows:  # None, not an empty frame: a plot first given no rows draws no coloured lines later (Gradio 6)
+        return None
+    frame = pd.DataFrame(rows, columns=["step", "series", "value"])
+    return frame.drop_duplicates(["step", "series"], keep="last")
+
+
+@friendly
+def train(
+    train_file: str | None,
+    text_column: str | None,
+    label_column: str | None,
+    base: str,
+    method: str,
+    learning_rate: float,
+    epochs: float,
+    batch_size: int,
+    max_samples: int,
+    max_minutes: float,
+    options: dict | None,
+):
+    """Start a training job and stream its progress; the finished adapter appears in the Predict tab."""
+    name = _run_name(method)
+    job = TrainingJob(
+        {
+            "method": method,
+            "model_name_or_path": None if base in (None, "", AUTO_BASE) else base,
+            "train_file": train_file,
+            "text_column": text_column if train_file else None,
+            "label_column": label_column if train_file else None,
+            "learning_rate": learning_rate,
+            "num_train_epochs": epochs,
+            "per_device_train_batch_size": int(batch_size),
+            "max_train_samples": int(max_samples) if max_samples else None,
+            "max_eval_samples": EVAL_SAMPLES,
+            "max_predict_samples": EVAL_SAMPLES,
+            "output_dir": str(RUNS_DIR / name),
+            # a live curve: log every 5% of the steps, evaluate every 25%; the result folder is the checkpoint
+            "logging_first_step": True,
+            "logging_steps": 0.05,
+            "eval_strategy": "steps",
+            "eval_steps": 0.25,
+            "save_strategy": "no",
+            "load_best_model_at_end": False,
+            **(options or {}),
+        },
+        max_minutes=max_minutes or None,
+        name=name,
+    )
+    RUNNER.submit(job)
+    while job.is_alive():
+        yield _status_html(job), _curve(job), job.summary()
+        time.sleep(1.0)
+    yield _status_html(job), _curve(job), job.summary()
+    if job.state == FAILED:
+        raise gr.Error(f"Training '{job.name}' failed: {job.error}")
+
+
+def cancel() -> str:
+    """Stop the running job after its current step; the model trained so far is evaluated and saved."""
+    job = RUNNER.current
+    if job is None:
+        gr.Warning("No training job is running.")
+        return "No training job is running."
+    job.cancel()
+    return f"Cancelling **{job.name}** after its current step; the model trained so far is evaluated and kept."
+
+
+def announce_queue():
+    """When a job is training, tell the user that theirs waits (the Train event itself queues it)."""
+    running = RUNNER.current
+    if running is None:
+        return gr.skip()
+    gr.Info(f"'{running.name}' is training: your job is queued and starts when it ends.")
+    return f'<div class="job-status"><span>Queued: waiting for <b>{running.name}</b> to finish.</span></div>'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compare and push
+# ---------------------------------------------------------------------------------------------------------------
+def runs_table() -> pd.DataFrame:
+    table = pd.DataFrame([job.summary() for job in RUNNER.jobs]).drop(columns=["output_dir"], errors="ignore")
+    if "base model" in table:  # local folders by their name
+        table["base model"] = [Path(name).name if os.path.isdir(name) else name for name in table["base model"]]
+    return table.round({"accuracy": 3, "f1 (macro)": 3})
+
+
+def refresh(x: str, pushed: str | None):
+    """Result choices (Predict and Push tabs), the runs table and the scatter plot, after a run or on a tab."""
+    choices = result_choices()
+    table = runs_table()
+    plotted = table.dropna(subset=["accuracy"]) if "accuracy" in table else table
+    values = [value for _, value in choices]
+    return (
+        gr.Dropdown(choices=[("none · untrained head", NO_ADAPTER), *choices]),
+        gr.Dropdown(choices=choices, value=pushed if pushed in values else (values[0] if values else None)),
+        table,
+        gr.ScatterPlot(plotted, x=x),
+    )
+
+
+@friendly
+def push(result: str, repo_id: str, token: str, private: bool, oauth_token: gr.OAuthToken | None = None) -> str:
+    """Push a result folder (adapter, tokenizer, model card) to the Hub; returns the repository link."""
+    if not result:
+        raise gr.Error("Choose a result to push (train one in the Train tab first).")
+    if not repo_id or repo_id.strip().count("/") != 1:
+        raise gr.Error("Give the repo id as 'username/name', e.g. 'alice/minilm-lora-tweets'.")
+    try:
+        from ft_plugin.hub import push_result
+    except ImportError:
+        raise gr.Error("This ft-plugin has no Hub support (ft_plugin.hub): upgrade ft-plugin to push.") from None
+    token = (token or "").strip() or (oauth_token.token if oauth_token is not None else None)
+    url = push_result(result, repo_id.strip(), token=token, private=bool(private))
+    return f"Pushed to [{url}]({url})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layout and wiring
+# ---------------------------------------------------------------------------------------------------------------
+CSS = """
+.job-status { display: flex; flex-direction: column; gap: 6px; font-size: 0.95em; }
+.job-status .bar { height: 10px; border-radius: 5px; background: var(--neutral-200); overflow: hidden; }
+.job-status .bar div { height: 100%; background: var(--color-accent); transition: width 0.8s ease; }
+#header p { color: var(--body-text-color-subdued); }
+.note p { font-size: 0.9em; color: var(--body-text-color-subdued); margin: 0 4px; }
+"""
+THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="sky")
+HEADER = """
+<div id="header">
+
+# ft-plugin: delta fine-tuning for text classification
+
+Classify text with a pretrained transformer plus a small trained **adapter** (LoRA, IA3, BitFit, prompt tuning,
+bottleneck adapters...), train new adapters in minutes on CPU, compare them and push the best to the Hub.
+Works offline: the default model (MiniLM-L6) and dataset (38k tweets: negative / neutral / positive) are embedded.
+</div>
+"""
+
+
+def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
+    """The Space. `extra_base_models`: more base model choices (local folders or Hub ids)."""
+    extra = list(extra_base_models or [])
+    method_names = list(METHODS)
+    default_method = "lora" if "lora" in METHODS else method_names[0]
+    with gr.Blocks(title="ft-plugin · delta fine-tuning", analytics_enabled=False) as demo:
+        gr.Markdown(HEADER)
+        with gr.Tabs():
+            # -- Predict -------------------------------------------------------------------------------------
+            with gr.Tab("Predict", id="predict") as predict_tab:
+                with gr.Row():
+                    base = gr.Dropdown(
+                        [("auto · the adapter's base (MiniLM-L6 without one)", AUTO_BASE), *base_choices(extra)],
+                        value=AUTO_BASE, label="Base model", allow_custom_value=True, scale=2,
+                        info="A short name, a local folder or a Hub id.",
+                    )  # fmt: skip
+                    adapter = gr.Dropdown(
+                        [("none · untrained head", NO_ADAPTER), *result_choices()],
+                        value=NO_ADAPTER, label="Adapter", allow_custom_value=True, scale=3,
+                        info="A run from the Train tab, a local result folder or a Hub repo id.",
+                    )  # fmt: skip
+                note = gr.Markdown(adapter_note(NO_ADAPTER), elem_classes="note")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3):
+                        text = gr.Textbox(
+                            label="Text", elem_id="predict-text", lines=4, max_lines=12, placeholder="Type a sentence, e.g. a tweet...",
+                            autofocus=True,
+                        )  # fmt: skip
+                        with gr.Row():
+                            gr.ClearButton([text], value="Clear")
+                            predict_button = gr.Button("Predict", variant="primary", elem_id="predict-button")
+                    with gr.Column(scale=2):
+                        scores = gr.Label(label="Label probabilities", num_top_classes=5, elem_id="scores")
+                gr.Examples([[t] for t in example_texts()], inputs=[text], label="Tweets from the test split")
+                with gr.Accordion("Classify a whole file", open=False):
+                    with gr.Row():
+                        upload = gr.File(
+                            label="CSV / TSV / JSONL / Parquet", file_types=[".csv", ".tsv", ".jsonl", ".json", ".parquet"]
+                        )  # fmt: skip
+                        with gr.Column():
+                            upload_column = gr.Dropdown([], label="Text column", allow_custom_value=True, visible=False)
+                            file_button = gr.Button("Classify file", variant="primary")
+                            predictions_file = gr.File(label="Predictions (CSV)", interactive=False)
+                    preview = gr.Dataframe(label="First rows", interactive=False, max_height=300)
+
+            # -- Train ---------------------------------------------------------------------------------------
+            with gr.Tab("Train", id="train"):
+                gr.Markdown(
+                    "Train an adapter on the embedded tweets or your own labelled file. One job runs at a time "
+                    "(others wait in a queue); **Cancel** stops it and keeps the model trained so far."
+                )
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2):
+                        train_file = gr.File(
+                            label="Labelled data (empty: the embedded tweets)",
+                            elem_id="train-file",
+                            file_types=[".csv", ".tsv", ".jsonl", ".json", ".parquet"],
+                        )
+                        with gr.Row():
+                            text_column = gr.Dropdown([], label="Text column", allow_custom_value=True, visible=False)
+                            label_column = gr.Dropdown([], label="Label column", allow_custom_value=True, visible=False)
+                        train_base = gr.Dropdown(
+                            base_choices(extra),
+                            value=DEFAULT_MODEL,
+                            label="Base model",
+                            allow_custom_value=True,
+                            elem_id="train-base",
+                        )
+                        method = gr.Dropdown(
+                            [(f"{name} · {METHODS[name].family}", name) for name in method_names],
+                            value=default_method, label="Method", allow_custom_value=True,
+                            info="Or a combination, e.g. lora+bitfit.",
+                        )  # fmt: skip
+                        with gr.Row():
+                            learning_rate = gr.Number(
+                                METHODS[default_method].learning_rate, label="Learning rate", min_width=110
+                            )
+                            epochs = gr.Number(1, label="Epochs", minimum=0.1, elem_id="epochs", min_width=110)
+                            batch_size = gr.Number(16, label="Batch size", precision=0, minimum=1, min_width=110)
+                        with gr.Row():
+                            max_samples = gr.Number(
+                                1000,
+                                label="Max training samples",
+                                precision=0,
+                                minimum=1,
+                                elem_id="max-samples",
+                                min_width=110,
+                            )
+                            max_minutes = gr.Number(5, label="Max minutes", minimum=0.1, min_width=110)
+                        with gr.Accordion("Method options", open=False):
+                            options = gr.JSON(method_defaults(default_method), visible=False)
+                            options_code = gr.Code(
+                                on_method_change(default_method)[1],
+                                language="json",
+                                label="Options (the recipe flags)",
+                                interactive=True,
+                                lines=6,
+                            )
+                            options_help = gr.Markdown(method_help(default_method))
+                        with gr.Row():
+                            cancel_button = gr.Button("Cancel", variant="stop")
+                            train_button = gr.Button("Train", variant="primary", elem_id="train-button")
+                        cancel_note = gr.Markdown()
+                    with gr.Column(scale=3):
+                        status = gr.HTML(
+                            '<div class="job-status"><span>No job yet.</span></div>', elem_id="train-status"
+                        )
+                        curve = gr.LinePlot(
+                            None, x="step", y="value", color="series",
+                            title="Training curve", height=320, x_title="optimizer step", y_title="",
+                        )  # fmt: skip
+                        summary = gr.JSON(label="Run summary", open=False)
+
+            # -- Compare -------------------------------------------------------------------------------------
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                gr.Markdown("Every run made in this app: accuracy on the test split against its cost.")
+                x_axis = gr.Radio(
+                    ["trainable params", "train seconds", "peak memory (MB)"], value="trainable params", label="x axis"
+                )
+                scatter = gr.ScatterPlot(
+                    x="trainable params",
+                    y="accuracy",
+                    color="method",
+                    height=340,
+                    tooltip=["run", "method"],
+                    x_axis_format="~s",
+                    y_axis_format=".2f",
+                )
+                table = gr.Dataframe(label="Runs", interactive=False, elem_id="runs-table")
+
+            # -- Push ----------------------------------------------------------------------------------------
+            with gr.Tab("Push to Hub", id="push") as push_tab:
+                gr.Markdown("Push a result (adapter, tokenizer, label mapping and a model card) to a Hub repository.")
+                push_result = gr.Dropdown(result_choices(), label="Result", allow_custom_value=True)
+                with gr.Row():
+                    repo_id = gr.Textbox(label="Repo id", placeholder="username/minilm-lora-tweets")
+                    token = gr.Textbox(label="Token (write access)", type="password", placeholder="hf_...")
+                    private = gr.Checkbox(True, label="Private")
+                if os.environ.get("SPACE_ID"):  # on Spaces: the Hub sign-in replaces the token box
+                    gr.LoginButton()
+                push_button = gr.Button("Push", variant="primary")
+                push_link = gr.Markdown()
+
+        # -- Wiring ----------------------------------------------------------------------------------------------
+        gr.on(
+            [predict_button.click, text.submit], predict, [text, base, adapter], scores,
+            api_name="predict", concurrency_limit=4,
+        )  # fmt: skip
+        adapter.change(adapter_note, adapter, note, api_visibility="private")
+        upload.upload(file_columns, upload, upload_column, api_visibility="private")
+        file_button.click(
+            predict_file, [upload, upload_column, base, adapter], [predictions_file, preview],
+            api_name="predict_file", concurrency_limit=2,
+        )  # fmt: skip
+
+        train_file.change(train_file_columns, train_file, [text_column, label_column], api_visibility="private")
+        method.change(on_method_change, method, [learning_rate, options_code, options_help], api_visibility="private")
+        # queued (gr.Info needs an event) but never waiting: its own unlimited concurrency group
+        train_button.click(
+            announce_queue, None, status, api_visibility="private", concurrency_limit=None, concurrency_id="notices"
+        )
+        train_event = train_button.click(
+            parse_options, options_code, options, api_visibility="private", queue=False
+        ).success(
+            train,
+            [train_file, text_column, label_column, train_base, method, learning_rate, epochs, batch_size,
+             max_samples, max_minutes, options],
+            [status, curve, summary],
+            api_name="train", concurrency_limit=1, concurrency_id="train", show_progress="hidden",
+        )  # fmt: skip
+        cancel_button.click(cancel, None, cancel_note, api_name="cancel", queue=False)
+
+        # new runs show up in the Predict, Compare and Push tabs
+        for trigger in (train_event.then, compare_tab.select, push_tab.select, predict_tab.select, x_axis.change):
+            trigger(refresh, [x_axis, push_result], [adapter, push_result, table, scatter], api_visibility="private")
+        push_button.click(push, [push_result, repo_id, token, private], push_link, api_name="push", concurrency_limit=1)
+    return demo
+
+
+def launch(extra_base_models: list[str] | None = None, **kwargs) -> gr.Blocks:
+    """Build and launch the Space (keyword arguments go to `Blocks.launch`)."""
+    demo = build_demo(extra_base_models)
+    demo.queue(default_concurrency_limit=2)
+    demo.launch(theme=THEME, css=CSS, **kwargs)
+    return demo
+
+
+if __name__ == "__main__":
+    launch()

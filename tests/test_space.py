@@ -1,0 +1,236 @@
+"""The Gradio Space end to end: the app launched on 127.0.0.1, driven through its API with `gradio_client`.
+
+A tiny random BERT is offered as an extra base model so that training takes seconds; predictions with the
+embedded MiniLM-L6 use the real default.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = {"negative", "neutral", "positive"}
+
+
+def load_app(runs_dir: Path):
+    """Import space/app.py as a fresh module, saving runs under `runs_dir` (read at import)."""
+    os.environ["FT_PLUGIN_SPACE_RUNS"] = str(runs_dir)
+    os.environ["FT_PLUGIN_SPACE_RESULTS"] = str(runs_dir)
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    spec = importlib.util.spec_from_file_location(f"space_app_{runs_dir.name}", ROOT / "space" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory, tiny_model_dir):
+    """(app module, URL) of the Space running in this process."""
+    app = load_app(tmp_path_factory.mktemp("space_runs"))
+    port = free_port()
+    demo = app.launch(
+        [str(tiny_model_dir)], server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
+    )
+    yield app, f"http://127.0.0.1:{port}/"
+    for job in app.RUNNER.jobs:
+        job.cancel()
+        job.wait(60)
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(space) -> Client:
+    return Client(space[1], verbose=False)
+
+
+def scores(label_output: dict) -> dict[str, float]:
+    """`gr.Label`'s API output as {label: probability}."""
+    return {item["label"]: item["confidence"] for item in label_output["confidences"]}
+
+
+def train(client: Client, csv: Path, base: str, **overrides):
+    """Submit a /train job on `csv` with `base`; returns the gradio_client job."""
+    arguments = dict(
+        train_file=handle_file(str(csv)), text_column="text", label_column="label", base=base, method="lora",
+        learning_rate=0.01, epochs=1, batch_size=16, max_samples=64, max_minutes=5, options={"lora_r": 4},
+    )  # fmt: skip
+    arguments.update(overrides)
+    return client.submit(**arguments, api_name="/train")  # by name, as space/README.md shows
+
+
+def test_api_names_the_main_actions(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/predict", "/predict_file", "/train", "/cancel", "/push"} <= set(endpoints)
+    predict = endpoints["/predict"]["parameters"]
+    assert [p["parameter_name"] for p in predict] == ["text", "base", "adapter"]
+    assert [p["parameter_has_default"] for p in predict] == [False, True, True]
+
+
+def test_predict_with_the_embedded_base_model(client):
+    result = scores(client.predict("The flight was delayed three hours and nobody told us why", api_name="/predict"))
+    assert set(result) == LABELS
+    assert sum(result.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_train_then_predict_with_the_new_adapter(space, client, tiny_model_dir, tiny_csv):
+    app, _ = space
+    status, curve, summary = train(client, tiny_csv, str(tiny_model_dir), epochs=2, max_samples=128).result(timeout=240)
+    assert summary["state"] == "finished" and summary["steps"] == 16  # 128 samples / 16 per batch * 2 epochs
+    assert "finished" in status and summary["accuracy"] is not None
+    assert {"train loss", "validation accuracy"} <= {row[1] for row in curve["data"]}
+    output_dir = Path(summary["output_dir"])
+    assert (output_dir / "ft_plugin_config.json").is_file()
+    assert str(output_dir) in [value for _, value in app.result_choices()]  # offered in Predict at once
+
+    text = "great love thanks the flight"
+    from_space = scores(client.predict(text, "auto", str(output_dir), api_name="/predict"))
+    from ft_plugin.inference import TextClassifier
+
+    expected = TextClassifier.from_pretrained(output_dir).predict([text])[0]
+    assert from_space == pytest.approx(expected, abs=1e-5)
+
+    # the same adapter on a base model of another shape is refused in one readable line
+    with pytest.raises(AppError, match="different base model"):
+        client.predict(text, "minilm-l6", str(output_dir), api_name="/predict")
+
+
+def test_cancel_keeps_the_model_trained_so_far_and_a_second_job_waits(space, client, tiny_model_dir, tiny_csv):
+    app, _ = space
+    job = train(client, tiny_csv, str(tiny_model_dir), epochs=200, max_samples=32, batch_size=4)
+    deadline = time.time() + 120
+    while (app.RUNNER.current is None or app.RUNNER.current.step < 2) and time.time() < deadline:
+        time.sleep(0.2)
+    running = app.RUNNER.current
+    assert running is not None and running.step >= 2
+
+    started = len(app.RUNNER.jobs)
+    other_user = Client(space[1], verbose=False)  # another session: its job waits in Gradio's queue
+    second = train(other_user, tiny_csv, str(tiny_model_dir))
+    time.sleep(1.0)
+    assert len(app.RUNNER.jobs) == started and not second.done()  # waiting in Gradio's queue, not started
+    second.cancel()
+
+    assert client.predict(api_name="/cancel").startswith("Cancelling")
+    _, _, summary = job.result(timeout=120)
+    assert summary["state"] == "cancelled" and 2 <= summary["steps"] < running.max_steps
+    assert running.stop_reason.startswith("cancelled at step")
+    assert (Path(summary["output_dir"]) / "ft_plugin_config.json").is_file()  # evaluated and saved
+    assert client.predict(api_name="/cancel") == "No training job is running."
+
+
+def test_bad_inputs_are_readable_errors(space, client, tiny_model_dir, tiny_csv, tmp_path, monkeypatch):
+    app, _ = space
+    with pytest.raises(AppError, match="text is empty"):
+        client.predict("   ", api_name="/predict")
+
+    with pytest.raises(AppError, match="column 'review' not found"):
+        train(client, tiny_csv, str(tiny_model_dir), text_column="review").result(timeout=60)
+
+    not_csv = tmp_path / "notes.txt"
+    not_csv.write_text("just some words\n")
+    with pytest.raises(AppError, match="Invalid file type"):  # Gradio's own check of file_types
+        client.predict(handle_file(str(not_csv)), "text", api_name="/predict_file")
+    image = tmp_path / "photo.csv"  # not a CSV, whatever its name says
+    image.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8\xff\xe0" * 8)
+    with pytest.raises(AppError, match="is not UTF-8"):
+        client.predict(handle_file(str(image)), "text", api_name="/predict_file")
+
+    with pytest.raises(AppError, match="Unknown method"):
+        train(client, tiny_csv, str(tiny_model_dir), method="nope").result(timeout=60)
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(AppError, match="Could not download 'nobody/no-such-adapter'"):
+        client.predict("hello", "auto", "nobody/no-such-adapter", api_name="/predict")
+
+    with pytest.raises(AppError, match="repo id"):
+        client.predict(str(tmp_path), "no-slash", "", True, api_name="/push")
+
+    # runs finished before survive all of the above
+    assert all(job.has_result for job in app.RUNNER.jobs if job.state in ("finished", "cancelled"))
+
+
+def test_predict_file_writes_a_predictions_csv(client, tiny_csv):
+    import pandas as pd
+
+    output, preview = client.predict(handle_file(str(tiny_csv)), "text", api_name="/predict_file")
+    frame = pd.read_csv(output)
+    assert len(frame) == 240 and {"text", "label", *(f"score_{label}" for label in LABELS)} <= set(frame.columns)
+    assert set(frame["label"]) <= LABELS
+    assert preview["headers"][:2] == ["text", "label"]
+
+
+def test_long_text_is_truncated_with_a_warning(space):
+    app, _ = space
+    with pytest.warns(UserWarning, match="only the first 128 were classified"):
+        result = app.predict("great flight " * 400, "auto", "none")
+    assert set(result) == LABELS
+
+
+def test_push_calls_the_hub_helper_and_shows_its_errors(space, client, tmp_path, monkeypatch):
+    """The Push tab's contract with `ft_plugin.hub.push_result(output_dir, repo_id, token=..., private=...)`."""
+    import sys
+    import types
+
+    from ft_plugin.errors import ModelError
+
+    calls = []
+
+    def push_result(output_dir, repo_id, token=None, private=False):
+        calls.append((output_dir, repo_id, token, private))
+        if repo_id.endswith("denied"):
+            raise ModelError(f"Could not push to '{repo_id}' (401 Unauthorized): check the token.")
+        return f"https://huggingface.co/{repo_id}"
+
+    monkeypatch.setitem(sys.modules, "ft_plugin.hub", types.SimpleNamespace(push_result=push_result))
+    link = client.predict(str(tmp_path), "alice/tweets-lora", "hf_secret", False, api_name="/push")
+    assert link == "Pushed to [https://huggingface.co/alice/tweets-lora](https://huggingface.co/alice/tweets-lora)"
+    assert calls == [(str(tmp_path), "alice/tweets-lora", "hf_secret", False)]
+    with pytest.raises(AppError, match="401 Unauthorized"):
+        client.predict(str(tmp_path), "alice/denied", "hf_wrong", True, api_name="/push")
+
+    monkeypatch.setitem(sys.modules, "ft_plugin.hub", None)  # an ft-plugin without Hub support
+    with pytest.raises(AppError, match="no Hub support"):
+        client.predict(str(tmp_path), "alice/tweets-lora", "hf_secret", False, api_name="/push")
+
+
+def test_training_job_library_api(tiny_model_dir, tiny_csv, tmp_path):
+    """`ft_plugin.jobs` on its own: option errors at submit, a time limit that keeps the model, one job at a time."""
+    from ft_plugin.errors import FtPluginError, MethodError
+    from ft_plugin.jobs import JobRunner, TrainingJob
+
+    options = {
+        "method": "lora", "model_name_or_path": str(tiny_model_dir), "train_file": str(tiny_csv),
+        "num_train_epochs": 50, "per_device_train_batch_size": 4, "max_train_samples": 32,
+        "eval_strategy": "no", "save_strategy": "no", "load_best_model_at_end": False, "report_to": "none",
+    }  # fmt: skip
+    runner = JobRunner()
+    with pytest.raises(MethodError, match="Invalid training options"):
+        runner.submit(TrainingJob({**options, "lora_rank": 4, "output_dir": str(tmp_path / "bad")}))
+    with pytest.raises(MethodError, match="output_dir"):
+        TrainingJob(options)
+
+    job = runner.submit(TrainingJob({**options, "output_dir": str(tmp_path / "limited")}, max_minutes=0.02))
+    with pytest.raises(FtPluginError, match="still running"):
+        runner.submit(TrainingJob({**options, "output_dir": str(tmp_path / "second")}))
+    assert job.wait(120) and job.state == "finished", job.error
+    assert job.stop_reason.startswith("time limit of 0.02 min") and 0 < job.step < job.max_steps == 400
+    assert job.has_result and job.metrics["test_accuracy"] >= 0 and job.history[0]["step"] >= 1
+    assert runner.current is None and [j.name for j in runner.jobs] == ["limited"]
