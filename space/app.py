@@ -445,7 +445,7 @@ HEADER = """
 
 Classify text with a pretrained transformer plus a small trained **adapter** (LoRA, IA3, BitFit, prompt tuning,
 bottleneck adapters...), train new adapters in minutes on CPU, compare them and push the best to the Hub.
-Works offline: the default model (MiniLM-L6) and dataset (38k tweets: negative / neutral / positive) are embedded.
+Works offline: the default model (MiniLM-L6) and dataset (37k tweets: negative / neutral / positive) are embedded.
 </div>
 """
 
