@@ -40,8 +40,8 @@ def train_small_lora(model_name_or_path: str | None, max_seq_length: int) -> str
 
 
 def latencies(classifier: TextClassifier, texts: list[str], batch: int, repeats: int) -> list[float]:
-    for _ in range(3):
-        classifier.predict_proba(texts[:batch], batch_size=batch)
+    for i in range(10):  # the first calls of a process are several times slower (allocator and kernel caches)
+        classifier.predict_proba(texts[i * batch : (i + 1) * batch], batch_size=batch)
     runs = []
     for i in range(repeats):
         chunk = [texts[(i * batch + j) % len(texts)] for j in range(batch)]
