@@ -251,6 +251,5 @@ class _hub_errors:
 
 
 def _is_network_error(error: BaseException) -> bool:
-    import httpx
-
-    return isinstance(error, httpx.TransportError)
+    """A connection or timeout error of the client's HTTP library (`httpx`, or `httpx2` in huggingface_hub 2.x)."""
+    return any(cls.__name__ == "TransportError" and cls.__module__.startswith("httpx") for cls in type(error).__mro__)
