@@ -208,38 +208,30 @@ def test_second_push_updates_and_revision_pushes_to_a_branch(hub, pushed):
     assert 'revision="dev"' in hub.files("alice/tiny-lora", "dev")["README.md"].decode()
 
 
-def test_push_errors_are_one_line_and_keep_the_result(hub, pushed, tmp_path):
-    output_dir, _, home = pushed
-    before, head = fingerprint(output_dir), hub.head("alice/tiny-lora")
-    push = ["push", str(output_dir), "--repo_id"]
-    results = run_cli(
-        [(push + ["alice/tiny-lora"], "hf_wrong_S3CRET_token"),   # 401
-         (push + ["alice/tiny-lora"], BOB),                       # 403: alice's repo
-         (push + ["alice/bobs-attempt"], BOB),                    # 403: alice's namespace
-         (push + ["alice/tiny-lora"], None),                      # no token
-         (push + ["not a/valid//id"], ALICE),
-         (["push", str(tmp_path), "--repo_id", "alice/x"], ALICE)],  # not a result folder
-        client_env(hub, home),
-    )  # fmt: skip
-    expected = ["rejected the token (401): run `hf auth login`", "cannot write to 'alice/tiny-lora' (403)",
-                "cannot write to 'alice/bobs-attempt' (403)", "No Hugging Face token: run `hf auth login`",
-                "is not a valid Hub repo id", "is not an ft-plugin result folder"]  # fmt: skip
-    for result, fragment in zip(results, expected):
-        assert fragment in error_line(result), result
-        assert "S3CRET" not in result["stderr"] + result["stdout"]
-    assert fingerprint(output_dir) == before and hub.head("alice/tiny-lora") == head
-    assert "alice/bobs-attempt" not in hub.repos
-
-
-def test_server_errors_are_retried_or_fail_cleanly(hub, pushed):
+def test_push_failures_are_one_line_keep_the_result_and_can_be_rerun(hub, pushed, tmp_path):
     from ft_plugin.hub import PUSH_ATTEMPTS
 
     output_dir, _, home = pushed
     before, head = fingerprint(output_dir), hub.head("alice/tiny-lora")
-    hub.fail_next["commit"] = PUSH_ATTEMPTS + 1  # the first push fails every attempt, the re-run once
+    push = ["push", str(output_dir), "--repo_id"]
+    bad = [
+        (push + ["alice/tiny-lora"], "hf_wrong_S3CRET_token", "rejected the token (401): run `hf auth login`"),
+        (push + ["alice/tiny-lora"], BOB, "cannot write to 'alice/tiny-lora' (403)"),  # alice's repo
+        (push + ["alice/bobs-attempt"], BOB, "cannot write to 'alice/bobs-attempt' (403)"),  # alice's namespace
+        (push + ["alice/tiny-lora"], None, "No Hugging Face token: run `hf auth login`"),
+        (push + ["not a/valid//id"], ALICE, "is not a valid Hub repo id"),
+        (["push", str(tmp_path), "--repo_id", "alice/x"], ALICE, "is not an ft-plugin result folder"),
+    ]
+    # Then server errors on the commit request: the first push fails every attempt, its re-run once (retried).
+    hub.fail_next["commit"] = PUSH_ATTEMPTS + 1
     commits_before = sum(entry.get("route") == "commit" for entry in hub.log)
-    push = (["push", str(output_dir), "--repo_id", "alice/tiny-lora"], ALICE)
-    failed, rerun = run_cli([push, push], client_env(hub, home))
+    calls = [(argv, token) for argv, token, _ in bad] + [(push + ["alice/tiny-lora"], ALICE)] * 2
+    *results, failed, rerun = run_cli(calls, client_env(hub, home))
+
+    for result, (_, _, fragment) in zip(results, bad, strict=True):
+        assert fragment in error_line(result), result
+        assert "S3CRET" not in result["stderr"] + result["stdout"]
+    assert "alice/bobs-attempt" not in hub.repos  # and no commit came from them (the statuses below)
     assert "HTTP 500" in error_line(failed) and "run the push again" in error_line(failed), failed
     assert rerun["rc"] == 0, rerun
     statuses = [entry["status"] for entry in hub.log if entry.get("route") == "commit"][commits_before:]
