@@ -275,11 +275,17 @@ def test_merged_export_and_push_run_in_a_transformers_pipeline(hub, pushed, tmp_
         expected = TextClassifier.from_pretrained({str(output_dir)!r}).predict({TEXTS!r})
         push_result({str(output_dir)!r}, "alice/tiny-lora-merged", merged=True)
         print("RESULT " + json.dumps({{"pipeline": scores, "expected": expected}}))
+
+        import re
+        from huggingface_hub import hf_hub_download
+        card = open(hf_hub_download("alice/tiny-lora-merged", "README.md")).read()
+        exec(re.findall(r"```python\\n(.*?)```", card, re.S)[0])  # the card's snippet, as written
         """
     )
     done = run([sys.executable, "-c", script], client_env(hub, home))
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.split("RESULT ")[1])
+    result = json.loads(done.stdout.split("RESULT ")[1].splitlines()[0])
+    assert re.search(r"\{'negative': [0-9.]+, 'neutral': [0-9.]+, 'positive': [0-9.]+\}", done.stdout)
     for scores, expected in zip(result["pipeline"], result["expected"]):
         assert {s["label"]: pytest.approx(s["score"], abs=1e-4) for s in scores} == expected
     files = hub.files("alice/tiny-lora-merged")
