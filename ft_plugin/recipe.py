@@ -112,6 +112,13 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
         argv = _config_file_to_argv(argv[0]) + argv[1:]
+    # --- hub (issue 4): TrainingArguments' `hub_private_repo` is `bool | None`, which argparse makes take a value;
+    # a bare `--hub_private_repo` (as users write `--push_to_hub`) means true.
+    if "--hub_private_repo" in argv:
+        i = argv.index("--hub_private_repo")
+        if i + 1 == len(argv) or argv[i + 1].startswith("--"):
+            argv.insert(i + 1, "true")
+    # --- end hub
     parser = HfArgumentParser((ModelArguments, DataArguments, MethodArguments, TrainingArguments))
     chosen, _ = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
     method = chosen.method if "--method" in argv or method is None else method

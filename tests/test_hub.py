@@ -350,3 +350,15 @@ def test_card_of_the_embedded_default_and_local_base_models(tiny_model_dir, tmp_
     exported = export_result(tmp_path / "default", tmp_path / "export", repo_id="me/lora")
     assert (exported / "README.md").is_file() and (exported / "adapter_model.safetensors").is_file()
     assert 'repo = "me/lora"' in (exported / "README.md").read_text()
+
+
+def test_recipe_hub_flags_and_the_trainer_never_pushes_itself(tiny_model_dir, tiny_csv, tmp_path):
+    from ft_plugin.recipe import build_trainer, parse_args
+
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--output_dir", str(tmp_path),
+            "--push_to_hub", "--hub_model_id", "me/x", "--hub_private_repo", "--hub_revision", "dev"]  # fmt: skip
+    model_args, data_args, method_args, training_args = parse_args(argv, method="lora")
+    assert training_args.hub_private_repo is True and training_args.hub_revision == "dev"
+    trainer = build_trainer(model_args, data_args, method_args, training_args)  # no Hub here: must not connect
+    assert trainer.ft_push_to_hub and not trainer.args.push_to_hub and trainer.hub_model_id is None
+    assert training_args.push_to_hub  # the caller's arguments are left as given
