@@ -173,13 +173,16 @@ def push_result(
         raise HubError("No Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write access.")
     api = HfApi(token=token)
     later = f"the result is still in '{folder}'; push it later with `ft-plugin push {folder} --repo_id {repo_id}`"
-    with _hub_errors(repo_id, later):
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        if revision:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        message = commit_message or f"Upload {record['method']} {'merged model' if merged else 'result'} (ft-plugin)"
-        with tempfile.TemporaryDirectory(prefix="ft-plugin-push-") as staging:
-            export_result(folder, staging, repo_id=repo_id, revision=revision, merged=merged)
+    if "/" not in repo_id:  # a bare name goes to the token owner's namespace, as `create_repo` does
+        with _hub_errors(repo_id, later):
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
+    message = commit_message or f"Upload {record['method']} {'merged model' if merged else 'result'} (ft-plugin)"
+    with tempfile.TemporaryDirectory(prefix="ft-plugin-push-") as staging:
+        export_result(folder, staging, repo_id=repo_id, revision=revision, merged=merged)  # before creating the repo
+        with _hub_errors(repo_id, later):
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
             commit = _retry(
                 lambda: api.upload_folder(
                     repo_id=repo_id, folder_path=staging, revision=revision, commit_message=message,

@@ -197,10 +197,12 @@ def test_second_push_updates_and_revision_pushes_to_a_branch(hub, pushed):
     repo.commits[first]["stale.bin"] = b"from an earlier push"  # a file this result does not have
     results = run_cli(
         [(["push", str(output_dir), "--repo_id", "alice/tiny-lora"], ALICE),
-         (["push", str(output_dir), "--repo_id", "alice/tiny-lora", "--revision", "dev"], ALICE)],
+         (["push", str(output_dir), "--repo_id", "alice/tiny-lora", "--revision", "dev"], ALICE),
+         (["push", str(output_dir), "--repo_id", "bare-name"], ALICE)],  # goes to the token owner's namespace
         client_env(hub, home),
     )  # fmt: skip
-    assert [r["rc"] for r in results] == [0, 0], results
+    assert [r["rc"] for r in results] == [0, 0, 0], results
+    assert 'repo = "alice/bare-name"' in hub.files("alice/bare-name")["README.md"].decode()
     second = hub.head("alice/tiny-lora")
     assert second != first and second in results[0]["stdout"] and "stale.bin" not in hub.files("alice/tiny-lora")
     assert set(repo.branches) == {"main", "dev"} and hub.head("alice/tiny-lora", "main") == second
