@@ -112,7 +112,7 @@ def _setup(args: argparse.Namespace) -> int:
 def _push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output_dir", help="A training result folder (the recipe's --output_dir).")
     parser.add_argument("--repo_id", required=True, help="Hub repo, e.g. your-name/lora-tweets (created if needed).")
-    parser.add_argument("--private", action="store_true", help="Create the repo private (an existing repo keeps its).")
+    parser.add_argument("--private", action="store_true", help="Make a new repo private (existing repos keep theirs).")
     parser.add_argument("--revision", default=None, help="Push to this branch (created from main if needed).")
     parser.add_argument("--commit_message", default=None)
     parser.add_argument("--merged", action="store_true", help="Push a merged standalone model instead of the adapter.")
