@@ -6,6 +6,8 @@ ft-plugin evaluate --adapter DIR [--test_file F]
 ft-plugin predict --adapter DIR "some text" ... | --input_file F [--output_file P]
 ft-plugin setup                                              (register the embedded model in the HF cache)
 ft-plugin space [--port 7860] [--share]                      (the Gradio Space, from a source checkout)
+ft-plugin push DIR --repo_id user/name [--private] [--revision B] [--merged]
+ft-plugin export DIR --to OUT [--merged]                     (what a push uploads, or a merged standalone model)
 """
 
 from __future__ import annotations
@@ -134,6 +136,46 @@ def _space(args: argparse.Namespace) -> int:
 
 # -- end space ---------------------------------------------------------------------------------------------------
 
+
+# --- hub (issue 4): push and export a result folder -------------------------------------------------------------
+def _push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output_dir", help="A training result folder (the recipe's --output_dir).")
+    parser.add_argument("--repo_id", required=True, help="Hub repo, e.g. your-name/lora-tweets (created if needed).")
+    parser.add_argument("--private", action="store_true", help="Make a new repo private (existing repos keep theirs).")
+    parser.add_argument("--revision", default=None, help="Push to this branch (created from main if needed).")
+    parser.add_argument("--commit_message", default=None)
+    parser.add_argument("--merged", action="store_true", help="Push a merged standalone model instead of the adapter.")
+
+
+def _push(args: argparse.Namespace) -> int:
+    """Push a result folder and its model card; the token comes from HF_TOKEN or `hf auth login`."""
+    from .hub import push_result
+
+    url = push_result(args.output_dir, args.repo_id, private=args.private, revision=args.revision,
+                      commit_message=args.commit_message, merged=args.merged)  # fmt: skip
+    print(f"Pushed {args.output_dir} to {url}")
+    return 0
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output_dir", help="A training result folder.")
+    parser.add_argument("--to", required=True, help="The folder to write (with a README.md model card).")
+    parser.add_argument("--merged", action="store_true", help="Merge the adapter: a plain transformers model.")
+    parser.add_argument("--repo_id", default=None, help="The repo id the card's usage snippet should name.")
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Write what a push would upload into a folder; with --merged, a model `transformers.pipeline` runs."""
+    from .hub import export_result
+
+    target = export_result(args.output_dir, args.to, repo_id=args.repo_id, merged=args.merged)
+    print(f"Exported {args.output_dir} to {target}")
+    return 0
+
+
+# --- end hub
+
+
 # name -> (help, add_arguments, run). A new subcommand is one entry here.
 SUBCOMMANDS = {
     "methods": ("List the methods with their trainable parameters.", _methods_arguments, _methods),
@@ -141,6 +183,8 @@ SUBCOMMANDS = {
     "predict": ("Classify texts with a result folder or Hub repo.", _predict_arguments, _predict),
     "setup": ("Register the embedded model in the Hugging Face cache.", lambda parser: None, _setup),
     "space": ("Launch the Gradio Space (predict, train, compare, push).", _space_arguments, _space),
+    "push": ("Push a result folder to the Hub with a model card.", _push_arguments, _push),  # hub (issue 4)
+    "export": ("Export a result (optionally merged) with its model card.", _export_arguments, _export),  # hub
 }
 
 

