@@ -20,6 +20,13 @@ from .saving import load, save_result  # noqa: E402
 apply = apply_method
 
 
+def push(*args, **kwargs) -> str:
+    """See `ft_plugin.hub.push_result` (imported lazily)."""
+    from .hub import push_result
+
+    return push_result(*args, **kwargs)
+
+
 def build_trainer(*args, **kwargs):
     """See `ft_plugin.recipe.build_trainer` (imported lazily: it pulls in `transformers.Trainer`)."""
     from .recipe import build_trainer as _build_trainer
@@ -38,6 +45,7 @@ __all__ = [
     "apply_method",
     "build_trainer",
     "load",
+    "push",
     "register_method",
     "save_result",
     "trainable_report",
