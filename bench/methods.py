@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row["trainable_%"] = 100 * row["trainable_params"] / row["total_params"]
         rows.append(row)
         print(f"{method}: accuracy {row['accuracy_per_seed']}, {row['train_seconds']:.0f} s", flush=True)
+        write_json(options.output, {"settings": vars(options), "rows": rows, "complete": False})  # survive interruption
     reference = next((row for row in rows if row["method"] == "full"), None)
     for row in rows:
         if reference:
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     columns = ["method", "family", "test_accuracy", "test_f1_macro", "trainable_params", "trainable_%",
                "train_seconds", "peak_rss_mb", "result_mb"] + (["accuracy_vs_full_points", "memory_vs_full"] if reference else [])  # fmt: skip
     print_table(rows, columns)
-    write_json(options.output, {"settings": vars(options), "rows": rows})
+    write_json(options.output, {"settings": vars(options), "rows": rows, "complete": True})
     plot(rows, RESULTS / f"{options.output}.png")
     print(f"\nWrote {RESULTS / options.output}.json and .png")
     return rows
