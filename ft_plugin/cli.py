@@ -91,10 +91,7 @@ def _predict(args: argparse.Namespace) -> int:
             print(json.dumps({"text": text, "label": label, "scores": {k: round(v, 4) for k, v in scores.items()}}))
     if args.input_file:
         frame = load_text_file(args.input_file, args.text_column).to_pandas()
-        probabilities = classifier.predict_proba(frame["text"].tolist())
-        frame["label"] = [classifier.labels[i] for i in probabilities.argmax(-1).tolist()]
-        for i, label in enumerate(classifier.labels):
-            frame[f"score_{label}"] = probabilities[:, i].numpy()
+        frame = classifier.predict_frame(frame)
         frame.to_csv(args.output_file, index=False)
         print(f"Wrote {len(frame)} predictions to {args.output_file}")
     return 0

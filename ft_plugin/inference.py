@@ -55,3 +55,12 @@ class TextClassifier:
         """One `{label: probability}` mapping per text."""
         probabilities = self.predict_proba(texts, batch_size)
         return [dict(zip(self.labels, row.tolist())) for row in probabilities]
+
+    def predict_frame(self, frame, text_column: str = "text", batch_size: int = 32):
+        """A copy of a pandas DataFrame with `label` and one `score_<label>` column per label added."""
+        probabilities = self.predict_proba(frame[text_column].tolist(), batch_size)
+        frame = frame.copy()
+        frame["label"] = [self.labels[i] for i in probabilities.argmax(-1).tolist()]
+        for i, label in enumerate(self.labels):
+            frame[f"score_{label}"] = probabilities[:, i].numpy().round(4)
+        return frame

@@ -216,10 +216,7 @@ def predict_file(path: str | None, text_column: str | None, base: str = AUTO_BAS
         raise gr.Error("Upload a csv, tsv, jsonl or parquet file with a text column first.")
     frame = load_text_file(path, text_column or None).to_pandas()
     classifier = get_classifier(base, adapter)
-    probabilities = classifier.predict_proba(frame["text"].tolist())
-    frame["label"] = [classifier.labels[i] for i in probabilities.argmax(-1).tolist()]
-    for i, label in enumerate(classifier.labels):
-        frame[f"score_{label}"] = probabilities[:, i].numpy().round(4)
+    frame = classifier.predict_frame(frame)
     output = Path(tempfile.mkdtemp(prefix="ft-plugin-")) / f"{Path(path).stem}_predictions.csv"
     frame.to_csv(output, index=False)
     return str(output), frame.head(20)
