@@ -5,6 +5,8 @@ ft-plugin train --method lora [run_glue-style flags]      (same flags as the rec
 ft-plugin evaluate --adapter DIR [--test_file F]
 ft-plugin predict --adapter DIR "some text" ... | --input_file F [--output_file P]
 ft-plugin setup                                              (register the embedded model in the HF cache)
+ft-plugin select-model --candidates minilm-l6 bert-tiny [--scorer all] [--verify 2]
+ft-plugin sweep --methods lora,bitfit,adapter --n_trials 12 [--pruner hyperband] [recipe flags]
 """
 
 from __future__ import annotations
@@ -106,12 +108,43 @@ def _setup(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- model selection and sweeps (ft_plugin.select, ft_plugin.search) ---
+def _select_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from .select import add_select_arguments
+
+    add_select_arguments(parser)
+
+
+def _select_model(args: argparse.Namespace) -> int:
+    from .select import select_command
+
+    return select_command(args)
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    from .search import add_sweep_arguments
+
+    add_sweep_arguments(parser)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .search import sweep_command
+
+    return sweep_command(args)
+
+
 # name -> (help, add_arguments, run). A new subcommand is one entry here.
 SUBCOMMANDS = {
     "methods": ("List the methods with their trainable parameters.", _methods_arguments, _methods),
     "evaluate": ("Evaluate a result folder or Hub repo.", _evaluate_arguments, _evaluate),
     "predict": ("Classify texts with a result folder or Hub repo.", _predict_arguments, _predict),
     "setup": ("Register the embedded model in the Hugging Face cache.", lambda parser: None, _setup),
+    "select-model": (
+        "Rank candidate base models for a dataset (LogME, kNN, linear probe).",
+        _select_model_arguments,
+        _select_model,
+    ),
+    "sweep": ("Optuna search over methods and hyper-parameters, with pruning.", _sweep_arguments, _sweep),
 }
 
 

@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -360,3 +360,63 @@ def sample_texts(data, max_samples: int, seed: int = 42) -> tuple[list[str], lis
     train = data.splits["train"].shuffle(seed=seed)
     train = train.select(range(min(max_samples, len(train))))
     return train["text"], train["label"], train["text_pair"] if data.has_pairs else None
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+def add_select_arguments(parser) -> None:
+    """`ft-plugin select-model` flags."""
+    parser.add_argument("--candidates", nargs="+", default=DEFAULT_CANDIDATES, help="Short names, -firstK, folders.")
+    parser.add_argument("--scorer", default="all", help=f"{', '.join(SCORERS)}, a comma list, or all (default).")
+    parser.add_argument("--train_file", default=None, help="Labelled file (default: the embedded tweets).")
+    parser.add_argument("--dataset_name", default=None, help="Hub dataset id (must be in the cache offline).")
+    parser.add_argument("--text_column", default=None)
+    parser.add_argument("--label_column", default=None)
+    parser.add_argument("--max_samples", type=int, default=1000, help="Training texts encoded per candidate.")
+    parser.add_argument("--pooling", default="mean", choices=["mean", "cls"])
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--verify", type=int, default=0, help="Fine-tune the top K briefly and report accuracy.")
+    parser.add_argument("--verify_method", default="lora", help="Method used by --verify (default lora).")
+    parser.add_argument("--verify_epochs", type=float, default=1.0)
+    parser.add_argument("--verify_train_samples", type=int, default=2000)
+    parser.add_argument("--output_dir", default="outputs/select", help="Where selection.json (and runs) go.")
+
+
+def select_command(args) -> int:
+    """Rank the candidates, print the leaderboard, write `selection.json`; with --verify, fine-tune the top K."""
+    from .data import DataArguments, load_data
+
+    scorers = parse_scorers(args.scorer)
+    if args.max_samples < 10:
+        raise FtPluginError(f"--max_samples {args.max_samples} is too few to score features: use at least 10.")
+    data_args = DataArguments(
+        dataset_name=args.dataset_name,
+        train_file=args.train_file,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        max_seq_length=args.max_seq_length,
+    )
+    data = load_data(data_args)
+    texts, labels, pairs = sample_texts(data, args.max_samples)
+    rows, skipped = select_models(
+        args.candidates, texts, labels, scorers, args.pooling, args.batch_size, args.max_seq_length, pairs
+    )
+    print(leaderboard_table(rows))
+    for message in skipped:
+        print(f"skipped: {message}")
+    verified = []
+    if args.verify > 0:
+        extra = ["--num_train_epochs", str(args.verify_epochs), "--max_train_samples", str(args.verify_train_samples)]
+        data = load_data(replace(data_args, max_train_samples=args.verify_train_samples))
+        verified = verify(rows, args.verify, data, args.verify_method, args.output_dir, extra)
+        for result in verified:
+            print(
+                f"verify {result['candidate']}: predicted rank {result['predicted_rank']}, "
+                f"test accuracy {result['test_accuracy']:.4f}, trained in {result['train_seconds']:.0f}s"
+            )
+    path = Path(args.output_dir) / "selection.json"
+    write_leaderboard(
+        rows, path, dataset=data.source, samples=len(texts), pooling=args.pooling, skipped=skipped, verify=verified
+    )
+    print(f"Wrote {path}")
+    return 0
