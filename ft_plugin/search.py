@@ -156,13 +156,17 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
 
     Returns `{"best": row, "rows": [...], "outputs": {name: path}}`.
     """
-    import optuna
     from transformers import DataCollatorWithPadding, Trainer
 
     from .data import load_data
     from .metrics import compute_metrics
     from .models import load_base_model
 
+    try:
+        import matplotlib  # noqa: F401  (the Pareto plot, at the end: fail before the trials, not after)
+        import optuna
+    except ImportError as error:
+        raise FtPluginError(f"ft-plugin sweep needs {error.name}: pip install 'ft-plugin[search]'.") from None
     if sweep_args.n_trials < 1:
         raise FtPluginError(f"--n_trials must be at least 1, got {sweep_args.n_trials}.")
     methods = [m.strip() for m in sweep_args.methods.split(",") if m.strip()]
