@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def sweep_argv(tiny_model_dir, tiny_csv, out, *extra: str) -> list[str]:
     return [
         "sweep", "--methods", "lora,bitfit,adapter", "--model_name_or_path", str(tiny_model_dir),
-        "--train_file", str(tiny_csv), "--num_train_epochs", "2", "--evals_per_epoch", "2", "--output_dir", str(out), *extra,
+        "--train_file", str(tiny_csv), "--num_train_epochs", "2", "--evals_per_epoch", "2",
+        "--output_dir", str(out), *extra,
     ]  # fmt: skip
 
 
