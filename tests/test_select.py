@@ -40,6 +40,29 @@ def test_accuracy_scorers_are_near_chance_on_random_features_and_near_one_when_s
     assert SCORERS[scorer](*synthetic_features(6.0)) > 0.95
 
 
+def test_logme_is_the_maximised_log_evidence_of_bayesian_linear_regression():
+    """Brute force: maximise log N(y | 0, F F^T / alpha + I / beta) over (alpha, beta) per class, average per example."""
+    from scipy.optimize import minimize
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(60, 5))
+    labels = (features[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)
+
+    def negative_log_evidence(log_alpha_beta, targets):
+        alpha, beta = np.exp(log_alpha_beta)
+        covariance = features @ features.T / alpha + np.eye(60) / beta
+        return -multivariate_normal(np.zeros(60), covariance).logpdf(targets)
+
+    options = {"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000}
+    best = [
+        -minimize(negative_log_evidence, [0.0, 0.0], args=((labels == c).astype(float),), method="Nelder-Mead",
+                  options=options).fun / 60
+        for c in (0, 1)
+    ]  # fmt: skip
+    assert SCORERS["logme"](features, labels) == pytest.approx(np.mean(best), abs=1e-4)
+
+
 def test_logme_ignores_a_relabelling_of_the_classes():
     features, labels = synthetic_features(2.0)
     permuted = np.array([2, 0, 1])[labels]
