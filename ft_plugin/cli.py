@@ -8,6 +8,8 @@ ft-plugin setup                                              (register the embed
 ft-plugin space [--port 7860] [--share]                      (the Gradio Space, from a source checkout)
 ft-plugin push DIR --repo_id user/name [--private] [--revision B] [--merged]
 ft-plugin export DIR --to OUT [--merged]                     (what a push uploads, or a merged standalone model)
+ft-plugin select-model --candidates minilm-l6 bert-tiny [--scorer all] [--verify 2]
+ft-plugin sweep --methods lora,bitfit,adapter --n_trials 12 [--pruner hyperband] [recipe flags]
 """
 
 from __future__ import annotations
@@ -171,6 +173,29 @@ def _export(args: argparse.Namespace) -> int:
 
 
 # --- end hub
+# --- model selection and sweeps (ft_plugin.select, ft_plugin.search) ---
+def _select_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from .select import add_select_arguments
+
+    add_select_arguments(parser)
+
+
+def _select_model(args: argparse.Namespace) -> int:
+    from .select import select_command
+
+    return select_command(args)
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    from .search import add_sweep_arguments
+
+    add_sweep_arguments(parser)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .search import sweep_command
+
+    return sweep_command(args)
 
 
 # name -> (help, add_arguments, run). A new subcommand is one entry here.
@@ -182,6 +207,12 @@ SUBCOMMANDS = {
     "space": ("Launch the Gradio Space (predict, train, compare, push).", _space_arguments, _space),
     "push": ("Push a result folder to the Hub with a model card.", _push_arguments, _push),  # hub (issue 4)
     "export": ("Export a result (optionally merged) with its model card.", _export_arguments, _export),  # hub
+    "select-model": (
+        "Rank candidate base models for a dataset (LogME, kNN, linear probe).",
+        _select_model_arguments,
+        _select_model,
+    ),
+    "sweep": ("Optuna search over methods and hyper-parameters, with pruning.", _sweep_arguments, _sweep),
 }
 
 

@@ -53,7 +53,7 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Base model: Hub id, local folder or short name; default: embedded MiniLM-L6."}
     )
-    method: str = field(default="lora", metadata={"help": f"Delta method: {', '.join(METHODS)}, or a+b."})
+    method: str = field(default="lora", metadata={"help": f"Delta method: {', '.join(METHODS)}, a+b, or auto."})
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement."}
     )
@@ -106,14 +106,19 @@ def _config_file_to_argv(path: str) -> list[str]:
     return argv
 
 
+def expand_config_file(argv: list[str]) -> list[str]:
+    """A YAML/JSON config file given first is replaced by its flags (flags after it override them)."""
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
+        return _config_file_to_argv(argv[0]) + argv[1:]
+    return argv
+
+
 def parse_args(argv: list[str] | None = None, method: str | None = None):
     """Parse run_glue-style flags (or a YAML/JSON config file first) into the four argument dataclasses.
 
     The method's default learning rate applies unless `--learning_rate` is given; recipes pass `method`.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
-        argv = _config_file_to_argv(argv[0]) + argv[1:]
+    argv = expand_config_file(list(sys.argv[1:] if argv is None else argv))
     # --- hub (issue 4): TrainingArguments' `hub_private_repo` is `bool | None`, which argparse makes take a value;
     # a bare `--hub_private_repo` (as users write `--push_to_hub`) means true.
     if "--hub_private_repo" in argv:
@@ -257,6 +262,9 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     try:
+        from .auto import resolve_auto  # `--method auto`: race candidate methods briefly, then train the winner
+
+        argv = resolve_auto(expand_config_file(argv), method)
         model_args, data_args, method_args, training_args = parse_args(argv, method)
         trainer = build_trainer(model_args, data_args, method_args, training_args)
         return train_and_save(trainer, training_args.resume_from_checkpoint)

@@ -1,0 +1,87 @@
+"""Benchmark `--method auto` against an exhaustive sweep: every candidate method trained fully, on the same data.
+
+    python bench/auto.py --model_name_or_path bert-tiny --max_train_samples 2000 --num_train_epochs 2
+
+Reports each method's test accuracy and time, the best of them, and `auto`'s choice, accuracy and time (race + final
+training). Targets (issue 7): within 1 accuracy point of the best, in at most 1/3 of the exhaustive sweep's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from ft_plugin.auto import DEFAULT_AUTO_METHODS
+from ft_plugin.recipe import main
+
+
+def run(argv: list[str]) -> tuple[dict, float]:
+    started = time.perf_counter()
+    metrics = main(argv)
+    return metrics, time.perf_counter() - started
+
+
+def bench(args: argparse.Namespace) -> dict:
+    common = [
+        "--model_name_or_path", args.model_name_or_path, "--max_train_samples", str(args.max_train_samples),
+        "--max_eval_samples", str(args.max_eval_samples), "--max_predict_samples", str(args.max_predict_samples),
+        "--num_train_epochs", str(args.num_train_epochs), "--eval_strategy", "no", "--save_strategy", "no",
+        "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true", "--seed", "42",
+    ]  # fmt: skip
+    if args.train_file:
+        common += ["--train_file", args.train_file]
+    work = Path(tempfile.mkdtemp(prefix="bench_auto_"))
+    exhaustive = {}
+    for method in args.methods.split(","):
+        metrics, seconds = run([*common, "--method", method, "--output_dir", str(work / method.replace("+", "_"))])
+        exhaustive[method] = {"test_accuracy": metrics["test_accuracy"], "seconds": round(seconds, 1)}
+        print(f"exhaustive {method}: test accuracy {metrics['test_accuracy']:.4f} in {seconds:.0f}s", flush=True)
+    best = max(exhaustive, key=lambda m: exhaustive[m]["test_accuracy"])
+    auto_dir = work / "auto"
+    metrics, seconds = run(
+        [*common, "--method", "auto", "--auto_methods", args.methods, "--auto_budget", str(args.auto_budget),
+         "--output_dir", str(auto_dir)]
+    )  # fmt: skip
+    race = json.loads((auto_dir / "auto_race.json").read_text())
+    sweep_seconds = sum(row["seconds"] for row in exhaustive.values())
+    report = {
+        "setting": {k: v for k, v in vars(args).items() if k != "output"},
+        "exhaustive": exhaustive,
+        "exhaustive_seconds": round(sweep_seconds, 1),
+        "best_method": best,
+        "best_test_accuracy": exhaustive[best]["test_accuracy"],
+        "auto_method": race["winner"],
+        "auto_test_accuracy": metrics["test_accuracy"],
+        "auto_seconds": round(seconds, 1),
+        "auto_race_seconds": race["seconds"],
+        "accuracy_gap_points": round(100 * (exhaustive[best]["test_accuracy"] - metrics["test_accuracy"]), 2),
+        "time_ratio": round(seconds / sweep_seconds, 3),
+        "race": race,
+    }
+    print(
+        f"best of the exhaustive sweep: {best} {report['best_test_accuracy']:.4f} ({sweep_seconds:.0f}s in all); "
+        f"auto chose {race['winner']}: {report['auto_test_accuracy']:.4f} in {seconds:.0f}s "
+        f"(gap {report['accuracy_gap_points']} points, time ratio {report['time_ratio']})"
+    )
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_name_or_path", default="bert-tiny")
+    parser.add_argument("--train_file", default=None, help="Default: the embedded tweets.")
+    parser.add_argument("--methods", default=DEFAULT_AUTO_METHODS)
+    parser.add_argument("--max_train_samples", type=int, default=2000)
+    parser.add_argument("--max_eval_samples", type=int, default=500)
+    parser.add_argument("--max_predict_samples", type=int, default=1000)
+    parser.add_argument("--num_train_epochs", type=float, default=2)
+    parser.add_argument("--auto_budget", type=float, default=0.05)
+    parser.add_argument("--output", default="bench/results/auto.json")
+    arguments = parser.parse_args()
+    result = bench(arguments)
+    Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(arguments.output).write_text(json.dumps(result, indent=2))
+    print(f"Wrote {arguments.output}")

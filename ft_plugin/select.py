@@ -1,0 +1,422 @@
+"""Model selection: rank candidate base models for a dataset from frozen features, before any fine-tuning.
+
+Each candidate encodes a sample of the training texts once (no gradient; mean-pooled or [CLS] features), then
+established transferability estimators score how well the features separate the labels:
+
+- `logme`: LogME, the log marginal evidence of a Bayesian linear model on the features (You et al., ICML 2021);
+- `knn`: cross-validated k-nearest-neighbour accuracy (scikit-learn);
+- `linear_probe`: cross-validated logistic-regression accuracy (scikit-learn).
+
+Candidates are short names of models shipped in PyPI packages (`ft_plugin.models.PACKAGED_MODELS`), derived
+candidates (`minilm-l6-first3`: the first 3 layers of MiniLM-L6, clearly labelled as derived), local folders and
+Hub ids. A candidate that cannot be loaded is skipped with a warning; the rest are ranked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FtPluginError, ModelError
+from .models import PACKAGED_MODELS, resolve_model
+
+logger = logging.getLogger(__name__)
+
+DERIVED = re.compile(r"^(?P<base>.+)-first(?P<layers>\d+)$")
+# Derived candidates listed by `ft-plugin select-model` when no candidates are given (MiniLM-L6 has 6 layers).
+DEFAULT_CANDIDATES = ["minilm-l6", "minilm-l6-first4", "minilm-l6-first2", "minilm-l6-first1", "bert-tiny"]
+
+
+# ----------------------------------------------------------------------------------------------- transferability
+def logme(features: np.ndarray, labels: np.ndarray) -> float:
+    """LogME (You et al., 2021): mean over classes of the per-example log evidence of a one-vs-rest Bayesian
+    linear regression on the features, with the prior/noise precisions (alpha, beta) set by evidence maximisation
+    (MacKay's fixed point). Higher is better; the value is comparable between models on the same labels."""
+    f = np.asarray(features, dtype=np.float64)
+    n, d = f.shape
+    u, s, vt = np.linalg.svd(f.T @ f)  # eigen-decomposition of the D x D Gram matrix: one SVD for all classes
+    evidences = []
+    for label in np.unique(labels):
+        y = (labels == label).astype(np.float64)
+        projected = vt @ (f.T @ y)
+        alpha, beta = 1.0, 1.0
+        for _ in range(11):  # converges in two or three steps in practice
+            gamma = (beta * s / (alpha + beta * s)).sum()
+            m = u @ (projected * beta / (alpha + beta * s))
+            alpha_denominator = (m * m).sum() + 1e-5
+            beta_denominator = ((y - f @ m) ** 2).sum() + 1e-5
+            new_alpha, new_beta = gamma / alpha_denominator, (n - gamma) / beta_denominator
+            converged = abs(new_alpha / new_beta - alpha / beta) / (alpha / beta) < 0.01
+            alpha, beta = new_alpha, new_beta
+            if converged:
+                break
+        evidence = (
+            d / 2 * np.log(alpha)
+            + n / 2 * np.log(beta)
+            - 0.5 * np.log(alpha + beta * s).sum()
+            - beta / 2 * beta_denominator
+            - alpha / 2 * alpha_denominator
+            - n / 2 * np.log(2 * np.pi)
+        )
+        evidences.append(evidence / n)
+    return float(np.mean(evidences))
+
+
+def _folds(labels: np.ndarray, n_splits: int = 5):
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = int(np.bincount(labels).min()) if len(labels) else 0
+    return StratifiedKFold(n_splits=max(2, min(n_splits, smallest)), shuffle=True, random_state=0)
+
+
+def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    """5-fold cross-validated accuracy of a cosine k-nearest-neighbour classifier on the features."""
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(labels) // 2), metric="cosine")
+    return float(cross_val_score(knn, features, labels, cv=_folds(labels)).mean())
+
+
+def linear_probe_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
+    """5-fold cross-validated accuracy of a logistic regression on standardised features (a linear probe)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=1.0))
+    return float(cross_val_score(probe, features, labels, cv=_folds(labels)).mean())
+
+
+# name -> scorer(features, labels) -> score (higher is better). A new estimator is one entry here.
+SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "logme": logme,
+    "knn": knn_accuracy,
+    "linear_probe": linear_probe_accuracy,
+}
+
+
+def parse_scorers(scorer: str) -> list[str]:
+    """`all`, one scorer name, or a comma-separated list -> scorer names."""
+    names = list(SCORERS) if scorer == "all" else [s.strip() for s in scorer.split(",") if s.strip()]
+    unknown = [name for name in names if name not in SCORERS]
+    if unknown or not names:
+        raise FtPluginError(f"Unknown scorer '{','.join(unknown) or scorer}': choose from {', '.join(SCORERS)} or all.")
+    return names
+
+
+# ------------------------------------------------------------------------------------------------------ candidates
+@dataclass(frozen=True)
+class Candidate:
+    """A base model to rank: where it loads from and, for derived candidates, how many layers it keeps."""
+
+    name: str
+    path: str
+    description: str
+    num_layers: int | None = None  # derived candidate: keep only the first `num_layers` transformer layers
+
+    @property
+    def derived(self) -> bool:
+        return self.num_layers is not None
+
+
+def resolve_candidate(name: str) -> Candidate:
+    """A short name (`minilm-l6`), a derived name (`minilm-l6-first3`), a local folder or a Hub id -> Candidate."""
+    match = DERIVED.match(name)
+    if match and not Path(name).exists():
+        base = resolve_candidate(match["base"])
+        layers = int(match["layers"])
+        if layers < 1:
+            raise ModelError(f"Derived candidate '{name}' keeps no layer: use -first1 or more.")
+        return Candidate(name, base.path, f"derived: first {layers} layers of {base.name}", layers)
+    if name in PACKAGED_MODELS:
+        packaged = PACKAGED_MODELS[name]
+        return Candidate(name, resolve_model(name).path, packaged.description)
+    if "/" not in name and not Path(name).exists():
+        raise ModelError(
+            f"Unknown candidate '{name}': use a short name ({', '.join(PACKAGED_MODELS)}), a derived name such as "
+            f"minilm-l6-first3, a local folder or a Hub id (org/name)."
+        )
+    resolved = resolve_model(name)
+    return Candidate(name, resolved.path, "local folder" if Path(resolved.path).is_dir() else "Hub id")
+
+
+def load_candidate(candidate: Candidate, num_labels: int | None = None):
+    """`(model, tokenizer)` of a candidate, offline: the encoder (`AutoModel`), or a sequence classifier with a new
+    `num_labels` head. Derived candidates load with `num_hidden_layers` cut (the later layers' weights are unused)."""
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    overrides = {"num_hidden_layers": candidate.num_layers} if candidate.derived else {}
+    if num_labels is not None:
+        overrides["num_labels"] = num_labels
+    model_class = AutoModel if num_labels is None else AutoModelForSequenceClassification
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # unused layer weights and a new head are expected here
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(candidate.path)
+        model = model_class.from_pretrained(candidate.path, use_safetensors=True, **overrides)
+    except (OSError, ValueError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ModelError(f"Candidate '{candidate.name}' cannot be loaded offline ({first}).") from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def materialise(candidate: Candidate, folder: str | Path) -> str:
+    """A folder `--model_name_or_path` can load: the candidate's own path, or a derived candidate saved (weights
+    of the kept layers, tokenizer, config with the new layer count) under `folder/<name>`."""
+    if not candidate.derived:
+        return candidate.path
+    target = Path(folder) / candidate.name
+    if not (target / "config.json").is_file():
+        model, tokenizer = load_candidate(candidate)
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+    return str(target)
+
+
+# -------------------------------------------------------------------------------------------------------- features
+def extract_features(
+    model,
+    tokenizer,
+    texts: list[str],
+    pooling: str = "mean",
+    batch_size: int = 64,
+    max_length: int = 128,
+    text_pairs: list[str] | None = None,
+) -> np.ndarray:
+    """Frozen sentence features: one forward pass per text, mean over tokens (mask-aware) or the first token."""
+    import torch
+
+    if pooling not in ("mean", "cls"):
+        raise FtPluginError(f"Unknown pooling '{pooling}': use mean or cls.")
+    model.eval()
+    order = np.argsort([len(text) for text in texts])  # batches of similar lengths: little padding
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            index = order[start : start + batch_size]
+            pairs = [text_pairs[i] for i in index] if text_pairs else None
+            batch = tokenizer(
+                [texts[i] for i in index], pairs, padding=True, truncation=True, max_length=max_length,
+                return_tensors="pt",
+            )  # fmt: skip
+            batch = {key: value.to(model.device) for key, value in batch.items()}
+            hidden = model(**batch).last_hidden_state
+            if pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            chunks.append(pooled.float().cpu().numpy())
+    features = np.empty_like(np.concatenate(chunks))
+    features[order] = np.concatenate(chunks)
+    return features
+
+
+# ------------------------------------------------------------------------------------------------------- selection
+@dataclass
+class CandidateScore:
+    """One leaderboard row."""
+
+    candidate: str
+    description: str
+    params: int
+    feature_seconds: float
+    features_per_second: float
+    scores: dict[str, float] = field(default_factory=dict)
+    score_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def select_models(
+    candidates: list[str],
+    texts: list[str],
+    labels: list[int] | np.ndarray,
+    scorers: list[str] | None = None,
+    pooling: str = "mean",
+    batch_size: int = 64,
+    max_length: int = 128,
+    text_pairs: list[str] | None = None,
+) -> tuple[list[CandidateScore], list[str]]:
+    """Score every candidate with every scorer on the same texts. Returns (rows, skipped messages).
+
+    Rows are sorted best first by the first scorer. An unknown candidate name raises `ModelError` at once; a
+    candidate that cannot be loaded (e.g. a Hub id that is not in the cache, offline) is skipped with a warning.
+    """
+    scorers = scorers or list(SCORERS)
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise FtPluginError("Model selection needs at least two labels in the sample: use more examples.")
+    resolved = [resolve_candidate(name) for name in candidates]  # a typo fails now, before any model is loaded
+    rows, skipped = [], []
+    for candidate in resolved:
+        try:
+            model, tokenizer = load_candidate(candidate)
+        except ModelError as error:
+            logger.warning("Skipping %s", error)
+            skipped.append(str(error))
+            continue
+        started = time.perf_counter()
+        features = extract_features(model, tokenizer, texts, pooling, batch_size, max_length, text_pairs)
+        seconds = time.perf_counter() - started
+        row = CandidateScore(
+            candidate=candidate.name,
+            description=candidate.description,
+            params=sum(p.numel() for p in model.parameters()),
+            feature_seconds=round(seconds, 3),
+            features_per_second=round(len(texts) / max(seconds, 1e-9), 1),
+        )
+        for scorer in scorers:
+            started = time.perf_counter()
+            row.scores[scorer] = SCORERS[scorer](features, labels)
+            row.score_seconds[scorer] = round(time.perf_counter() - started, 3)
+        rows.append(row)
+        del model
+    if not rows:
+        raise ModelError("No candidate could be loaded: " + " ".join(skipped))
+    rows.sort(key=lambda row: row.scores[scorers[0]], reverse=True)
+    return rows, skipped
+
+
+def leaderboard_table(rows: list[CandidateScore]) -> str:
+    """The rows as an aligned text table (rank, candidate, one column per scorer, params, time, features/s)."""
+    scorers = list(rows[0].scores) if rows else []
+    header = ["rank", "candidate", *scorers, "params", "seconds", "features/s", "description"]
+    lines = [
+        [str(rank), row.candidate, *(f"{row.scores[s]:.4f}" for s in scorers), f"{row.params / 1e6:.1f}M",
+         f"{row.feature_seconds + sum(row.score_seconds.values()):.1f}", f"{row.features_per_second:.0f}",
+         row.description]
+        for rank, row in enumerate(rows, start=1)
+    ]  # fmt: skip
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in [header, *lines])
+
+
+def write_leaderboard(rows: list[CandidateScore], path: str | Path, **extra) -> None:
+    """The leaderboard as JSON: `{"rows": [...], **extra}`."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({**extra, "rows": [asdict(row) for row in rows]}, indent=2))
+
+
+def fine_tune(
+    model_name_or_path: str,
+    method: str,
+    data,
+    output_dir: str | Path,
+    extra_argv: list[str] | None = None,
+) -> dict[str, float]:
+    """Fine-tune one base model briefly with a method on already loaded data (recipe defaults, no checkpoints,
+    no result folder) and return its validation and test metrics plus `train_seconds`."""
+    from .recipe import build_trainer, parse_args
+
+    argv = [
+        "--model_name_or_path", model_name_or_path, "--method", method, "--output_dir", str(output_dir),
+        "--save_strategy", "no", "--eval_strategy", "no", "--load_best_model_at_end", "false",
+        "--report_to", "none", "--disable_tqdm", "true", *(extra_argv or []),
+    ]  # fmt: skip
+    model_args, data_args, method_args, training_args = parse_args(argv)
+    trainer = build_trainer(model_args, data_args, method_args, training_args, data=data)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    metrics = trainer.evaluate()
+    metrics.update(trainer.evaluate(trainer.ft_test_dataset, metric_key_prefix="test"))
+    return {**metrics, "train_seconds": round(seconds, 2)}
+
+
+def verify(
+    rows: list[CandidateScore],
+    top_k: int,
+    data,
+    method: str,
+    output_dir: str | Path,
+    extra_argv: list[str] | None = None,
+) -> list[dict]:
+    """Fine-tune the top `top_k` candidates with `method`; the actual test accuracy beside the predicted rank."""
+    results = []
+    for rank, row in enumerate(rows[:top_k], start=1):
+        candidate = resolve_candidate(row.candidate)
+        path = materialise(candidate, Path(output_dir) / "derived_models")
+        metrics = fine_tune(path, method, data, Path(output_dir) / f"verify_{row.candidate}", extra_argv)
+        results.append({"candidate": row.candidate, "predicted_rank": rank, **metrics})
+        logger.info("%s (predicted rank %d): test accuracy %.4f", row.candidate, rank, metrics["test_accuracy"])
+    return results
+
+
+def sample_texts(data, max_samples: int, seed: int = 42) -> tuple[list[str], list[int], list[str] | None]:
+    """Up to `max_samples` training texts (shuffled with a fixed seed), their labels and text pairs."""
+    train = data.splits["train"].shuffle(seed=seed)
+    train = train.select(range(min(max_samples, len(train))))
+    return train["text"], train["label"], train["text_pair"] if data.has_pairs else None
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+def add_select_arguments(parser) -> None:
+    """`ft-plugin select-model` flags."""
+    parser.add_argument("--candidates", nargs="+", default=DEFAULT_CANDIDATES, help="Short names, -firstK, folders.")
+    parser.add_argument("--scorer", default="all", help=f"{', '.join(SCORERS)}, a comma list, or all (default).")
+    parser.add_argument("--train_file", default=None, help="Labelled file (default: the embedded tweets).")
+    parser.add_argument("--dataset_name", default=None, help="Hub dataset id (must be in the cache offline).")
+    parser.add_argument("--text_column", default=None)
+    parser.add_argument("--label_column", default=None)
+    parser.add_argument("--max_samples", type=int, default=1000, help="Training texts encoded per candidate.")
+    parser.add_argument("--pooling", default="mean", choices=["mean", "cls"])
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--verify", type=int, default=0, help="Fine-tune the top K briefly and report accuracy.")
+    parser.add_argument("--verify_method", default="lora", help="Method used by --verify (default lora).")
+    parser.add_argument("--verify_epochs", type=float, default=1.0)
+    parser.add_argument("--verify_train_samples", type=int, default=2000)
+    parser.add_argument("--output_dir", default="outputs/select", help="Where selection.json (and runs) go.")
+
+
+def select_command(args) -> int:
+    """Rank the candidates, print the leaderboard, write `selection.json`; with --verify, fine-tune the top K."""
+    from .data import DataArguments, load_data
+
+    scorers = parse_scorers(args.scorer)
+    if args.max_samples < 10:
+        raise FtPluginError(f"--max_samples {args.max_samples} is too few to score features: use at least 10.")
+    data_args = DataArguments(
+        dataset_name=args.dataset_name,
+        train_file=args.train_file,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        max_seq_length=args.max_seq_length,
+    )
+    data = load_data(data_args)
+    texts, labels, pairs = sample_texts(data, args.max_samples)
+    rows, skipped = select_models(
+        args.candidates, texts, labels, scorers, args.pooling, args.batch_size, args.max_seq_length, pairs
+    )
+    print(leaderboard_table(rows))
+    for message in skipped:
+        print(f"skipped: {message}")
+    verified = []
+    if args.verify > 0:
+        extra = ["--num_train_epochs", str(args.verify_epochs), "--max_train_samples", str(args.verify_train_samples)]
+        data = load_data(replace(data_args, max_train_samples=args.verify_train_samples))
+        verified = verify(rows, args.verify, data, args.verify_method, args.output_dir, extra)
+        for result in verified:
+            print(
+                f"verify {result['candidate']}: predicted rank {result['predicted_rank']}, "
+                f"test accuracy {result['test_accuracy']:.4f}, trained in {result['train_seconds']:.0f}s"
+            )
+    path = Path(args.output_dir) / "selection.json"
+    write_leaderboard(
+        rows, path, dataset=data.source, samples=len(texts), pooling=args.pooling, skipped=skipped, verify=verified
+    )
+    print(f"Wrote {path}")
+    return 0

@@ -1,0 +1,128 @@
+"""Sweeps (Optuna via Trainer.hyperparameter_search) and `--method auto` on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ft_plugin.auto import _without_method, requested_method
+from ft_plugin.cli import main
+from ft_plugin.recipe import main as recipe_main
+from ft_plugin.search import pareto_front
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sweep_argv(tiny_model_dir, tiny_csv, out, *extra: str) -> list[str]:
+    return [
+        "sweep", "--methods", "lora,bitfit,adapter", "--model_name_or_path", str(tiny_model_dir),
+        "--train_file", str(tiny_csv), "--num_train_epochs", "2", "--evals_per_epoch", "2",
+        "--output_dir", str(out), *extra,
+    ]  # fmt: skip
+
+
+def test_three_trial_sweep_writes_leaderboard_plot_and_a_runnable_recipe_then_resumes(
+    tiny_model_dir, tiny_csv, tmp_path
+):
+    import optuna
+
+    out = tmp_path / "sweep"
+    assert main(sweep_argv(tiny_model_dir, tiny_csv, out, "--n_trials", "3")) == 0
+    rows = json.loads((out / "leaderboard.json").read_text())
+    assert len(rows) == 3 and {row["method"] for row in rows} <= {"lora", "bitfit", "adapter"}
+    for row in rows:
+        assert row["trainable_params"] > 0 and row["train_seconds"] > 0 and 0 <= row["accuracy"] <= 1
+    assert (out / "leaderboard.csv").read_text().startswith("trial,state,method,learning_rate")
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+    best = next(row for row in rows if row["state"] == "COMPLETE")
+    recipe = (out / "best_recipe.yaml").read_text()
+    assert f"method: {best['method']}" in recipe and "accelerate launch" in recipe
+    run = subprocess.run(
+        [sys.executable, "recipes/lora_bert.py", str(out / "best_recipe.yaml"), "--max_steps", "2",
+         "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+         "--output_dir", str(tmp_path / "best")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    record = json.loads((tmp_path / "best" / "ft_plugin_config.json").read_text())
+    assert record["method"] == best["method"]  # the file's method wins over the recipe's own
+
+    # Resuming with a larger total continues the same study in the same SQLite file.
+    assert main(sweep_argv(tiny_model_dir, tiny_csv, out, "--n_trials", "4")) == 0
+    study = optuna.load_study(study_name="ft-plugin-sweep", storage=f"sqlite:///{out / 'sweep.db'}")
+    assert [trial.number for trial in study.trials] == [0, 1, 2, 3]
+    assert len(json.loads((out / "leaderboard.json").read_text())) == 4
+
+
+def test_zero_trials_is_a_user_error(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    assert main(sweep_argv(tiny_model_dir, tiny_csv, tmp_path, "--n_trials", "0")) == 2
+    assert "--n_trials must be at least 1" in capsys.readouterr().err
+
+
+def test_empty_search_space_after_dropping_incompatible_methods(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    argv = sweep_argv(tiny_model_dir, tiny_csv, tmp_path, "--n_trials", "2", "--target_modules", "q_proj")
+    argv[argv.index("lora,bitfit,adapter")] = "lora,ia3"
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "No method of --methods lora,ia3 can be applied" in error and "choose other methods" in error
+
+
+def test_unknown_method_in_a_sweep_is_a_user_error(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    argv = sweep_argv(tiny_model_dir, tiny_csv, tmp_path, "--n_trials", "1")
+    argv[argv.index("lora,bitfit,adapter")] = "lora,lorax"
+    assert main(argv) == 2
+    assert "Unknown method 'lorax'" in capsys.readouterr().err
+
+
+def test_pareto_front_keeps_trials_nothing_beats_on_both_axes():
+    rows = [
+        {"state": "COMPLETE", "accuracy": 0.9, "trainable_params": 1000},
+        {"state": "COMPLETE", "accuracy": 0.8, "trainable_params": 100},
+        {"state": "COMPLETE", "accuracy": 0.7, "trainable_params": 500},  # beaten by the 0.8 / 100 trial
+        {"state": "PRUNED", "accuracy": 0.95, "trainable_params": 10},  # pruned trials are not on the front
+    ]
+    assert [row["accuracy"] for row in pareto_front(rows)] == [0.8, 0.9]
+
+
+def test_requested_method_reads_the_flag_or_the_recipes_own():
+    assert requested_method(["--method", "auto", "--lora_r", "4"], "lora") == "auto"
+    assert requested_method(["--lora_r", "4"], "bitfit") == "bitfit"
+    assert _without_method(["--method", "auto", "--seed", "1", "--method=lora"]) == ["--seed", "1"]
+
+
+def test_method_auto_races_methods_picks_one_and_saves_a_loadable_result(tiny_model_dir, tiny_csv, tmp_path):
+    from ft_plugin.inference import TextClassifier
+
+    out = tmp_path / "auto"
+    config = tmp_path / "auto.yaml"
+    config.write_text(f"method: auto\nauto_methods: lora,bitfit,prefix\nmodel_name_or_path: {tiny_model_dir}\n")
+    metrics = recipe_main(
+        [str(config), "--train_file", str(tiny_csv), "--output_dir", str(out), "--auto_budget", "0.1",
+         "--num_train_epochs", "2", "--eval_strategy", "no", "--save_strategy", "no",
+         "--load_best_model_at_end", "false"],
+        method="lora",
+    )  # fmt: skip
+    race = json.loads((out / "auto_race.json").read_text())
+    assert race["winner"] in ("lora", "bitfit", "prefix")
+    assert set(race["rungs"][0]["scores"]) == {"lora", "bitfit", "prefix"}
+    assert set(race["dropped"]) == {"lora", "bitfit", "prefix"} - {race["winner"]}
+    assert all("eval accuracy" in reason for reason in race["dropped"].values())
+    assert json.loads((out / "ft_plugin_config.json").read_text())["method"] == race["winner"]
+    assert "test_accuracy" in metrics
+    probabilities = TextClassifier.from_pretrained(out).predict(["great love thanks", "awful late bad"])
+    assert len(probabilities) == 2 and abs(sum(probabilities[0].values()) - 1) < 1e-4
+
+
+def test_method_auto_with_no_applicable_method_is_a_user_error(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_main(
+            ["--method", "auto", "--auto_methods", "lora,ia3", "--target_modules", "q_proj",
+             "--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--output_dir", str(tmp_path)]
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "None of --auto_methods lora,ia3 applies" in capsys.readouterr().err

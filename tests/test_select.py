@@ -1,0 +1,149 @@
+"""Model selection: each transferability scorer on synthetic features with a known answer, candidates, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ft_plugin.cli import main
+from ft_plugin.errors import FtPluginError, ModelError
+from ft_plugin.select import (
+    SCORERS,
+    extract_features,
+    load_candidate,
+    materialise,
+    parse_scorers,
+    resolve_candidate,
+    select_models,
+)
+
+
+def synthetic_features(separation: float, n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """3 classes: class means `separation` apart in 3 dimensions, plus 20 dimensions of pure noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    informative = np.eye(3)[labels] * separation + rng.normal(size=(n, 3))
+    return np.hstack([informative, rng.normal(size=(n, 20))]), labels
+
+
+@pytest.mark.parametrize("scorer", list(SCORERS))
+def test_scorers_order_features_by_how_well_they_separate_the_labels(scorer):
+    scores = [SCORERS[scorer](*synthetic_features(separation)) for separation in (0.0, 1.0, 4.0)]
+    assert scores[0] < scores[1] < scores[2], scores
+
+
+@pytest.mark.parametrize("scorer", ["knn", "linear_probe"])
+def test_accuracy_scorers_are_near_chance_on_random_features_and_near_one_when_separable(scorer):
+    assert SCORERS[scorer](*synthetic_features(0.0)) < 0.45
+    assert SCORERS[scorer](*synthetic_features(6.0)) > 0.95
+
+
+def test_logme_is_the_maximised_log_evidence_of_bayesian_linear_regression():
+    """Brute force: maximise log N(y | 0, F F^T / alpha + I / beta) over (alpha, beta) per class, average per example."""
+    from scipy.optimize import minimize
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(60, 5))
+    labels = (features[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)
+
+    def negative_log_evidence(log_alpha_beta, targets):
+        alpha, beta = np.exp(log_alpha_beta)
+        covariance = features @ features.T / alpha + np.eye(60) / beta
+        return -multivariate_normal(np.zeros(60), covariance).logpdf(targets)
+
+    options = {"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000}
+    best = [
+        -minimize(negative_log_evidence, [0.0, 0.0], args=((labels == c).astype(float),), method="Nelder-Mead",
+                  options=options).fun / 60
+        for c in (0, 1)
+    ]  # fmt: skip
+    assert SCORERS["logme"](features, labels) == pytest.approx(np.mean(best), abs=1e-4)
+
+
+def test_logme_ignores_a_relabelling_of_the_classes():
+    features, labels = synthetic_features(2.0)
+    permuted = np.array([2, 0, 1])[labels]
+    assert SCORERS["logme"](features, labels) == pytest.approx(SCORERS["logme"](features, permuted))
+
+
+def test_unknown_scorer_is_a_user_error():
+    assert parse_scorers("all") == list(SCORERS)
+    with pytest.raises(FtPluginError, match="Unknown scorer 'leep'"):
+        parse_scorers("logme,leep")
+
+
+def test_derived_candidate_keeps_the_first_layers_and_materialises_a_loadable_folder(tiny_model_dir, tmp_path):
+    from ft_plugin.models import load_base_model
+
+    candidate = resolve_candidate(f"{tiny_model_dir}-first1")
+    assert candidate.derived and candidate.description.startswith("derived: first 1 layers")
+    model, tokenizer = load_candidate(candidate)
+    assert len(model.encoder.layer) == 1
+    folder = materialise(candidate, tmp_path)
+    classifier, _ = load_base_model(folder, ["a", "b"])
+    assert classifier.config.num_hidden_layers == 1
+    full, _ = load_candidate(resolve_candidate(str(tiny_model_dir)))
+    assert len(full.encoder.layer) == 2
+    # The kept layer is the pretrained first layer, not a new random one.
+    assert np.allclose(model.encoder.layer[0].output.dense.weight.detach(), full.encoder.layer[0].output.dense.weight.detach())  # fmt: skip
+
+
+def test_features_are_one_row_per_text_in_input_order(tiny_model_dir):
+    model, tokenizer = load_candidate(resolve_candidate(str(tiny_model_dir)))
+    texts = ["great", "the flight was late and bad", "seat", "love it so good thanks"]
+    features = extract_features(model, tokenizer, texts, batch_size=2)
+    one_by_one = np.concatenate([extract_features(model, tokenizer, [text]) for text in texts])
+    assert features.shape == (4, 32)
+    assert np.allclose(features, one_by_one, atol=1e-5)
+    assert extract_features(model, tokenizer, texts, pooling="cls").shape == (4, 32)
+
+
+def test_unknown_candidate_fails_before_loading_anything(tiny_model_dir):
+    with pytest.raises(ModelError, match="Unknown candidate 'minilm-l12'"):
+        select_models([str(tiny_model_dir), "minilm-l12"], ["a", "b"], [0, 1])
+
+
+def test_unloadable_candidate_is_skipped_and_the_rest_ranked(tiny_model_dir, tmp_path, caplog):
+    from .conftest import make_texts
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    rows_in = make_texts(60)
+    rows, skipped = select_models(
+        [str(tiny_model_dir), str(broken), f"{tiny_model_dir}-first1"],
+        [text for text, _ in rows_in],
+        [["negative", "neutral", "positive"].index(label) for _, label in rows_in],
+        scorers=["knn", "logme"],
+    )
+    assert [row.candidate for row in rows] == sorted(
+        [str(tiny_model_dir), f"{tiny_model_dir}-first1"],
+        key=lambda c: -next(r.scores["knn"] for r in rows if r.candidate == c),  # fmt: skip
+    )
+    assert len(skipped) == 1 and "broken-model" in skipped[0]
+    assert "Skipping" in caplog.text
+    assert all(set(row.scores) == {"knn", "logme"} and row.params > 0 and row.features_per_second > 0 for row in rows)
+
+
+def test_select_model_cli_ranks_writes_json_and_verifies_the_top_candidate(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    out = tmp_path / "select"
+    status = main(
+        ["select-model", "--candidates", str(tiny_model_dir), f"{tiny_model_dir}-first1", "--train_file", str(tiny_csv),
+         "--max_samples", "90", "--verify", "1", "--verify_epochs", "1", "--verify_train_samples", "120",
+         "--output_dir", str(out)]
+    )  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "logme" in printed and "linear_probe" in printed and "verify " in printed
+    result = json.loads((out / "selection.json").read_text())
+    assert len(result["rows"]) == 2 and result["samples"] == 90
+    assert result["rows"][0]["scores"]["logme"] >= result["rows"][1]["scores"]["logme"]
+    assert len(result["verify"]) == 1 and 0.0 <= result["verify"][0]["test_accuracy"] <= 1.0
+
+
+def test_select_model_cli_reports_an_unknown_candidate_on_one_line(tiny_csv, capsys):
+    assert main(["select-model", "--candidates", "no-such-model", "--train_file", str(tiny_csv)]) == 2
+    assert capsys.readouterr().err.strip().startswith("ft-plugin: error: Unknown candidate 'no-such-model'")
