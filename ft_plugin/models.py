@@ -136,11 +136,13 @@ def load_base_model(
     name_or_path: str | None,
     labels: list[str],
     trust_remote_code: bool = False,
+    load_in_4bit: bool = False,
 ):
     """Load `(model, tokenizer)` with a new `labels`-sized classification head, recording the Hub id as its name.
 
     The embedded default is loaded straight from its package and registered in the Hugging Face cache on the
-    way, so tools that only know the Hub id (plain peft loading an adapter) find it offline.
+    way, so tools that only know the Hub id (plain peft loading an adapter) find it offline. `load_in_4bit`
+    quantizes the base QLoRA-style (see `four_bit_loading`).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -148,6 +150,7 @@ def load_base_model(
     resolved = resolve_model(name_or_path)
     _register_quietly(resolved)
     id2label = dict(enumerate(labels))
+    quantization = four_bit_loading() if load_in_4bit else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
         verbosity = hf_logging.get_verbosity()
@@ -160,17 +163,51 @@ def load_base_model(
                 label2id={label: i for i, label in id2label.items()},
                 use_safetensors=True,
                 trust_remote_code=trust_remote_code,
+                **quantization,
             )
         finally:
             hf_logging.set_verbosity(verbosity)
     except (OSError, ValueError) as error:
         raise ModelError(_load_failure(resolved, error)) from error
+    if load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        # norms in fp32 and input gradients on; --gradient_checkpointing stays the Trainer's flag
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.name_or_path = resolved.name  # peft records this as `base_model_name_or_path`
     model.config._name_or_path = resolved.name
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+# The new classification heads stay in full precision: they are trained, and too small to matter.
+HEAD_MODULES = ["classifier", "pre_classifier", "score"]
+
+
+def four_bit_loading() -> dict:
+    """`from_pretrained` arguments for a QLoRA-style base: NF4 weights, double quantization, bf16 compute.
+
+    Each process loads its own copy on its own device (DDP), as in peft's QLoRA examples.
+    """
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(
+            "--load_in_4bit needs bitsandbytes, which is not installed: run `pip install 'ft-plugin[qlora]'`."
+        )
+    import torch
+    from accelerate import PartialState
+    from transformers import BitsAndBytesConfig
+
+    compute_dtype = torch.bfloat16 if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else torch.float16
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        llm_int8_skip_modules=HEAD_MODULES,
+    )
+    return {"quantization_config": config, "device_map": {"": PartialState().device}}
 
 
 def _register_quietly(resolved: ResolvedModel) -> None:

@@ -26,10 +26,12 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    set_seed,
 )
 
 from .card import hardware, hyperparameters
 from .data import DataArguments, TextClassificationData, load_data
+from .distributed import check_batches, check_launch
 from .errors import FtPluginError, MethodError
 from .hub import push_after_training
 from .methods import METHODS, apply_method, count_parameters, parse_method, trainable_report
@@ -58,6 +60,9 @@ class ModelArguments:
         default=None, metadata={"help": "Stop after this many evaluations without improvement."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub (off)."})
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "QLoRA-style 4-bit NF4 base (GPU + `pip install 'ft-plugin[qlora]'`)."}
+    )
 
 
 def _method_arguments_class() -> type:
@@ -173,9 +178,13 @@ def build_trainer(
     """
     with training_args.main_process_first(desc="loading data"):
         data = data or load_data(data_args)
-    model, tokenizer = load_base_model(model_args.model_name_or_path, data.labels, model_args.trust_remote_code)
+    set_seed(training_args.seed)  # before the new head and the delta weights are initialised (as run_glue does)
+    model, tokenizer = load_base_model(
+        model_args.model_name_or_path, data.labels, model_args.trust_remote_code, load_in_4bit=model_args.load_in_4bit
+    )
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = data.tokenize(tokenizer, data_args.max_seq_length)
+    check_batches(len(tokenized["train"]), training_args.per_device_train_batch_size, training_args.world_size)
     if "adalora" in model_args.method.split("+"):
         method_args.adalora_total_step = total_training_steps(training_args, len(tokenized["train"]))
     model = apply_method(model, model_args.method, method_args)
@@ -202,6 +211,9 @@ def build_trainer(
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
+    # Classification losses are per-batch means that ignore `num_items_in_batch`. Left True, the Trainer multiplies
+    # the loss by the number of processes and skips the division by gradient_accumulation_steps (transformers 5.23).
+    trainer.model_accepts_loss_kwargs = False
     trainer.ft_data = data
     trainer.ft_test_dataset = tokenized["test"]
     trainer.ft_max_seq_length = data_args.max_seq_length
@@ -262,9 +274,11 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     try:
+        argv = expand_config_file(argv)
+        check_launch(argv)  # before TrainingArguments picks the device and process group
         from .auto import resolve_auto  # `--method auto`: race candidate methods briefly, then train the winner
 
-        argv = resolve_auto(expand_config_file(argv), method)
+        argv = resolve_auto(argv, method)
         model_args, data_args, method_args, training_args = parse_args(argv, method)
         trainer = build_trainer(model_args, data_args, method_args, training_args)
         return train_and_save(trainer, training_args.resume_from_checkpoint)

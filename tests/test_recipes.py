@@ -57,8 +57,9 @@ def test_accelerate_configs_load_with_accelerates_own_loader(config):
     loaded = load_config_from_file(str(config))
     assert config.read_text().startswith("#"), "each config says when to use it"
     expected = {
-        "cpu": ("NO", 1), "cpu_ddp": ("MULTI_CPU", 2), "single_gpu": ("NO", 1), "multi_gpu": ("MULTI_GPU", 8),
-        "fsdp": ("FSDP", 8), "deepspeed_zero2": ("DEEPSPEED", 8), "multi_node": ("MULTI_GPU", 16),
+        "cpu": ("NO", 1), "cpu_ddp": ("MULTI_GPU", 2), "single_gpu": ("NO", 1), "multi_gpu": ("MULTI_GPU", 8),
+        "fsdp": ("FSDP", 8), "deepspeed_zero2": ("DEEPSPEED", 8), "deepspeed_zero3": ("DEEPSPEED", 8),
+        "multi_node": ("MULTI_GPU", 16),
     }[config.stem]  # fmt: skip
     assert (str(loaded.distributed_type).split(".")[-1], loaded.num_processes) == expected
     if config.stem.startswith("cpu"):
