@@ -66,6 +66,7 @@ def run_one(args: argparse.Namespace, processes: int) -> dict:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))  # every run uses all the cores
     with tempfile.TemporaryDirectory() as output_dir:
         command = launch_command(args, processes, output_dir)
+        load_before = os.getloadavg()[0]  # other work on the machine skews the figures: record it
         started = time.perf_counter()
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - started
@@ -79,6 +80,7 @@ def run_one(args: argparse.Namespace, processes: int) -> dict:
         "train_seconds": metrics["train_runtime"],
         "samples_per_second": metrics["train_samples_per_second"],
         "launch_wall_seconds": round(wall, 2),
+        "load_average_1m_before": round(load_before, 1),
         "train_peak_mib_rank0": _peak_mib(metrics, args.device),
         "command": " ".join(command),
     }
@@ -112,7 +114,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {row['processes']} | {row['global_batch']} | {row['train_seconds']:.2f} | "
             f"{row['samples_per_second']:.1f} | {speedup:.2f}x | {speedup / row['processes']:.0%} | "
-            f"{row['peak_memory_mib_main_process']} |"
+            f"{row['train_peak_mib_rank0']} |"
         )
     return "\n".join(lines)
 
@@ -120,12 +122,12 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rows = [run_one(args, processes) for processes in args.processes]
-    print(table(rows))
     report = {"settings": vars(args), "hardware": hardware(args.device), "rows": rows}
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     path = results / f"scaling-{args.device}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(rows))
     print(f"wrote {path}")
 
 
