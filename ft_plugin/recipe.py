@@ -165,6 +165,7 @@ def build_trainer(
     """
     with training_args.main_process_first(desc="loading data"):
         data = data or load_data(data_args)
+    transformers.set_seed(training_args.seed)  # the new head and delta weights: same seed, same run (run_glue)
     model, tokenizer = load_base_model(model_args.model_name_or_path, data.labels, model_args.trust_remote_code)
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = data.tokenize(tokenizer, data_args.max_seq_length)
