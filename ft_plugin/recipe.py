@@ -128,7 +128,13 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
         learning_rate=min(spec.learning_rate for spec in specs),
         output_dir=os.path.join("outputs", method.replace("+", "_")),
     )
-    model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(argv)
+    try:
+        model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(argv)
+    except FtPluginError:
+        raise
+    except ValueError as error:  # unknown flags, TrainingArguments' own checks: one line, not a traceback
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise MethodError(f"Invalid arguments: {first} (see --help).") from error
     if training_args.learning_rate <= 0:
         raise MethodError(f"--learning_rate must be positive, got {training_args.learning_rate}.")
     return model_args, data_args, method_args, training_args
