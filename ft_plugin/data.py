@@ -90,11 +90,27 @@ class TextClassificationData:
 
         def encode(batch):
             pairs = batch["text_pair"] if self.has_pairs else None
-            return tokenizer(batch["text"], pairs, truncation=True, max_length=max_seq_length)
+            encoded = tokenizer(batch["text"], pairs, truncation=True, max_length=max_seq_length)
+            # only texts that fill max_seq_length may have been cut: tokenise those once more, one token longer
+            long = [i for i, ids in enumerate(encoded["input_ids"]) if len(ids) == max_seq_length]
+            truncated = [False] * len(batch["text"])
+            if long:
+                texts, pair_texts = [batch["text"][i] for i in long], [pairs[i] for i in long] if pairs else None
+                lengths = tokenizer(texts, pair_texts, truncation=True, max_length=max_seq_length + 1)["input_ids"]
+                for i, ids in zip(long, lengths):
+                    truncated[i] = len(ids) > max_seq_length
+            return {**encoded, "truncated": truncated}
 
         columns = ["text", "text_pair"] if self.has_pairs else ["text"]
         tokenized = self.splits.map(encode, batched=True, remove_columns=columns, desc="Tokenizing")
-        return tokenized.rename_column("label", "labels")
+        for split, dataset in tokenized.items():
+            count = sum(dataset["truncated"])
+            if count:
+                logger.warning(
+                    "%d of %d %s texts are longer than --max_seq_length %d tokens and were truncated (raise it to "
+                    "keep more of them).", count, len(dataset), split, max_seq_length,
+                )  # fmt: skip
+        return tokenized.remove_columns("truncated").rename_column("label", "labels")
 
 
 def embedded_dataset_path() -> Path:
@@ -138,7 +154,29 @@ def _check_file(path: str) -> str:
                     ) from None
         if builder == "csv" and rows < 2:
             raise DataError(f"Data file '{path}' has no rows under its header: it needs at least two labelled rows.")
+    if file.suffix.lower() == ".json":
+        _check_json_records(file)
     return builder
+
+
+def _check_json_records(file: Path) -> None:
+    """A `.json` file must be a list of records (or JSON lines): name the shape it has and how to fix it."""
+    import json
+
+    try:
+        value = json.loads(file.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError:
+        return  # JSON lines in a .json file: datasets reads them
+    fix = (
+        'save it as a list of records [{"text": ..., "label": ...}, ...] or as JSON lines '
+        '(pandas: df.to_json(path, orient="records", lines=True))'
+    )
+    if isinstance(value, dict):
+        keys = list(value)[:5]
+        raise DataError(f"Data file '{file}' is a JSON object (keys {keys}), not a list of records: {fix}.")
+    if not isinstance(value, list) or not all(isinstance(row, dict) for row in value):
+        kind = type(value).__name__ if not isinstance(value, list) else "list of non-objects"
+        raise DataError(f"Data file '{file}' holds a JSON {kind}, not a list of records: {fix}.")
 
 
 def _load_files(args: DataArguments) -> DatasetDict:
@@ -218,9 +256,14 @@ def _clean_rows(dataset: Dataset, split: str) -> Dataset:
     if len(dataset) < before:
         logger.warning("Dropped %d %s rows without a label.", before - len(dataset), split)
     text_columns = [c for c in ("text", "text_pair") if c in dataset.column_names]
-    return dataset.map(
+    dataset = dataset.map(
         lambda batch: {c: ["" if v is None else str(v) for v in batch[c]] for c in text_columns}, batched=True
     )
+    before = len(dataset)
+    dataset = dataset.filter(lambda text: bool(text.strip()), input_columns="text")  # nothing to learn from
+    if len(dataset) < before:
+        logger.warning("Dropped %d %s rows with an empty text.", before - len(dataset), split)
+    return dataset
 
 
 def _label_names(train: Dataset) -> list[str]:
@@ -279,6 +322,8 @@ def load_data(args: DataArguments | None = None) -> TextClassificationData:
     if len(raw["train"]) == 0:
         raise DataError(f"The training data from '{source}' has no rows: it needs at least two labelled rows.")
     splits, has_pairs = _normalise_columns(raw, args)
+    if len(splits["train"]) == 0:
+        raise DataError(f"The training data from '{source}' has no rows with both a text and a label.")
     labels = _label_names(splits["train"])
     splits = _encode_labels(splits, labels)
     train = splits["train"]

@@ -11,7 +11,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
@@ -62,6 +64,11 @@ class ModelArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub (off)."})
     load_in_4bit: bool = field(
         default=False, metadata={"help": "QLoRA-style 4-bit NF4 base (GPU + `pip install 'ft-plugin[qlora]'`)."}
+    )
+    # -- reliability (issue 9): transformers 5's TrainingArguments has no such flag; run_glue's meaning
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace a result already in --output_dir and ignore its checkpoints (else: refuse/resume)."},
     )
 
 
@@ -141,7 +148,13 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
         learning_rate=min(spec.learning_rate for spec in specs),
         output_dir=os.path.join("outputs", method.replace("+", "_")),
     )
-    model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(argv)
+    try:
+        model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(argv)
+    except FtPluginError:
+        raise
+    except ValueError as error:  # unknown flags, TrainingArguments' own checks: one line, not a traceback
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise MethodError(f"Invalid arguments: {first} (see --help).") from error
     if training_args.learning_rate <= 0:
         raise MethodError(f"--learning_rate must be positive, got {training_args.learning_rate}.")
     return model_args, data_args, method_args, training_args
@@ -257,6 +270,79 @@ def train_and_save(trainer: Trainer, resume_from_checkpoint: str | bool | None =
     return {**train_metrics, **eval_metrics, **test_metrics}
 
 
+# -- reliability (issue 9): output folder checks before training ------------------------------------------------
+def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest complete `checkpoint-N` folder (like run_glue's `get_last_checkpoint`, but one killed while being
+    written, without its `trainer_state.json` (the Trainer's last file), is skipped)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = Path(output_dir)
+    steps = {}
+    for child in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else []:
+        if child.is_dir() and child.name.split("-")[-1].isdigit():
+            steps[int(child.name.split("-")[-1])] = child
+    for step in sorted(steps, reverse=True):
+        if (steps[step] / "trainer_state.json").is_file():
+            return str(steps[step])
+        logger.warning(
+            "Skipping incomplete checkpoint %s (no trainer_state.json: interrupted while saving).", steps[step]
+        )
+    return None
+
+
+def check_output_dir(training_args: TrainingArguments, overwrite_output_dir: bool = False) -> str | bool | None:
+    """Before any work: refuse to overwrite a result, check the folder is writable, find a checkpoint to resume.
+
+    Returns what to pass to `trainer.train(resume_from_checkpoint=...)`: `--resume_from_checkpoint` if given, else
+    the last checkpoint in `--output_dir` (logged), unless `--overwrite_output_dir`.
+    """
+    from .saving import has_result
+
+    output = Path(training_args.output_dir)
+    if has_result(output) and not overwrite_output_dir:
+        raise FtPluginError(
+            f"--output_dir '{output}' already holds a trained result: pass --overwrite_output_dir to replace it, "
+            "or choose another --output_dir."
+        )
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise FtPluginError(
+            f"--output_dir '{output}' is not writable ({error.strerror or error}): choose a folder you can write to."
+        ) from None
+    resume = training_args.resume_from_checkpoint
+    if resume and resume not in ("True", "true") and not os.path.isdir(resume):
+        raise FtPluginError(f"--resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint-N folder.")
+    if resume in ("True", "true"):
+        resume = True
+    if resume is None and not overwrite_output_dir:
+        resume = last_checkpoint(output)
+        if resume is not None:
+            logger.info(
+                "Checkpoint detected, resuming training at %s. To avoid this, change --output_dir or add "
+                "--overwrite_output_dir to train from scratch.",
+                resume,
+            )
+    return resume
+
+
+def check_free_space(trainer: Trainer) -> None:
+    """Fail before training when the disk cannot hold one checkpoint plus the result (fp32 weights + Adam)."""
+    trainable, total = count_parameters(trainer.model)
+    needed = 4 * (3 * trainable + (total if trainable == total else trainable)) + 50 * 2**20  # + tokenizer, logs
+    free = shutil.disk_usage(trainer.args.output_dir).free
+    if free < needed:
+        raise FtPluginError(
+            f"Not enough disk space in '{trainer.args.output_dir}': about {needed / 2**20:.0f} MiB needed for a "
+            f"checkpoint and the result, {free / 2**20:.0f} MiB free. Free some space or choose another --output_dir."
+        )
+
+
+# -- end reliability ---------------------------------------------------------------------------------------------
+
+
 def _version() -> str:
     from . import __version__
 
@@ -280,8 +366,10 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
 
         argv = resolve_auto(argv, method)
         model_args, data_args, method_args, training_args = parse_args(argv, method)
+        resume = check_output_dir(training_args, model_args.overwrite_output_dir)
         trainer = build_trainer(model_args, data_args, method_args, training_args)
-        return train_and_save(trainer, training_args.resume_from_checkpoint)
+        check_free_space(trainer)
+        return train_and_save(trainer, resume)
     except FtPluginError as error:
         if debug:
             raise

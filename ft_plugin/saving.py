@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +41,58 @@ def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_result(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None, extra: dict | None = None) -> Path:
     """Save a model returned by `apply_method` (and trained) so that `load` and, where possible, plain
-    peft/transformers can load it. Returns the folder."""
+    peft/transformers can load it. Returns the folder.
+
+    Atomic for loaders: the files are written to a temporary folder beside them, the old result's record and
+    weights are removed, then the new files are renamed in with the weights and `ft_plugin_config.json` last,
+    so a crash at any point never leaves a folder that loads (a mix of two results, or a partial one).
+    """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=output))
+    try:
+        _write_result(model, staging, tokenizer, extra)
+        _move_in(staging, output)
+    except OSError as error:
+        raise ModelError(
+            f"Could not save the result in '{output}' ({error.strerror or error}): free disk space or choose a "
+            "writable --output_dir; no partial result was left."
+        ) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+# -- atomic saving (issue 9) -------------------------------------------------------------------------------------
+RESULT_MARKERS = (FT_PLUGIN_CONFIG, "adapter_config.json", DELTA_WEIGHTS, "model.safetensors")
+
+
+def has_result(folder: str | os.PathLike) -> bool:
+    """True if `folder` holds a saved result (what `--overwrite_output_dir` must be given to replace)."""
+    return any((Path(folder) / name).is_file() for name in RESULT_MARKERS)
+
+
+def _is_weights(name: str) -> bool:
+    return name.endswith((".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json"))
+
+
+def _move_in(staging: Path, output: Path) -> None:
+    """Rename the staged files into `output`, weight indexes and weights last: the folder loads only once the
+    last weights file has landed (a crash before leaves a record without weights, which `load` refuses)."""
+    for stale in [output / FT_PLUGIN_CONFIG, *(f for f in output.iterdir() if f.is_file() and _is_weights(f.name))]:
+        stale.unlink(missing_ok=True)  # the old result stops loading before any new file lands
+    for leftover in output.glob(".saving-*"):  # staging folders of an earlier crashed save
+        if leftover != staging:
+            shutil.rmtree(leftover, ignore_errors=True)
+    staged = sorted(staging.iterdir(), key=lambda f: (_is_weights(f.name), not f.name.endswith(".index.json")))
+    for file in staged:
+        target = output / file.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(file, target)
+
+
+def _write_result(model: nn.Module, output: Path, tokenizer=None, extra: dict | None = None) -> None:
     method = model.ft_plugin_method
     layout = save_format(method)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -65,7 +116,9 @@ def save_result(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
         **(extra or {}),
     }
     (output / FT_PLUGIN_CONFIG).write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return output
+
+
+# -- end atomic saving -----------------------------------------------------------------------------------------
 
 
 def resolve_result(path_or_repo: str, revision: str | None = None) -> Path:
@@ -118,10 +171,12 @@ def load(
     path_or_repo: str | os.PathLike,
     model_name_or_path: str | None = None,
     revision: str | None = None,
+    allow_pickle: bool = False,
 ) -> nn.Module:
     """Load any ft-plugin result (folder or Hub repo) as a model in eval mode, ready for inference.
 
-    `model_name_or_path` overrides the recorded base model (e.g. a local copy of it).
+    `model_name_or_path` overrides the recorded base model (e.g. a local copy of it). Only safetensors weights
+    are loaded: pickled `.bin` files can run code, so they need `allow_pickle=True` (or FT_PLUGIN_ALLOW_PICKLE=1).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -129,8 +184,10 @@ def load(
 
     folder = resolve_result(str(path_or_repo), revision)
     record = read_record(folder)
+    allow_pickle = allow_pickle or os.environ.get("FT_PLUGIN_ALLOW_PICKLE") == "1"
+    check_weights(folder, record["save_format"], allow_pickle)
     if record["save_format"] == "full":
-        model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=not allow_pickle)
         return model.eval()
     config = AutoConfig.from_pretrained(folder)
     labels = [config.id2label[i] for i in range(config.num_labels)]
@@ -149,6 +206,44 @@ def load(
             f"load it on the base it was trained on ('{record['base_model']}')."
         ) from error
     return model.eval()
+
+
+# -- weights checks (issue 9) -------------------------------------------------------------------------------------
+WEIGHT_FILES = {"peft": "adapter_model", "full": "model", "delta": "delta_model"}
+
+
+def check_weights(folder: Path, layout: str, allow_pickle: bool = False) -> None:
+    """One-line errors for a result without weights, with only pickled weights, or with a corrupted file."""
+    from safetensors import safe_open
+
+    stem = WEIGHT_FILES[layout]
+    safetensors = sorted(folder.glob(f"{stem}*.safetensors")) + sorted(folder.glob("pytorch_model*.safetensors"))
+    pickled = sorted(folder.glob(f"{stem}*.bin")) + sorted(folder.glob("pytorch_model*.bin"))
+    if not safetensors and pickled and not allow_pickle:
+        raise ModelError(
+            f"'{folder}' has only pickled weights ({pickled[0].name}), which can run code when loaded: convert them "
+            "to safetensors, or if you trust the source pass allow_pickle=True (FT_PLUGIN_ALLOW_PICKLE=1)."
+        )
+    if not safetensors and not pickled:
+        raise ModelError(
+            f"'{folder}' has no weights file ({stem}.safetensors): the result is incomplete (an interrupted save or "
+            "download?); train or download it again."
+        )
+    for file in safetensors:
+        try:
+            with safe_open(str(file), "pt") as weights:
+                weights.keys()
+        except Exception as error:  # SafetensorError: bad header, truncated data
+            raise ModelError(
+                f"'{file}' is corrupted ({_first_line(error)}): train or download the result again."
+            ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+# -- end weights checks ------------------------------------------------------------------------------------------
 
 
 def _check_same_architecture(base_config, saved_config, folder: Path) -> None:

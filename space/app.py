@@ -8,10 +8,13 @@ UI only: loading, training, saving and pushing are ft-plugin's (`TextClassifier`
 """
 
 import functools
+import hashlib
 import inspect
 import json
 import logging
 import os
+import re
+import shutil
 import tempfile
 import threading
 import time
@@ -47,6 +50,66 @@ EVAL_SAMPLES = 500  # validation/test texts per run: enough for a stable accurac
 MODEL_CACHE_SIZE = 3
 
 RUNNER = JobRunner()
+
+# -- security (issue 9): upload limits, per-session folders, names that cannot reach other users' files ----------
+MAX_UPLOAD_MB = float(os.environ.get("FT_PLUGIN_SPACE_MAX_UPLOAD_MB", "50"))
+SESSIONS_DIR = Path(tempfile.gettempdir()) / "ft-plugin-space-sessions"  # one private folder per browser session
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+_extra_bases: set[str] = set()  # local base model folders offered at launch
+
+
+def session_dir(request: gr.Request | None) -> Path:
+    """This session's own temporary folder (removed when the session ends)."""
+    session = getattr(request, "session_hash", None) or "no-session"
+    # a hash of the client's session id: a safe folder name, distinct per session whatever characters it sends
+    folder = SESSIONS_DIR / hashlib.sha256(session.encode()).hexdigest()[:32]
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
+def cleanup_session(request: gr.Request) -> None:
+    shutil.rmtree(session_dir(request), ignore_errors=True)
+
+
+def checked_upload(path: str | None, request: gr.Request | None) -> str | None:
+    """A size-checked copy of an uploaded file in the session's folder, under a safe name."""
+    if not path:
+        return None
+    size_mb = os.path.getsize(path) / 2**20
+    if size_mb > MAX_UPLOAD_MB:
+        raise gr.Error(f"The file is {size_mb:.0f} MB: the limit is {MAX_UPLOAD_MB:g} MB. Upload a smaller sample.")
+    name = re.sub(r"[^\w.-]", "_", Path(path).name).lstrip(".") or "upload"
+    target = session_dir(request) / name
+    shutil.copyfile(path, target)
+    return str(target)
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(root.resolve()) for root in roots)
+
+
+def checked_adapter(adapter: str) -> str:
+    """A result folder under the Space's result folders, or a Hub repo id; never another local path."""
+    if adapter == NO_ADAPTER:
+        return adapter
+    if os.path.isdir(adapter) and _inside(Path(adapter), [RUNS_DIR, *RESULT_ROOTS]):
+        return adapter
+    if HUB_ID.match(adapter) and ".." not in adapter and not os.path.exists(adapter):
+        return adapter
+    raise gr.Error("Choose an adapter from the list, or give a Hub repo id such as 'username/name'.")
+
+
+def checked_base(base: str) -> str:
+    """A packaged short name, a base folder offered at launch, or a Hub repo id."""
+    if base == AUTO_BASE or base in PACKAGED_MODELS or base in _extra_bases:
+        return base
+    if HUB_ID.match(base) and ".." not in base and not os.path.exists(base):
+        return base
+    raise gr.Error("Choose a base model from the list, or give a Hub repo id such as 'username/name'.")
+
+
+# -- end security ------------------------------------------------------------------------------------------------
 _models: "OrderedDict[tuple[str, str], TextClassifier]" = OrderedDict()
 _models_lock = threading.Lock()
 
@@ -111,8 +174,8 @@ def example_texts(per_label: int = 2) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 def get_classifier(base: str, adapter: str) -> TextClassifier:
     """The classifier for a base model choice and an adapter choice, from the cache when possible."""
-    base = (base or AUTO_BASE).strip()
-    adapter = (adapter or NO_ADAPTER).strip()
+    base = checked_base((base or AUTO_BASE).strip())
+    adapter = checked_adapter((adapter or NO_ADAPTER).strip())
     key = (base, adapter)
     with _models_lock:  # one load at a time; predictions on loaded models stay concurrent
         if key in _models:
@@ -194,14 +257,16 @@ def _column_picker(columns: list[str], candidates: tuple[str, ...], fallback: in
 
 
 @friendly
-def file_columns(path: str | None) -> gr.Dropdown:
+def file_columns(path: str | None, request: gr.Request = None) -> gr.Dropdown:
     """Text column picker for an uploaded file (a text-like column preselected)."""
+    path = checked_upload(path, request)
     return _column_picker(read_file(path).column_names if path else [], TEXT_COLUMN_CANDIDATES, 0)
 
 
 @friendly
-def train_file_columns(path: str | None) -> tuple[gr.Dropdown, gr.Dropdown]:
+def train_file_columns(path: str | None, request: gr.Request = None) -> tuple[gr.Dropdown, gr.Dropdown]:
     """Text and label column pickers for a training file; hidden while the embedded tweets are used."""
+    path = checked_upload(path, request)
     columns = read_file(path).column_names if path else []
     return (
         _column_picker(columns, TEXT_COLUMN_CANDIDATES, 0),
@@ -210,14 +275,21 @@ def train_file_columns(path: str | None) -> tuple[gr.Dropdown, gr.Dropdown]:
 
 
 @friendly
-def predict_file(path: str | None, text_column: str | None, base: str = AUTO_BASE, adapter: str = NO_ADAPTER):
+def predict_file(
+    path: str | None,
+    text_column: str | None,
+    base: str = AUTO_BASE,
+    adapter: str = NO_ADAPTER,
+    request: gr.Request = None,
+):
     """Classify every row of a CSV/JSONL/... file: a predictions CSV (label + one score column per label)."""
     if not path:
         raise gr.Error("Upload a csv, tsv, jsonl or parquet file with a text column first.")
+    path = checked_upload(path, request)
     frame = load_text_file(path, text_column or None).to_pandas()
     classifier = get_classifier(base, adapter)
     frame = classifier.predict_frame(frame)
-    output = Path(tempfile.mkdtemp(prefix="ft-plugin-")) / f"{Path(path).stem}_predictions.csv"
+    output = session_dir(request) / f"{Path(path).stem}_predictions.csv"
     frame.to_csv(output, index=False)
     return str(output), frame.head(20)
 
@@ -327,8 +399,13 @@ def train(
     max_samples: int,
     max_minutes: float,
     options: dict | None,
+    request: gr.Request = None,
 ):
     """Start a training job and stream its progress; the finished adapter appears in the Predict tab."""
+    base = checked_base((base or AUTO_BASE).strip())
+    train_file = checked_upload(train_file, request)
+    if "output_dir" in (options or {}):
+        raise gr.Error("'output_dir' cannot be set here: the Space names each run's folder itself.")
     name = _run_name(method)
     job = TrainingJob(
         {
@@ -413,7 +490,7 @@ def push(result: str, repo_id: str, token: str, private: bool, oauth_token: gr.O
     """Push a result folder (adapter, tokenizer, model card) to the Hub; returns the repository link."""
     if not result:
         raise gr.Error("Choose a result to push (train one in the Train tab first).")
-    if not repo_id or repo_id.strip().count("/") != 1:
+    if not repo_id or not HUB_ID.match(repo_id.strip()) or ".." in repo_id:
         raise gr.Error("Give the repo id as 'username/name', e.g. 'alice/minilm-lora-tweets'.")
     try:
         from ft_plugin.hub import push_result
@@ -450,9 +527,11 @@ Works offline: the default model (MiniLM-L6) and dataset (37k tweets: negative /
 def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
     """The Space. `extra_base_models`: more base model choices (local folders or Hub ids)."""
     extra = list(extra_base_models or [])
+    _extra_bases.update(extra)
     method_names = list(METHODS)
     default_method = "lora" if "lora" in METHODS else method_names[0]
-    with gr.Blocks(title="ft-plugin · delta fine-tuning", analytics_enabled=False) as demo:
+    # delete_cache: Gradio's copies of uploads and outputs older than an hour go, hourly
+    with gr.Blocks(title="ft-plugin · delta fine-tuning", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(HEADER)
         with gr.Tabs():
             # -- Predict -------------------------------------------------------------------------------------
@@ -623,6 +702,7 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
         for trigger in (train_event.then, compare_tab.select, push_tab.select, predict_tab.select, x_axis.change):
             trigger(refresh, [x_axis, push_result], [adapter, push_result, table, scatter], api_visibility="private")
         push_button.click(push, [push_result, repo_id, token, private], push_link, api_name="push", concurrency_limit=1)
+        demo.unload(cleanup_session)  # the session's uploads and predictions go when its browser tab closes
     return demo
 
 
@@ -630,6 +710,7 @@ def launch(extra_base_models: list[str] | None = None, **kwargs) -> gr.Blocks:
     """Build and launch the Space (keyword arguments go to `Blocks.launch`)."""
     demo = build_demo(extra_base_models)
     demo.queue(default_concurrency_limit=2)
+    kwargs.setdefault("max_file_size", f"{MAX_UPLOAD_MB:g}mb")  # Gradio refuses bigger uploads before saving them
     demo.launch(theme=THEME, css=CSS, **kwargs)
     return demo
 

@@ -1,0 +1,253 @@
+"""Bad input, one case per row of docs/errors.md: a one-line error naming the problem and the fix and exit status 2
+(no traceback unless --debug), or a warning where training can go on.
+
+Errors run the recipe's `main()` in-process on the tiny model (fast); one subprocess checks what a user sees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ft_plugin.cli import main as cli_main
+from ft_plugin.data import DataArguments, load_data
+from ft_plugin.recipe import main as train_main
+
+from .conftest import make_texts
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = make_texts(60)
+
+
+def _csv(rows, header="text,label") -> str:
+    return header + "\n" + "".join(f"{text},{label}\n" for text, label in rows)
+
+
+def _jsonl(rows, str_labels: bool) -> bytes:
+    """Labels as the integers 0/1/2, or as the strings "0"/"1"/"2"."""
+    names = ["negative", "neutral", "positive"]
+    convert = str if str_labels else int
+    return "".join(json.dumps({"text": t, "label": convert(names.index(label))}) + "\n" for t, label in rows).encode()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Every bad (and oddly formed but valid) input file, by case name."""
+    import pandas as pd
+
+    folder = tmp_path_factory.mktemp("bad-input")
+    contents: dict[str, bytes] = {
+        "empty.csv": b"",
+        "header_only.csv": b"text,label\n",
+        "latin1.csv": _csv(ROWS).encode() + "caf\xe9 cr\xe8me,positive\n".encode("latin-1"),
+        "bom.csv": b"\xef\xbb\xbf" + _csv(ROWS).encode(),
+        "crlf.csv": _csv(ROWS).replace("\n", "\r\n").encode(),
+        "columns.json": json.dumps({"text": [t for t, _ in ROWS], "label": [label for _, label in ROWS]}).encode(),
+        "strings.json": json.dumps([t for t, _ in ROWS]).encode(),
+        "one_class.csv": _csv([(t, "positive") for t, _ in ROWS]).encode(),
+        "unseen_test.csv": _csv([(t, "angry") for t, _ in ROWS[:6]] + ROWS[:6]).encode(),
+        "int_labels.csv": _csv([(t, ["negative", "neutral", "positive"].index(label)) for t, label in ROWS]).encode(),
+        "int_labels.jsonl": _jsonl(ROWS, str_labels=False),
+        "str_labels.jsonl": _jsonl(ROWS[:9], str_labels=True),
+        "missing_labels.csv": _csv(ROWS).encode() + b"no label here,\nnor here,\n",
+        "empty_texts.csv": _csv(ROWS).encode() + b",positive\n,negative\n",
+        "long_texts.csv": _csv(ROWS).encode() + (" ".join(["great"] * 300) + ",positive\n").encode() * 2,
+    }
+    for name, content in contents.items():
+        (folder / name).write_bytes(content)
+    pd.DataFrame({"review": [t for t, _ in ROWS], "label": [label for _, label in ROWS]}).to_parquet(
+        folder / "no_text_column.parquet"
+    )
+    (folder / "a_file").write_text("not a folder")
+    result = folder / "existing_result"
+    result.mkdir()
+    (result / "ft_plugin_config.json").write_text("{}")
+    return {path.name: path for path in folder.iterdir()}
+
+
+# case -> (extra training flags, given the files; a fragment of the one-line error)
+TRAIN_ERRORS = {
+    "missing file": (lambda f: ["--train_file", str(f["empty.csv"].parent / "nope.csv")], "does not exist"),
+    "empty file": (lambda f: ["--train_file", str(f["empty.csv"])], "is empty"),
+    "header only": (lambda f: ["--train_file", str(f["header_only.csv"])], "no rows under its header"),
+    "not UTF-8": (lambda f: ["--train_file", str(f["latin1.csv"])], "is not UTF-8 (line 62): re-save it as UTF-8"),
+    "JSON object of columns": (lambda f: ["--train_file", str(f["columns.json"])], "not a list of records"),
+    "JSON list of strings": (lambda f: ["--train_file", str(f["strings.json"])], "not a list of records"),
+    "parquet without the column": (
+        lambda f: ["--train_file", str(f["no_text_column.parquet"]), "--text_column", "text"],
+        "Text column 'text' not found; the columns are ['review', 'label']: pass --text_column",
+    ),
+    "single class": (lambda f: ["--train_file", str(f["one_class.csv"])], "only one label"),
+    "labels unseen in training": (
+        lambda f: ["--train_file", str(f["crlf.csv"]), "--test_file", str(f["unseen_test.csv"])],
+        "labels never seen in training: ['angry']",
+    ),
+    "unknown method": (lambda f: ["--method", "lorra"], "Unknown method 'lorra': choose from"),
+    "negative learning rate": (lambda f: ["--learning_rate=-1e-4"], "--learning_rate must be positive"),
+    "LoRA r=0": (lambda f: ["--lora_r", "0"], "--lora_r must be a positive rank"),
+    "target modules matching nothing": (
+        lambda f: ["--target_modules", "q_proj", "v_proj"],
+        "Pass --target_modules with names of its linear layers",
+    ),
+    "incompatible combination": (lambda f: ["--method", "lora+dora"], "cannot be combined"),
+    "unknown flag": (lambda f: ["--lora_rank", "8"], "Invalid arguments"),
+    "result already in --output_dir": (
+        lambda f: ["--output_dir", str(f["existing_result"])],
+        "already holds a trained result: pass --overwrite_output_dir",
+    ),
+    "unwritable --output_dir": (lambda f: ["--output_dir", str(f["a_file"] / "out")], "is not writable"),
+}
+
+
+@pytest.fixture()
+def train_argv(tiny_model_dir, files, tmp_path):
+    def build(extra: list[str]) -> list[str]:
+        base = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(files["crlf.csv"]),
+                "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--eval_strategy", "no",
+                "--save_strategy", "no", "--load_best_model_at_end", "false", "--report_to", "none"]  # fmt: skip
+        return base + extra  # later flags win (argparse), so a case overrides the defaults
+
+    return build
+
+
+def _one_error_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("ft-plugin: error:")]
+    assert len(errors) == 1, stderr[-2000:]
+    assert "Traceback" not in stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", TRAIN_ERRORS)
+def test_training_error_is_one_line_with_exit_status_2(case, files, train_argv, capsys):
+    extra, expected = TRAIN_ERRORS[case]
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(train_argv(extra(files)))
+    assert exit_info.value.code == 2
+    assert expected in _one_error_line(capsys.readouterr().err)
+
+
+# case -> (file, expected warning or None, labels)
+DATA_WARNINGS = {
+    "UTF-8 with BOM": ("bom.csv", None, ["negative", "neutral", "positive"]),
+    "CRLF line ends": ("crlf.csv", None, ["negative", "neutral", "positive"]),
+    "integer labels": ("int_labels.csv", None, ["0", "1", "2"]),
+    "missing labels in some rows": ("missing_labels.csv", "Dropped 2 train rows without a label", None),
+    "empty texts": ("empty_texts.csv", "Dropped 2 train rows with an empty text", None),
+    "--max_train_samples larger than the data": ("crlf.csv", "exceeds the 48 train rows: using all", None),
+}
+
+
+@pytest.mark.parametrize("case", DATA_WARNINGS)
+def test_odd_but_usable_data_loads_with_a_warning(case, files, caplog):
+    name, warning, labels = DATA_WARNINGS[case]
+    limit = 1000 if case.startswith("--max_train_samples") else None
+    with caplog.at_level(logging.WARNING, logger="ft_plugin"):
+        data = load_data(DataArguments(train_file=str(files[name]), max_train_samples=limit))
+    assert data.labels == (labels or ["negative", "neutral", "positive"])
+    assert set(data.splits["train"].column_names) == {"text", "label"}
+    if warning:
+        assert warning in caplog.text
+    assert all(text.strip() for split in data.splits.values() for text in split["text"])
+
+
+def test_integer_labels_match_the_same_labels_written_as_strings(files):
+    """Training labels 0/1/2 (integers) and test labels "0"/"1"/"2" (strings) are the same classes."""
+    data = load_data(DataArguments(train_file=str(files["int_labels.jsonl"]), test_file=str(files["str_labels.jsonl"])))
+    assert data.labels == ["0", "1", "2"]
+    expected = [["negative", "neutral", "positive"].index(label) for _, label in ROWS[:9]]
+    assert data.splits["test"]["label"] == expected
+
+
+def test_very_long_texts_are_truncated_and_counted(files, tiny_model_dir, caplog):
+    from transformers import AutoTokenizer
+
+    data = load_data(DataArguments(train_file=str(files["long_texts.csv"]), test_split_percentage=5))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with caplog.at_level(logging.WARNING, logger="ft_plugin"):
+        tokenized = data.tokenize(tokenizer, max_seq_length=32)
+    long_rows = sum(len(text.split()) > 30 for split in data.splits.values() for text in split["text"])
+    assert long_rows == 2
+    assert "longer than --max_seq_length 32 tokens and were truncated" in caplog.text
+    assert max(len(ids) for split in tokenized.values() for ids in split["input_ids"]) == 32
+
+
+@pytest.fixture(scope="module")
+def saved_lora(tiny_model_dir, tmp_path_factory) -> Path:
+    from ft_plugin.methods import apply_method
+    from ft_plugin.models import load_base_model
+    from ft_plugin.saving import save_result
+
+    base, tokenizer = load_base_model(str(tiny_model_dir), ["negative", "neutral", "positive"])
+    return save_result(apply_method(base, "lora"), tmp_path_factory.mktemp("lora") / "result", tokenizer)
+
+
+def _broken_copy(saved: Path, tmp_path: Path, breakage: str, other_base: Path) -> Path:
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = Path(shutil.copytree(saved, tmp_path / "broken"))
+    weights = folder / "adapter_model.safetensors"
+    if breakage == "missing weights":
+        weights.unlink()
+    elif breakage == "corrupted safetensors":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif breakage == "pickled weights":
+        torch.save(load_file(weights), folder / "adapter_model.bin")
+        weights.unlink()
+    elif breakage == "adapter for another base":
+        record = json.loads((folder / "ft_plugin_config.json").read_text())
+        (folder / "ft_plugin_config.json").write_text(json.dumps({**record, "base_model": str(other_base)}))
+    return folder
+
+
+MODEL_ERRORS = {
+    "adapter for another base": "was trained on a different base model",
+    "missing weights": "has no weights file (adapter_model.safetensors): the result is incomplete",
+    "corrupted safetensors": "is corrupted",
+    "pickled weights": "has only pickled weights (adapter_model.bin)",
+}
+
+
+@pytest.fixture(scope="module")
+def other_base(tmp_path_factory) -> Path:
+    """A BERT with another hidden size (and the tiny model's tokenizer files)."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("other-base")
+    config = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case", MODEL_ERRORS)
+def test_broken_adapter_is_one_line_with_exit_status_2(case, saved_lora, other_base, tmp_path, capsys):
+    folder = _broken_copy(saved_lora, tmp_path, case, other_base)
+    assert cli_main(["predict", "--adapter", str(folder), "great flight"]) == 2
+    assert MODEL_ERRORS[case] in _one_error_line(capsys.readouterr().err)
+
+
+def test_pickled_weights_load_with_the_explicit_flag(saved_lora, other_base, tmp_path, monkeypatch):
+    from ft_plugin.inference import TextClassifier
+
+    folder = _broken_copy(saved_lora, tmp_path, "pickled weights", other_base)
+    monkeypatch.setenv("FT_PLUGIN_ALLOW_PICKLE", "1")
+    reference = TextClassifier.from_pretrained(saved_lora).predict(["great flight"])[0]
+    assert TextClassifier.from_pretrained(folder).predict(["great flight"])[0] == pytest.approx(reference)
+
+
+def test_users_see_one_line_and_debug_shows_the_traceback(files, tmp_path):
+    command = [sys.executable, str(ROOT / "recipes" / "lora_bert.py"), "--train_file", str(files["strings.json"]),
+               "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    user = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert user.returncode == 2
+    assert "not a list of records" in _one_error_line(user.stderr)
+    debug = subprocess.run([*command, "--debug"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "DataError" in debug.stderr

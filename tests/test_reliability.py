@@ -1,0 +1,170 @@
+"""Crashes and resume: `kill -9` between checkpoints, then `--resume_from_checkpoint` or a plain re-run, ends with the
+same metrics as an uninterrupted run; a crash while saving never leaves a folder that loads.
+
+Tolerance: evaluation/test loss within 1e-4 and identical accuracies (same seed, CPU; the Trainer restores the
+optimizer, scheduler, RNG and data order from the checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ft_plugin.errors import ModelError
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-4
+
+# The recipe's own main(), plus a callback that prints each step and sleeps a little so the test can kill the
+# process at a known step (the sleep changes no random state, so every run below uses this same driver).
+DRIVER = """
+import sys, time
+from transformers import TrainerCallback
+import ft_plugin.recipe as recipe
+
+class Pace(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        print(f"ft-test step {state.global_step}", flush=True)
+        time.sleep(0.05)
+
+build_trainer = recipe.build_trainer
+recipe.build_trainer = lambda *a, **k: build_trainer(*a, callbacks=[Pace()], **k)
+recipe.main(method="lora")
+"""
+MAX_STEPS, SAVE_STEPS, KILL_AT = 30, 10, 15
+
+
+def _command(driver: Path, model: Path, csv: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, str(driver), "--model_name_or_path", str(model), "--train_file", str(csv),
+        "--output_dir", str(out), "--max_steps", str(MAX_STEPS), "--save_steps", str(SAVE_STEPS),
+        "--save_strategy", "steps", "--save_total_limit", "2", "--eval_strategy", "no",
+        "--load_best_model_at_end", "false", "--per_device_train_batch_size", "16", "--seed", "7", *extra,
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _kill_at(command: list[str], step: int) -> None:
+    """Start training and SIGKILL it as soon as it reports `step`."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env()
+    )
+    try:
+        for line in process.stdout:
+            if line.strip() == f"ft-test step {step}":
+                process.send_signal(signal.SIGKILL)
+                break
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run ended before the kill"
+
+
+def _metrics(out: Path) -> dict[str, float]:
+    results = json.loads((out / "all_results.json").read_text())
+    return {
+        k: v
+        for k, v in results.items()
+        if k.startswith(("eval_", "test_")) and "_per_second" not in k and "runtime" not in k
+    }
+
+
+def _assert_same(resumed: dict[str, float], reference: dict[str, float]) -> None:
+    assert resumed.keys() == reference.keys()
+    for key, value in reference.items():
+        assert abs(resumed[key] - value) <= TOLERANCE, (key, resumed[key], value)
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("driver") / "paced_lora.py"
+    path.write_text(DRIVER)
+    return path
+
+
+def test_kill_9_then_resume_or_rerun_matches_an_uninterrupted_run(driver, tiny_model_dir, tiny_csv, tmp_path):
+    from ft_plugin.saving import has_result
+
+    reference_out, killed = tmp_path / "reference", tmp_path / "killed"
+    _run(_command(driver, tiny_model_dir, tiny_csv, reference_out))
+    reference = _metrics(reference_out)
+
+    _kill_at(_command(driver, tiny_model_dir, tiny_csv, killed), KILL_AT)
+    assert (killed / f"checkpoint-{SAVE_STEPS}" / "trainer_state.json").is_file()
+    assert not (killed / f"checkpoint-{2 * SAVE_STEPS}").exists() and not has_result(killed)
+    rerun = tmp_path / "rerun"
+    shutil.copytree(killed, rerun)
+
+    # 1. explicit --resume_from_checkpoint
+    checkpoint = killed / f"checkpoint-{SAVE_STEPS}"
+    resumed = _run(_command(driver, tiny_model_dir, tiny_csv, killed, "--resume_from_checkpoint", str(checkpoint)))
+    first_step = next(line for line in resumed.stdout.splitlines() if line.startswith("ft-test step"))
+    assert first_step == f"ft-test step {SAVE_STEPS + 1}", "training restarted instead of resuming"
+    _assert_same(_metrics(killed), reference)
+
+    # 2. the same command again: the last checkpoint is found and announced
+    again = _run(_command(driver, tiny_model_dir, tiny_csv, rerun))
+    assert f"Checkpoint detected, resuming training at {rerun / f'checkpoint-{SAVE_STEPS}'}" in again.stderr
+    _assert_same(_metrics(rerun), reference)
+
+
+def test_a_checkpoint_killed_while_being_written_is_skipped(tmp_path):
+    from ft_plugin.recipe import last_checkpoint
+
+    for step, complete in ((10, True), (20, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert last_checkpoint(tmp_path / "missing") is None
+
+
+@pytest.fixture()
+def lora_model(tiny_model_dir):
+    from ft_plugin.methods import apply_method
+    from ft_plugin.models import load_base_model
+
+    base, tokenizer = load_base_model(str(tiny_model_dir), ["a", "b", "c"])
+    return apply_method(base, "lora"), tokenizer
+
+
+@pytest.mark.parametrize("failing_file", ["adapter_model.safetensors", "tokenizer.json"])
+def test_a_crash_while_saving_never_leaves_a_folder_that_loads(lora_model, tmp_path, monkeypatch, failing_file):
+    from ft_plugin import saving
+
+    model, tokenizer = lora_model
+    out = tmp_path / "result"
+    saving.save_result(model, out, tokenizer)
+    assert saving.load(out) is not None  # the first result loads
+
+    real_replace = os.replace
+
+    def crash_on(source, target):  # the process "dies" when this file would land
+        if Path(target).name == failing_file:
+            raise OSError(28, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(saving.os, "replace", crash_on)
+    with pytest.raises(ModelError, match="No space left on device.*no partial result"):
+        saving.save_result(model, out, tokenizer)
+    monkeypatch.undo()
+    with pytest.raises(ModelError, match="no weights file"):
+        saving.load(out)  # neither the old result nor a half-new one
+    assert not list(out.glob(".saving-*")), "the staging folder is cleaned up"
+    saving.save_result(model, out, tokenizer)  # saving again repairs it
+    assert saving.load(out) is not None

@@ -1,0 +1,76 @@
+"""The Space under load, short (the CI version of bench/space_load.py), and its upload and path checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_concurrent_predictions_while_training_have_no_errors(tiny_model_dir, tmp_path):
+    env = {**os.environ, "FT_PLUGIN_BENCH_RESULTS": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "bench/space_load.py", "--clients", "4", "--seconds", "5",
+               "--train_model", str(tiny_model_dir), "--train_samples", "200"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "space_load.json").read_text())
+    load = report["load"]
+    assert load["errors"] == 0, report["errors"]
+    assert load["requests"] >= 4 and load["p95 s"] < 10  # a loose bound: CI machines are shared
+    assert load["same result"], (report["training_alone"], report["training_under_load"])
+    assert report["training_alone"]["metrics"]["test_accuracy"] >= 0
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from .test_space import load_app
+
+    return load_app(tmp_path_factory.mktemp("space_checks"))
+
+
+class Session:
+    session_hash = "abc123"
+
+
+def test_uploads_are_size_limited_and_copied_to_the_sessions_own_folder(app, tiny_csv, tmp_path, monkeypatch):
+    import gradio as gr
+
+    copy = Path(app.checked_upload(str(tiny_csv), Session()))
+    folder = app.session_dir(Session())
+    assert copy.parent == folder and folder.parent == app.SESSIONS_DIR and copy.read_bytes() == tiny_csv.read_bytes()
+    for trick in ("../abc123", "abc123/..", "ABC123", ""):  # no other session id reaches this folder
+        other = type("Other", (), {"session_hash": trick})()
+        assert app.session_dir(other) != folder and app.session_dir(other).parent == app.SESSIONS_DIR
+    monkeypatch.setattr(app, "MAX_UPLOAD_MB", tiny_csv.stat().st_size / 2**20 / 2)
+    with pytest.raises(gr.Error, match="the limit is"):
+        app.checked_upload(str(tiny_csv), Session())
+    app.cleanup_session(Session())
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("adapter", ["../../etc", "/etc", "/tmp", "outputs/../../root", "a/b/../../c"])
+def test_adapters_outside_the_result_folders_are_refused(app, adapter):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="Choose an adapter from the list"):
+        app.checked_adapter(adapter)
+
+
+def test_results_and_hub_ids_are_accepted(app):
+    import gradio as gr
+
+    run = app.RUNS_DIR / "lora-1"
+    run.mkdir(parents=True, exist_ok=True)
+    assert app.checked_adapter(str(run)) == str(run)
+    assert app.checked_adapter("alice/tweets-lora") == "alice/tweets-lora"
+    assert app.checked_base("minilm-l6") == "minilm-l6"
+    with pytest.raises(gr.Error, match="Choose a base model"):
+        app.checked_base("/root")
