@@ -148,13 +148,7 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
         learning_rate=min(spec.learning_rate for spec in specs),
         output_dir=os.path.join("outputs", method.replace("+", "_")),
     )
-    try:
-        model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(argv)
-    except FtPluginError:
-        raise
-    except ValueError as error:  # unknown flags, TrainingArguments' own checks: one line, not a traceback
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise MethodError(f"Invalid arguments: {first} (see --help).") from error
+    model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(argv)
     if training_args.learning_rate <= 0:
         raise MethodError(f"--learning_rate must be positive, got {training_args.learning_rate}.")
     return model_args, data_args, method_args, training_args
@@ -365,7 +359,13 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
         from .auto import resolve_auto  # `--method auto`: race candidate methods briefly, then train the winner
 
         argv = resolve_auto(argv, method)
-        model_args, data_args, method_args, training_args = parse_args(argv, method)
+        try:
+            model_args, data_args, method_args, training_args = parse_args(argv, method)
+        except ValueError as error:  # unknown flags, TrainingArguments' own checks: one line, not a traceback
+            if isinstance(error, FtPluginError):
+                raise
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise MethodError(f"Invalid arguments: {first} (see --help).") from error
         resume = check_output_dir(training_args, model_args.overwrite_output_dir)
         trainer = build_trainer(model_args, data_args, method_args, training_args)
         check_free_space(trainer)

@@ -251,3 +251,16 @@ def test_users_see_one_line_and_debug_shows_the_traceback(files, tmp_path):
     assert "not a list of records" in _one_error_line(user.stderr)
     debug = subprocess.run([*command, "--debug"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "DataError" in debug.stderr
+
+
+def test_too_little_disk_space_is_an_error_before_training(train_argv, monkeypatch, capsys):
+    from collections import namedtuple
+
+    import ft_plugin.recipe as recipe
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(recipe.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(train_argv([]))
+    assert exit_info.value.code == 2
+    assert "Not enough disk space" in _one_error_line(capsys.readouterr().err)

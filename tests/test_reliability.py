@@ -41,9 +41,9 @@ recipe.main(method="lora")
 MAX_STEPS, SAVE_STEPS, KILL_AT = 30, 10, 15
 
 
-def _command(driver: Path, model: Path, csv: Path, out: Path, *extra: str) -> list[str]:
+def _command(driver: Path, model: Path, csv: Path, out: Path, *extra: str, launcher: tuple = ()) -> list[str]:
     return [
-        sys.executable, str(driver), "--model_name_or_path", str(model), "--train_file", str(csv),
+        *(launcher or [sys.executable]), str(driver), "--model_name_or_path", str(model), "--train_file", str(csv),
         "--output_dir", str(out), "--max_steps", str(MAX_STEPS), "--save_steps", str(SAVE_STEPS),
         "--save_strategy", "steps", "--save_total_limit", "2", "--eval_strategy", "no",
         "--load_best_model_at_end", "false", "--per_device_train_batch_size", "16", "--seed", "7", *extra,
@@ -63,12 +63,13 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
 def _kill_at(command: list[str], step: int) -> None:
     """Start training and SIGKILL it as soon as it reports `step`."""
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env()
-    )
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(),
+        start_new_session=True,  # its own process group: the launcher and all its workers die together
+    )  # fmt: skip
     try:
         for line in process.stdout:
             if line.strip() == f"ft-test step {step}":
-                process.send_signal(signal.SIGKILL)
+                os.killpg(process.pid, signal.SIGKILL)
                 break
     finally:
         process.wait(timeout=60)
@@ -97,14 +98,33 @@ def driver(tmp_path_factory) -> Path:
     return path
 
 
-def test_kill_9_then_resume_or_rerun_matches_an_uninterrupted_run(driver, tiny_model_dir, tiny_csv, tmp_path):
+def _launcher(processes: int) -> tuple:
+    """`python` for one process; `accelerate launch` with the 2-process CPU DDP config (on a free port) for two."""
+    if processes == 1:
+        return ()
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = ROOT / "accelerate_configs" / "cpu_ddp.yaml"
+    return (sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+            "--main_process_port", str(port))  # fmt: skip
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["1-process", "2-process-ddp"])
+def test_kill_9_then_resume_or_rerun_matches_an_uninterrupted_run(
+    processes, driver, tiny_model_dir, tiny_csv, tmp_path
+):
     from ft_plugin.saving import has_result
 
+    launcher = _launcher(processes)
+
     reference_out, killed = tmp_path / "reference", tmp_path / "killed"
-    _run(_command(driver, tiny_model_dir, tiny_csv, reference_out))
+    _run(_command(driver, tiny_model_dir, tiny_csv, reference_out, launcher=launcher))
     reference = _metrics(reference_out)
 
-    _kill_at(_command(driver, tiny_model_dir, tiny_csv, killed), KILL_AT)
+    _kill_at(_command(driver, tiny_model_dir, tiny_csv, killed, launcher=launcher), KILL_AT)
     assert (killed / f"checkpoint-{SAVE_STEPS}" / "trainer_state.json").is_file()
     assert not (killed / f"checkpoint-{2 * SAVE_STEPS}").exists() and not has_result(killed)
     rerun = tmp_path / "rerun"
@@ -112,13 +132,17 @@ def test_kill_9_then_resume_or_rerun_matches_an_uninterrupted_run(driver, tiny_m
 
     # 1. explicit --resume_from_checkpoint
     checkpoint = killed / f"checkpoint-{SAVE_STEPS}"
-    resumed = _run(_command(driver, tiny_model_dir, tiny_csv, killed, "--resume_from_checkpoint", str(checkpoint)))
+    resumed = _run(
+        _command(
+            driver, tiny_model_dir, tiny_csv, killed, "--resume_from_checkpoint", str(checkpoint), launcher=launcher
+        )
+    )
     first_step = next(line for line in resumed.stdout.splitlines() if line.startswith("ft-test step"))
     assert first_step == f"ft-test step {SAVE_STEPS + 1}", "training restarted instead of resuming"
     _assert_same(_metrics(killed), reference)
 
     # 2. the same command again: the last checkpoint is found and announced
-    again = _run(_command(driver, tiny_model_dir, tiny_csv, rerun))
+    again = _run(_command(driver, tiny_model_dir, tiny_csv, rerun, launcher=launcher))
     assert f"Checkpoint detected, resuming training at {rerun / f'checkpoint-{SAVE_STEPS}'}" in again.stderr
     _assert_same(_metrics(rerun), reference)
 
