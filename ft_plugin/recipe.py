@@ -299,9 +299,10 @@ def check_output_dir(training_args: TrainingArguments, overwrite_output_dir: boo
             "or choose another --output_dir."
         )
     try:
-        output.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output, prefix=".write-test-"):
-            pass
+        if training_args.should_save:  # only the main process writes the folder, so only it needs to probe it
+            output.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=output, prefix=".write-test-"):
+                pass
     except OSError as error:
         raise FtPluginError(
             f"--output_dir '{output}' is not writable ({error.strerror or error}): choose a folder you can write to."
