@@ -171,6 +171,27 @@ def total_training_steps(training_args: TrainingArguments, train_size: int) -> i
     return max(1, math.ceil(train_size / per_step) * math.ceil(training_args.num_train_epochs))
 
 
+def classification_trainer(training_args, tokenized, tokenizer, callbacks, **model_or_init) -> Trainer:
+    """A `Trainer` on tokenised train/validation splits with dynamic padding and accuracy/macro-F1.
+
+    `model_or_init` is `model=...` or `model_init=...` (sweeps). Shared by recipes and sweeps.
+    """
+    trainer = Trainer(
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        **model_or_init,
+    )
+    # Classification losses are per-batch means that ignore `num_items_in_batch`. Left True, the Trainer multiplies
+    # the loss by the number of processes and skips the division by gradient_accumulation_steps (transformers 5.23).
+    trainer.model_accepts_loss_kwargs = False
+    return trainer
+
+
 def build_trainer(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -208,19 +229,7 @@ def build_trainer(
         trainer_args = copy.copy(training_args)
         trainer_args.push_to_hub = False
     # --- end hub
-    trainer = Trainer(
-        model=model,
-        args=trainer_args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        compute_metrics=compute_metrics,
-        callbacks=callbacks,
-    )
-    # Classification losses are per-batch means that ignore `num_items_in_batch`. Left True, the Trainer multiplies
-    # the loss by the number of processes and skips the division by gradient_accumulation_steps (transformers 5.23).
-    trainer.model_accepts_loss_kwargs = False
+    trainer = classification_trainer(trainer_args, tokenized, tokenizer, callbacks, model=model)
     trainer.ft_data = data
     trainer.ft_test_dataset = tokenized["test"]
     trainer.ft_max_seq_length = data_args.max_seq_length

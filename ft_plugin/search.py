@@ -156,11 +156,9 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
 
     Returns `{"best": row, "rows": [...], "outputs": {name: path}}`.
     """
-    from transformers import DataCollatorWithPadding, Trainer
-
     from .data import load_data
-    from .metrics import compute_metrics
     from .models import load_base_model
+    from .recipe import classification_trainer
 
     try:
         import matplotlib  # noqa: F401  (the Pareto plot, at the end: fail before the trials, not after)
@@ -220,16 +218,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
         return apply_method(copy.deepcopy(base), method, replace(method_args, **method_params(method, trial)))
 
     recorder = TrialRecorder()
-    trainer = Trainer(
-        model_init=model_init,
-        args=training_args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        compute_metrics=compute_metrics,
-        callbacks=[recorder],
-    )
+    trainer = classification_trainer(training_args, tokenized, tokenizer, [recorder], model_init=model_init)
     recorder.trainer = trainer
     finished = _finished_trials(sweep_args.study_name, storage)
     remaining = sweep_args.n_trials - finished
