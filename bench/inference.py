@@ -1,10 +1,14 @@
-"""Prediction latency: base + LoRA adapter unmerged vs merged vs an exported merged model.
+"""Prediction latency: base + LoRA adapter unmerged vs merged vs an exported merged model vs the Space's /predict.
 
     python bench/inference.py                          # trains a small LoRA result first (about 1 minute)
     python bench/inference.py --adapter outputs/lora   # or measure an existing LoRA result folder
+    python bench/inference.py --no_space               # without the Space row (no gradio needed)
 
 Single-text and batch-of-32 latency, p50 and p95 over `--repeats` calls after warm-up, measured side by side in one
-run on the same texts (real tweets from the embedded test split). Writes bench/results/inference.json.
+run on the same texts (real tweets from the embedded test split). The small LoRA run trains in a separate process,
+so the measuring process is like a serving one (only loading and predicting). The Space row is one
+`gradio_client` user calling /predict on the Space launched in this process on 127.0.0.1 (HTTP and Gradio's queue
+included; the Space merges the adapter). Writes bench/results/inference.json.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,6 +45,32 @@ def train_small_lora(model_name_or_path: str | None, max_seq_length: int) -> str
     return output_dir
 
 
+def train_in_fresh_process(model_name_or_path: str | None, max_seq_length: int) -> str:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(train_small_lora, model_name_or_path, max_seq_length).result()
+
+
+def space_latencies(adapter: str, texts: list[str], repeats: int) -> list[float]:
+    """Single-text /predict calls of one `gradio_client` user on the Space (launched here, on 127.0.0.1)."""
+    from gradio_client import Client
+
+    from bench.space_load import free_port, load_app
+
+    app = load_app(Path(tempfile.mkdtemp(prefix="bench-space-runs-")), results_dir=Path(adapter).parent)
+    port = free_port()
+    demo = app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        runs = []
+        for i in range(10 + repeats):  # the first 10: model loading and warm-up
+            start = time.perf_counter()
+            client.predict(texts[i % len(texts)], "auto", adapter, api_name="/predict")
+            runs.append(time.perf_counter() - start)
+        return runs[10:]
+    finally:
+        demo.close()
+
+
 def latencies(classifier: TextClassifier, texts: list[str], batch: int, repeats: int) -> list[float]:
     for i in range(10):  # the first calls of a process are several times slower (allocator and kernel caches)
         classifier.predict_proba(texts[i * batch : (i + 1) * batch], batch_size=batch)
@@ -55,6 +87,11 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def latency_row(name: str, batch_size: int, runs: list[float]) -> dict:
+    return {"model": name, "batch": batch_size, "p50_ms": 1000 * percentile(runs, 50),
+            "p95_ms": 1000 * percentile(runs, 95), "texts_per_s": batch_size / statistics.median(runs)}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adapter", default=None, help="A LoRA result folder (default: train a small one).")
@@ -62,8 +99,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--output", default="inference")
+    parser.add_argument("--no_space", action="store_true", help="Skip the Space /predict row.")
     options = parser.parse_args(argv)
-    adapter = options.adapter or train_small_lora(options.model_name_or_path, options.max_seq_length)
+    adapter = options.adapter or train_in_fresh_process(options.model_name_or_path, options.max_seq_length)
     texts = list(load_data(DataArguments(max_predict_samples=500)).splits["test"]["text"])
 
     unmerged = TextClassifier.from_pretrained(adapter, merge=False)
@@ -86,8 +124,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name, classifier in [("unmerged (PeftModel)", unmerged), ("merged", merged), ("exported merged", exported)]:
         for batch_size in (1, 32):
             runs = latencies(classifier, texts, batch_size, options.repeats)
-            rows.append({"model": name, "batch": batch_size, "p50_ms": 1000 * percentile(runs, 50),
-                         "p95_ms": 1000 * percentile(runs, 95), "texts_per_s": batch_size / statistics.median(runs)})  # fmt: skip
+            rows.append(latency_row(name, batch_size, runs))
+    if not options.no_space:
+        rows.append(latency_row("Space /predict (gradio_client)", 1, space_latencies(adapter, texts, options.repeats)))
     for row in rows:
         unmerged_p50 = next(
             r["p50_ms"] for r in rows if r["model"].startswith("unmerged") and r["batch"] == row["batch"]

@@ -6,7 +6,10 @@
 Fixed split (the embedded default's), fixed budget (same samples, epochs, batch size for every method), each
 method at its default hyper-parameters and learning rate. Each run is a fresh process (for a clean peak RSS).
 Reports test accuracy, macro-F1, trainable parameters, train time, peak memory and result size on disk, with full
-fine-tuning as the reference row. Writes bench/results/methods.json and methods.png (accuracy vs trainable params).
+fine-tuning as the reference row. Memory: peak RSS of the whole process (Python, torch, data and model included)
+and the training memory, the peak above the RSS just before `trainer.train()` (gradients, optimizer state,
+activations; on GPU also CUDA max allocated). Writes bench/results/methods.json and methods.png (accuracy vs
+trainable params).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import statistics
 import sys
 import tempfile
@@ -38,8 +42,11 @@ def train_once(method: str, seed: int, options: dict) -> dict:
     output_dir = tempfile.mkdtemp(prefix=f"bench-{method}-")
     argv = ["--method", method, "--output_dir", output_dir, "--seed", str(seed), "--save_strategy", "no",
             "--eval_strategy", "no", "--load_best_model_at_end", "false", "--logging_strategy", "no",
-            *(f"--{key}={value}" for key, value in options.items() if value is not None)]  # fmt: skip
-    metrics = train_and_save(build_trainer(*parse_args(argv)))
+            *(f"--{key}={value}" for key, value in options.items() if value is not None and key != "flags"),
+            *shlex.split(options.get("flags") or "")]  # fmt: skip
+    trainer = build_trainer(*parse_args(argv))
+    before_training_mb = current_rss_mb()  # the process with data, base model and delta weights loaded
+    metrics = train_and_save(trainer)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cuda_peak_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     size = sum((Path(output_dir) / name).stat().st_size for name in WEIGHT_FILES if (Path(output_dir) / name).exists())
@@ -50,9 +57,16 @@ def train_once(method: str, seed: int, options: dict) -> dict:
         "total_params": metrics["total_params"],
         "train_seconds": metrics["train_runtime"],
         "peak_rss_mb": peak_rss_mb,
+        "train_memory_mb": peak_rss_mb - before_training_mb,
         "cuda_peak_mb": cuda_peak_mb,
         "result_mb": size / 2**20,
     }
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
 
 
 def run_fresh(method: str, seed: int, options: dict) -> dict:
@@ -91,9 +105,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--per_device_train_batch_size", type=int, default=32)
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--output", default="methods")
+    parser.add_argument("--flags", default="", help='More recipe flags for every run, e.g. "--lora_r 16".')
     options = parser.parse_args(argv)
     budget = {k: getattr(options, k) for k in ("model_name_or_path", "max_train_samples", "max_predict_samples",
-                                               "num_train_epochs", "per_device_train_batch_size", "max_seq_length")}  # fmt: skip
+                                               "num_train_epochs", "per_device_train_batch_size", "max_seq_length",
+                                               "flags")}  # fmt: skip
     budget["max_eval_samples"] = 8  # no evaluation during training; the validation split is not used
 
     rows = []
@@ -113,9 +129,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if reference:
             row["accuracy_vs_full_points"] = 100 * (row["test_accuracy"] - reference["test_accuracy"])
             row["memory_vs_full"] = row["peak_rss_mb"] / reference["peak_rss_mb"]
+            row["train_memory_vs_full"] = row["train_memory_mb"] / reference["train_memory_mb"]
     print(f"\nMedians over {options.seeds} seed(s); budget: {json.dumps(budget)}")
-    columns = ["method", "family", "test_accuracy", "test_f1_macro", "trainable_params", "trainable_%",
-               "train_seconds", "peak_rss_mb", "result_mb"] + (["accuracy_vs_full_points", "memory_vs_full"] if reference else [])  # fmt: skip
+    columns = [
+        "method",
+        "family",
+        "test_accuracy",
+        "test_f1_macro",
+        "trainable_params",
+        "trainable_%",
+        "train_seconds",
+        "peak_rss_mb",
+        "train_memory_mb",
+        "result_mb",
+    ]
+    if reference:
+        columns += ["accuracy_vs_full_points", "memory_vs_full", "train_memory_vs_full"]
     print_table(rows, columns)
     write_json(options.output, {"settings": vars(options), "rows": rows, "complete": True})
     plot(rows, RESULTS / f"{options.output}.png")

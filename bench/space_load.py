@@ -33,9 +33,10 @@ from bench._common import print_table, write_json  # noqa: E402
 CALL_TIMEOUT = 30.0  # seconds; a call slower than this counts as an error
 
 
-def load_app(runs_dir: Path):
-    """space/app.py as a module, saving its runs under `runs_dir` (read at import)."""
-    os.environ["FT_PLUGIN_SPACE_RUNS"] = os.environ["FT_PLUGIN_SPACE_RESULTS"] = str(runs_dir)
+def load_app(runs_dir: Path, results_dir: Path | None = None):
+    """space/app.py as a module, saving its runs under `runs_dir` and offering the results in `results_dir`."""
+    os.environ["FT_PLUGIN_SPACE_RUNS"] = str(runs_dir)
+    os.environ["FT_PLUGIN_SPACE_RESULTS"] = str(results_dir or runs_dir)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     spec = importlib.util.spec_from_file_location("ft_plugin_space_load", ROOT / "space" / "app.py")
     app = importlib.util.module_from_spec(spec)

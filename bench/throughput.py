@@ -2,6 +2,7 @@
 
     python bench/throughput.py                      # LoRA and full FT, 3 repeats (about 10 minutes on 2 cores)
     python bench/throughput.py --methods lora --repeats 5 --steps 20
+    python bench/throughput.py --methods lora --repeats 1 --profile     # where the time goes (torch.profiler)
 
 Same data (the embedded tweets), batch size, max sequence length, steps and threads for every variant; the first
 `--warmup` steps of each run are not timed; variants alternate within each repeat. Reports medians, ratios, and
@@ -73,6 +74,20 @@ def run_naive(options, method: str, clock: StepClock, texts, labels, num_labels)
     return batches
 
 
+def profile_ft_plugin(options, method: str, top: int = 12) -> list[dict]:
+    """torch.profiler over ft-plugin's training steps: the operators with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        run_ft_plugin(options, method, StepClock())
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [{"operator": e.key, "self_cpu_%": 100 * e.self_cpu_time_total / total, "calls": e.count} for e in events]
+    print(f"\nWhere the time goes ({method}, ft-plugin, {options.warmup + options.steps} steps, self CPU time)")
+    print_table(rows[:top], ["operator", "self_cpu_%", "calls"])
+    return rows[:top]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["lora", "full"], choices=["lora", "full"])
@@ -83,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2, help="Untimed optimizer steps per run.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default="throughput", help="Name of the JSON file under bench/results/.")
+    parser.add_argument("--profile", action="store_true", help="Also profile ft-plugin's steps: top operators.")
     options = parser.parse_args(argv)
     options.samples = options.batch_size * (options.warmup + options.steps)
     options.model_path = resolve_model(options.model_name_or_path).path
@@ -149,8 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
             "vs_naive",
         ],
     )
+    profile = profile_ft_plugin(options, options.methods[0]) if options.profile else None
     settings = {k: v for k, v in vars(options).items() if k != "model_path"}
-    path = write_json(options.output, {"settings": settings, "gemm_peak_flops": peak, "rows": rows})
+    payload = {"settings": settings, "gemm_peak_flops": peak, "rows": rows, "profile": profile}
+    path = write_json(options.output, payload)
     print(f"\nWrote {path}")
     return {"rows": rows, "gemm_peak_flops": peak}
 

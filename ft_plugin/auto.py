@@ -62,8 +62,7 @@ def requested_method(argv: list[str], method: str | None) -> str:
 def race(argv: list[str], auto: AutoArguments) -> RaceResult:
     """Run the successive-halving race on the recipe flags `argv` (without the --auto_* flags)."""
     from .data import load_data
-    from .models import load_base_model
-    from .recipe import build_trainer, parse_args, total_training_steps
+    from .recipe import build_trainer, load_base, parse_args, total_training_steps
     from .search import compatible_methods
 
     started = time.perf_counter()
@@ -76,7 +75,7 @@ def race(argv: list[str], auto: AutoArguments) -> RaceResult:
         parse_args([*argv, "--method", method])  # unknown methods and bad flags fail here, in one line
     model_args, data_args, method_args, training_args = parse_args([*argv, "--method", methods[0]])
     data = load_data(data_args)
-    base, _ = load_base_model(model_args.model_name_or_path, data.labels, model_args.trust_remote_code)
+    base, _ = load_base(model_args, data.labels)
     survivors, dropped = compatible_methods(methods, base, method_args)
     dropped = {m: f"cannot be applied to {base.name_or_path}: {reason}" for m, reason in dropped.items()}
     del base

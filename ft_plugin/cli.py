@@ -46,8 +46,16 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+def _result_arguments(parser: argparse.ArgumentParser) -> None:
+    """The result to load, for `evaluate` and `predict`."""
     parser.add_argument("--adapter", required=True, help="Result folder or Hub repo id.")
+    parser.add_argument(
+        "--allow_pickle", action="store_true", help="Also load pickled .bin weights (they can run code: trusted only)."
+    )
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    _result_arguments(parser)
     parser.add_argument("--test_file", default=None, help="Labelled file (default: the run's own test split).")
     parser.add_argument("--text_column", default=None)
     parser.add_argument("--label_column", default=None)
@@ -60,7 +68,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .inference import TextClassifier
     from .metrics import classification_metrics
 
-    classifier = TextClassifier.from_pretrained(args.adapter)
+    classifier = TextClassifier.from_pretrained(args.adapter, allow_pickle=args.allow_pickle)
     if args.test_file:
         dataset = load_labelled_file(args.test_file, args.text_column, args.label_column, classifier.labels)
     else:
@@ -72,7 +80,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", required=True, help="Result folder or Hub repo id.")
+    _result_arguments(parser)
     parser.add_argument("texts", nargs="*", help="Texts to classify.")
     parser.add_argument("--input_file", default=None, help="csv/jsonl/... with a text column.")
     parser.add_argument("--text_column", default=None)
@@ -86,7 +94,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     if not args.texts and not args.input_file:
         raise FtPluginError("Give texts to classify, or --input_file with a text column.")
-    classifier = TextClassifier.from_pretrained(args.adapter)
+    classifier = TextClassifier.from_pretrained(args.adapter, allow_pickle=args.allow_pickle)
     if args.texts:
         for text, scores in zip(args.texts, classifier.predict(args.texts)):
             label = max(scores, key=scores.get)

@@ -21,13 +21,20 @@ class TextClassifier:
 
     @classmethod
     def from_pretrained(
-        cls, path_or_repo: str | os.PathLike, model_name_or_path: str | None = None, merge: bool = True
+        cls,
+        path_or_repo: str | os.PathLike,
+        model_name_or_path: str | None = None,
+        merge: bool = True,
+        allow_pickle: bool = False,
     ) -> TextClassifier:
-        """Load a result; PEFT reparameterisations (LoRA, IA3, BEFT...) are merged into the base for speed."""
+        """Load a result; PEFT reparameterisations (LoRA, IA3, BEFT...) are merged into the base for speed.
+
+        Only safetensors weights are read unless `allow_pickle` (see `ft_plugin.load`).
+        """
         from transformers import AutoTokenizer
 
         folder = resolve_result(str(path_or_repo))
-        model = load(folder, model_name_or_path=model_name_or_path)
+        model = load(folder, model_name_or_path=model_name_or_path, allow_pickle=allow_pickle)
         if merge and hasattr(model, "merge_and_unload") and not model.active_peft_config.is_prompt_learning:
             model = model.merge_and_unload()
         max_length = read_record(folder).get("max_seq_length", 128)

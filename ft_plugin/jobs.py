@@ -59,11 +59,13 @@ class TrainingJob:
             `num_train_epochs`, `output_dir`...), parsed and validated at once by `recipe.parse_args`.
         max_minutes: stop training after this many minutes (the model trained so far is kept), None: no limit.
         name: a label for tables and dropdowns (default: the output folder's name).
+        owner: who submitted the job (e.g. a Space session), so that apps can show each user only their runs.
     """
 
     options: dict[str, Any]
     max_minutes: float | None = None
     name: str | None = None
+    owner: str | None = None
     state: str = field(default=QUEUED, init=False)
     step: int = field(default=0, init=False)
     max_steps: int = field(default=0, init=False)
@@ -85,6 +87,7 @@ class TrainingJob:
         self.output_dir = Path(self.options["output_dir"])
         self.name = self.name or self.output_dir.name
         self.arguments: tuple | None = None
+        self._resume: str | bool | None = None
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -94,7 +97,7 @@ class TrainingJob:
         Not while another job trains: creating `TrainingArguments` resets Accelerate's process-wide state,
         which would break the running Trainer. `JobRunner.submit` takes care of that.
         """
-        from .recipe import parse_args
+        from .recipe import check_output_dir, parse_args
 
         try:
             self.arguments = parse_args(options_to_argv(self.options))
@@ -102,6 +105,9 @@ class TrainingJob:
             raise
         except ValueError as error:  # HfArgumentParser: unknown flags; dataclasses: bad values
             raise MethodError(f"Invalid training options: {error}. The options are the recipe's flags.") from None
+        model_args, _, _, training_args = self.arguments
+        # as the recipe does: never overwrite a result without overwrite_output_dir, resume a checkpoint left there
+        self._resume = check_output_dir(training_args, model_args.overwrite_output_dir)
 
     # -- control ---------------------------------------------------------------------------------------------
     def start(self) -> TrainingJob:
@@ -171,7 +177,7 @@ class TrainingJob:
                 self.stop_reason = "cancelled before training started"
                 self.state = CANCELLED
                 return
-            self.metrics = train_and_save(trainer)
+            self.metrics = train_and_save(trainer, self._resume)
             self.state = CANCELLED if self._cancel.is_set() else FINISHED
         except Exception as error:  # a thread must not die silently: the UI shows the error
             logger.exception("Training job %s failed", self.name)
@@ -245,8 +251,14 @@ class JobRunner:
             self.jobs.append(job)
             return job.start()
 
-    def get(self, name: str) -> TrainingJob:
-        for job in self.jobs:
+    def get(self, name: str, owner: str | None = None) -> TrainingJob:
+        """The job called `name` (among `owner`'s jobs when an owner is given)."""
+        jobs = self.owned_by(owner) if owner is not None else self.jobs
+        for job in jobs:
             if job.name == name:
                 return job
-        raise FtPluginError(f"No training run named '{name}': the runs are {[job.name for job in self.jobs]}.")
+        raise FtPluginError(f"No training run named '{name}': the runs are {[job.name for job in jobs]}.")
+
+    def owned_by(self, owner: str) -> list[TrainingJob]:
+        """The jobs submitted by `owner`, oldest first."""
+        return [job for job in self.jobs if job.owner == owner]

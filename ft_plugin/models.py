@@ -132,17 +132,24 @@ def register_in_hf_cache(short_name: str = DEFAULT_MODEL, cache_dir: str | os.Pa
     return snapshot
 
 
+def pickle_allowed(requested: bool = False) -> bool:
+    """Whether pickled `.bin` weights may be loaded: `--allow_pickle` (or FT_PLUGIN_ALLOW_PICKLE=1); off by default."""
+    return requested or os.environ.get("FT_PLUGIN_ALLOW_PICKLE") == "1"
+
+
 def load_base_model(
     name_or_path: str | None,
     labels: list[str],
     trust_remote_code: bool = False,
     load_in_4bit: bool = False,
+    allow_pickle: bool = False,
 ):
     """Load `(model, tokenizer)` with a new `labels`-sized classification head, recording the Hub id as its name.
 
     The embedded default is loaded straight from its package and registered in the Hugging Face cache on the
     way, so tools that only know the Hub id (plain peft loading an adapter) find it offline. `load_in_4bit`
-    quantizes the base QLoRA-style (see `four_bit_loading`).
+    quantizes the base QLoRA-style (see `four_bit_loading`). Only safetensors weights are read unless
+    `allow_pickle` (pickled `.bin` files can run code when loaded).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -161,7 +168,7 @@ def load_base_model(
                 num_labels=len(labels),
                 id2label=id2label,
                 label2id={label: i for i, label in id2label.items()},
-                use_safetensors=True,
+                use_safetensors=None if pickle_allowed(allow_pickle) else True,
                 trust_remote_code=trust_remote_code,
                 **quantization,
             )
@@ -224,6 +231,12 @@ def _register_quietly(resolved: ResolvedModel) -> None:
 
 def _load_failure(resolved: ResolvedModel, error: BaseException) -> str:
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if os.path.isdir(resolved.path) and not list(Path(resolved.path).glob("*.safetensors")):
+        if list(Path(resolved.path).glob("*.bin")):
+            return (
+                f"'{resolved.path}' has only pickled weights (.bin), which can run code when loaded: convert them "
+                "to safetensors, or if you trust the source pass --allow_pickle."
+            )
     if os.path.isdir(resolved.path):
         return f"Could not load the model in '{resolved.path}': {first}"
     return (

@@ -62,6 +62,10 @@ class ModelArguments:
         default=None, metadata={"help": "Stop after this many evaluations without improvement."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub (off)."})
+    allow_pickle: bool = field(
+        default=False,
+        metadata={"help": "Also load pickled .bin base weights (they can run code: only for sources you trust)."},
+    )
     load_in_4bit: bool = field(
         default=False, metadata={"help": "QLoRA-style 4-bit NF4 base (GPU + `pip install 'ft-plugin[qlora]'`)."}
     )
@@ -69,6 +73,17 @@ class ModelArguments:
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace a result already in --output_dir and ignore its checkpoints (else: refuse/resume)."},
+    )
+
+
+def load_base(model_args: ModelArguments, labels: list[str]):
+    """`(model, tokenizer)` for the recipe's base model flags, with a new `labels`-sized head."""
+    return load_base_model(
+        model_args.model_name_or_path,
+        labels,
+        trust_remote_code=model_args.trust_remote_code,
+        load_in_4bit=model_args.load_in_4bit,
+        allow_pickle=model_args.allow_pickle,
     )
 
 
@@ -207,9 +222,7 @@ def build_trainer(
     with training_args.main_process_first(desc="loading data"):
         data = data or load_data(data_args)
     set_seed(training_args.seed)  # before the new head and the delta weights are initialised (as run_glue does)
-    model, tokenizer = load_base_model(
-        model_args.model_name_or_path, data.labels, model_args.trust_remote_code, load_in_4bit=model_args.load_in_4bit
-    )
+    model, tokenizer = load_base(model_args, data.labels)
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = data.tokenize(tokenizer, data_args.max_seq_length)
     check_batches(len(tokenized["train"]), training_args.per_device_train_batch_size, training_args.world_size)

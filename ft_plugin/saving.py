@@ -176,22 +176,23 @@ def load(
     """Load any ft-plugin result (folder or Hub repo) as a model in eval mode, ready for inference.
 
     `model_name_or_path` overrides the recorded base model (e.g. a local copy of it). Only safetensors weights
-    are loaded: pickled `.bin` files can run code, so they need `allow_pickle=True` (or FT_PLUGIN_ALLOW_PICKLE=1).
+    are loaded: pickled `.bin` files can run code, so they need `allow_pickle=True` (`--allow_pickle`, or
+    FT_PLUGIN_ALLOW_PICKLE=1).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from .models import load_base_model
+    from .models import load_base_model, pickle_allowed
 
     folder = resolve_result(str(path_or_repo), revision)
     record = read_record(folder)
-    allow_pickle = allow_pickle or os.environ.get("FT_PLUGIN_ALLOW_PICKLE") == "1"
+    allow_pickle = pickle_allowed(allow_pickle)
     check_weights(folder, record["save_format"], allow_pickle)
     if record["save_format"] == "full":
         model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=not allow_pickle)
         return model.eval()
     config = AutoConfig.from_pretrained(folder)
     labels = [config.id2label[i] for i in range(config.num_labels)]
-    base, _ = load_base_model(model_name_or_path or record["base_model"], labels)
+    base, _ = load_base_model(model_name_or_path or record["base_model"], labels, allow_pickle=allow_pickle)
     _check_same_architecture(base.config, config, folder)
     try:
         if record["save_format"] == "peft":
@@ -222,7 +223,7 @@ def check_weights(folder: Path, layout: str, allow_pickle: bool = False) -> None
     if not safetensors and pickled and not allow_pickle:
         raise ModelError(
             f"'{folder}' has only pickled weights ({pickled[0].name}), which can run code when loaded: convert them "
-            "to safetensors, or if you trust the source pass allow_pickle=True (FT_PLUGIN_ALLOW_PICKLE=1)."
+            "to safetensors, or if you trust the source pass --allow_pickle (allow_pickle=True in Python)."
         )
     if not safetensors and not pickled:
         raise ModelError(

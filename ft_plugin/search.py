@@ -157,8 +157,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     Returns `{"best": row, "rows": [...], "outputs": {name: path}}`.
     """
     from .data import load_data
-    from .models import load_base_model
-    from .recipe import classification_trainer
+    from .recipe import classification_trainer, load_base
 
     try:
         import matplotlib  # noqa: F401  (the Pareto plot, at the end: fail before the trials, not after)
@@ -179,7 +178,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     output_dir.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(output_dir / 'sweep.db').resolve()}"
     data = load_data(data_args)
-    base, tokenizer = load_base_model(model_args.model_name_or_path, data.labels, model_args.trust_remote_code)
+    base, tokenizer = load_base(model_args, data.labels)
     methods, dropped = compatible_methods(methods, base, method_args)
     if not methods:
         raise MethodError(
@@ -356,7 +355,9 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> str:
 
 
 # Flags copied from the sweep's own run into the best recipe, when they differ from their defaults.
-RECIPE_DATA_AND_MODEL_FLAGS = ("model_name_or_path", "trust_remote_code", *(f.name for f in fields(DataArguments)))
+RECIPE_DATA_AND_MODEL_FLAGS = (
+    "model_name_or_path", "trust_remote_code", "allow_pickle", *(f.name for f in fields(DataArguments))
+)  # fmt: skip
 RECIPE_TRAINING_FLAGS = (
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "weight_decay",
     "warmup_steps", "max_steps", "seed", "bf16", "fp16",

@@ -58,13 +58,29 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _extra_bases: set[str] = set()  # local base model folders offered at launch
 
 
-def session_dir(request: gr.Request | None) -> Path:
-    """This session's own temporary folder (removed when the session ends)."""
+def owner_id(request: gr.Request | None) -> str:
+    """A hash of the client's session id: a safe folder name, distinct per session whatever characters it sends."""
     session = getattr(request, "session_hash", None) or "no-session"
-    # a hash of the client's session id: a safe folder name, distinct per session whatever characters it sends
-    folder = SESSIONS_DIR / hashlib.sha256(session.encode()).hexdigest()[:32]
+    return hashlib.sha256(session.encode()).hexdigest()[:32]
+
+
+def session_dir(request: gr.Request | None) -> Path:
+    """This session's own temporary folder for uploads and predictions (removed when the session ends)."""
+    folder = SESSIONS_DIR / owner_id(request)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     return folder
+
+
+def runs_dir(request: gr.Request | None) -> Path:
+    """This session's runs (kept on disk after the session ends; push a run to keep it beyond the Space)."""
+    return RUNS_DIR / owner_id(request)
+
+
+def visible_to(folder: Path, request: gr.Request | None) -> bool:
+    """Results a session may list and load: its own runs and the Space's result folders, never other sessions' runs."""
+    if _inside(folder, [RUNS_DIR]):
+        return request is not None and _inside(folder, [runs_dir(request)])
+    return _inside(folder, RESULT_ROOTS)
 
 
 def cleanup_session(request: gr.Request) -> None:
@@ -89,15 +105,22 @@ def _inside(path: Path, roots: list[Path]) -> bool:
     return any(resolved.is_relative_to(root.resolve()) for root in roots)
 
 
-def checked_adapter(adapter: str) -> str:
-    """A result folder under the Space's result folders, or a Hub repo id; never another local path."""
+def checked_adapter(adapter: str, request: gr.Request | None) -> str:
+    """One of this session's runs, a result under the Space's result folders, or a Hub repo id; no other path."""
     if adapter == NO_ADAPTER:
         return adapter
-    if os.path.isdir(adapter) and _inside(Path(adapter), [RUNS_DIR, *RESULT_ROOTS]):
+    if os.path.isdir(adapter) and visible_to(Path(adapter), request):
         return adapter
     if HUB_ID.match(adapter) and ".." not in adapter and not os.path.exists(adapter):
         return adapter
     raise gr.Error("Choose an adapter from the list, or give a Hub repo id such as 'username/name'.")
+
+
+def checked_result(result: str, request: gr.Request | None) -> str:
+    """A local result folder this session may push: its own runs or the Space's result folders."""
+    if os.path.isdir(result) and visible_to(Path(result), request):
+        return result
+    raise gr.Error("Choose a result from the list (train one in the Train tab first).")
 
 
 def checked_base(base: str) -> str:
@@ -172,10 +195,10 @@ def example_texts(per_label: int = 2) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # Models: loaded once, a few kept (least recently used dropped)
 # ---------------------------------------------------------------------------------------------------------------
-def get_classifier(base: str, adapter: str) -> TextClassifier:
+def get_classifier(base: str, adapter: str, request: gr.Request | None) -> TextClassifier:
     """The classifier for a base model choice and an adapter choice, from the cache when possible."""
     base = checked_base((base or AUTO_BASE).strip())
-    adapter = checked_adapter((adapter or NO_ADAPTER).strip())
+    adapter = checked_adapter((adapter or NO_ADAPTER).strip(), request)
     key = (base, adapter)
     with _models_lock:  # one load at a time; predictions on loaded models stay concurrent
         if key in _models:
@@ -192,21 +215,23 @@ def get_classifier(base: str, adapter: str) -> TextClassifier:
         return classifier
 
 
-def find_results() -> list[Path]:
-    """Result folders (with `ft_plugin_config.json`) under the result roots and the runs folder."""
+def find_results(request: gr.Request | None) -> list[Path]:
+    """Result folders (with `ft_plugin_config.json`) of this session's runs and under the result roots."""
     found = set()
-    for root in [RUNS_DIR, *RESULT_ROOTS]:
+    for root in [runs_dir(request), *RESULT_ROOTS]:
         if root.is_dir():
             for depth in ("*", "*/*", "*/*/*"):
                 found.update(p.parent.resolve() for p in root.glob(f"{depth}/ft_plugin_config.json"))
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    visible = [folder for folder in found if visible_to(folder, request)]
+    return sorted(visible, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def result_choices() -> list[tuple[str, str]]:
-    """(label, value) for every result: the app's runs first (with their accuracy), then other local folders."""
-    runs = {job.output_dir.resolve(): job for job in RUNNER.jobs if job.has_result}
+def result_choices(request: gr.Request | None = None) -> list[tuple[str, str]]:
+    """(label, value) for every result this session sees: its runs (with their accuracy), then local folders."""
+    owner = owner_id(request)
+    runs = {job.output_dir.resolve(): job for job in RUNNER.owned_by(owner) if job.has_result}
     choices = []
-    for folder in find_results():
+    for folder in find_results(request):
         job = runs.get(folder)
         if job is not None:
             accuracy = job.summary()["accuracy"]
@@ -227,12 +252,14 @@ def base_choices(extra: list[str]) -> list[tuple[str, str]]:
 # Predict
 # ---------------------------------------------------------------------------------------------------------------
 @friendly
-def predict(text: str, base: str = AUTO_BASE, adapter: str = NO_ADAPTER) -> dict[str, float]:
+def predict(
+    text: str, base: str = AUTO_BASE, adapter: str = NO_ADAPTER, request: gr.Request = None
+) -> dict[str, float]:
     """Label probabilities of one text."""
     text = (text or "").strip()
     if not text:
         raise gr.Error("The text is empty: type a sentence to classify.")
-    classifier = get_classifier(base, adapter)
+    classifier = get_classifier(base, adapter, request)
     if len(text) > MAX_CHARS:
         text = text[:MAX_CHARS]
     tokens = len(classifier.tokenizer(text, truncation=False)["input_ids"])
@@ -287,7 +314,7 @@ def predict_file(
         raise gr.Error("Upload a csv, tsv, jsonl or parquet file with a text column first.")
     path = checked_upload(path, request)
     frame = load_text_file(path, text_column or None).to_pandas()
-    classifier = get_classifier(base, adapter)
+    classifier = get_classifier(base, adapter, request)
     frame = classifier.predict_frame(frame)
     output = session_dir(request) / f"{Path(path).stem}_predictions.csv"
     frame.to_csv(output, index=False)
@@ -340,10 +367,11 @@ def parse_options(code: str) -> dict:
     return value
 
 
-def _run_name(method: str) -> str:
-    stem = method.replace("+", "_")
-    index = 1
-    while (RUNS_DIR / f"{stem}-{index}").exists() or any(j.name == f"{stem}-{index}" for j in RUNNER.jobs):
+def _run_name(method: str, request: gr.Request | None) -> str:
+    """A new run name for this session: `lora-1`, `lora-2`..."""
+    stem, index = method.replace("+", "_"), 1
+    taken = {job.name for job in RUNNER.owned_by(owner_id(request))}
+    while (runs_dir(request) / f"{stem}-{index}").exists() or f"{stem}-{index}" in taken:
         index += 1
     return f"{stem}-{index}"
 
@@ -406,7 +434,7 @@ def train(
     train_file = checked_upload(train_file, request)
     if "output_dir" in (options or {}):
         raise gr.Error("'output_dir' cannot be set here: the Space names each run's folder itself.")
-    name = _run_name(method)
+    name = _run_name(method, request)
     job = TrainingJob(
         {
             "method": method,
@@ -420,7 +448,7 @@ def train(
             "max_train_samples": int(max_samples) if max_samples else None,
             "max_eval_samples": EVAL_SAMPLES,
             "max_predict_samples": EVAL_SAMPLES,
-            "output_dir": str(RUNS_DIR / name),
+            "output_dir": str(runs_dir(request) / name),
             # a live curve: log every 5% of the steps, evaluate every 25%; the result folder is the checkpoint
             "logging_first_step": True,
             "logging_steps": 0.05,
@@ -432,6 +460,7 @@ def train(
         },
         max_minutes=max_minutes or None,
         name=name,
+        owner=owner_id(request),
     )
     RUNNER.submit(job)
     while job.is_alive():
@@ -442,39 +471,43 @@ def train(
         raise gr.Error(f"Training '{job.name}' failed: {job.error}")
 
 
-def cancel() -> str:
-    """Stop the running job after its current step; the model trained so far is evaluated and saved."""
+def cancel(request: gr.Request = None) -> str:
+    """Stop this session's running job after its current step; the model trained so far is evaluated and saved."""
     job = RUNNER.current
-    if job is None:
-        gr.Warning("No training job is running.")
-        return "No training job is running."
+    if job is None or job.owner != owner_id(request):
+        message = "No training job of yours is running." + (" (Another user's job is training.)" if job else "")
+        gr.Warning(message)
+        return message
     job.cancel()
     return f"Cancelling **{job.name}** after its current step; the model trained so far is evaluated and kept."
 
 
-def announce_queue():
+def announce_queue(request: gr.Request = None):
     """When a job is training, tell the user that theirs waits (the Train event itself queues it)."""
     running = RUNNER.current
     if running is None:
         return gr.skip()
-    gr.Info(f"'{running.name}' is training: your job is queued and starts when it ends.")
-    return f'<div class="job-status"><span>Queued: waiting for <b>{running.name}</b> to finish.</span></div>'
+    name = f"'{running.name}'" if running.owner == owner_id(request) else "another user's job"
+    gr.Info(f"{name} is training: your job is queued and starts when it ends.")
+    return f'<div class="job-status"><span>Queued: waiting for {name} to finish.</span></div>'
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Compare and push
 # ---------------------------------------------------------------------------------------------------------------
-def runs_table() -> pd.DataFrame:
-    table = pd.DataFrame([job.summary() for job in RUNNER.jobs]).drop(columns=["output_dir"], errors="ignore")
+def runs_table(request: gr.Request | None) -> pd.DataFrame:
+    """This session's runs, a row each."""
+    jobs = RUNNER.owned_by(owner_id(request))
+    table = pd.DataFrame([job.summary() for job in jobs]).drop(columns=["output_dir"], errors="ignore")
     if "base model" in table:  # local folders by their name
         table["base model"] = [Path(name).name if os.path.isdir(name) else name for name in table["base model"]]
     return table.round({"accuracy": 3, "f1 (macro)": 3})
 
 
-def refresh(x: str, pushed: str | None):
+def refresh(x: str, pushed: str | None, request: gr.Request = None):
     """Result choices (Predict and Push tabs), the runs table and the scatter plot, after a run or on a tab."""
-    choices = result_choices()
-    table = runs_table()
+    choices = result_choices(request)
+    table = runs_table(request)
     plotted = table.dropna(subset=["accuracy"]) if "accuracy" in table else table
     values = [value for _, value in choices]
     return (
@@ -486,12 +519,20 @@ def refresh(x: str, pushed: str | None):
 
 
 @friendly
-def push(result: str, repo_id: str, token: str, private: bool, oauth_token: gr.OAuthToken | None = None) -> str:
+def push(
+    result: str,
+    repo_id: str,
+    token: str,
+    private: bool,
+    oauth_token: gr.OAuthToken | None = None,
+    request: gr.Request = None,
+) -> str:
     """Push a result folder (adapter, tokenizer, model card) to the Hub; returns the repository link."""
     if not result:
         raise gr.Error("Choose a result to push (train one in the Train tab first).")
     if not repo_id or not HUB_ID.match(repo_id.strip()) or ".." in repo_id:
         raise gr.Error("Give the repo id as 'username/name', e.g. 'alice/minilm-lora-tweets'.")
+    result = checked_result(result, request)
     try:
         from ft_plugin.hub import push_result
     except ImportError:

@@ -233,13 +233,39 @@ def test_broken_adapter_is_one_line_with_exit_status_2(case, saved_lora, other_b
     assert MODEL_ERRORS[case] in _one_error_line(capsys.readouterr().err)
 
 
-def test_pickled_weights_load_with_the_explicit_flag(saved_lora, other_base, tmp_path, monkeypatch):
+def test_pickled_weights_load_with_the_explicit_flag(saved_lora, other_base, tmp_path, monkeypatch, capsys):
     from ft_plugin.inference import TextClassifier
 
     folder = _broken_copy(saved_lora, tmp_path, "pickled weights", other_base)
-    monkeypatch.setenv("FT_PLUGIN_ALLOW_PICKLE", "1")
     reference = TextClassifier.from_pretrained(saved_lora).predict(["great flight"])[0]
+    assert TextClassifier.from_pretrained(folder, allow_pickle=True).predict(["great flight"])[0] == pytest.approx(
+        reference
+    )
+    assert cli_main(["predict", "--adapter", str(folder), "--allow_pickle", "great flight"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["scores"] == pytest.approx(reference, abs=1e-4)
+    monkeypatch.setenv("FT_PLUGIN_ALLOW_PICKLE", "1")  # the same, for tools that cannot pass the flag
     assert TextClassifier.from_pretrained(folder).predict(["great flight"])[0] == pytest.approx(reference)
+
+
+def test_a_base_model_with_only_pickled_weights_needs_the_flag(tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from ft_plugin.errors import ModelError
+    from ft_plugin.models import load_base_model
+
+    base = Path(shutil.copytree(tiny_model_dir, tmp_path / "pickled-base"))
+    torch.save(load_file(base / "model.safetensors"), base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="only pickled weights .*--allow_pickle"):
+        load_base_model(str(base), ["a", "b"])
+    model, _ = load_base_model(str(base), ["a", "b"], allow_pickle=True)
+    reference, _ = load_base_model(str(tiny_model_dir), ["a", "b"])
+    embeddings = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(model.state_dict()[embeddings], reference.state_dict()[embeddings])
 
 
 def test_users_see_one_line_and_debug_shows_the_traceback(files, tmp_path):

@@ -24,10 +24,13 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
 @pytest.mark.parametrize(
     "script,args",
     [
-        ("throughput", ["--steps", "2", "--warmup", "1", "--repeats", "1", "--batch_size", "4", "--max_length", "32"]),
+        ("throughput", ["--steps", "2", "--warmup", "1", "--repeats", "1", "--batch_size", "4", "--max_length", "32",
+                        "--methods", "lora", "--profile"]),
         ("methods", ["--methods", "lora", "adapter", "--seeds", "1", "--max_train_samples", "32",
                      "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32"]),
         ("inference", ["--repeats", "3", "--max_seq_length", "32"]),
+        ("work_scaling", ["--lengths", "16", "32", "--sizes", "32", "--batch_sizes", "4", "--batch_size", "4",
+                          "--batch_length", "32", "--steps", "2", "--warmup", "1"]),
     ],
 )  # fmt: skip
 def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tmp_path):
@@ -36,8 +39,20 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tmp_p
     if script == "throughput":
         variants = {row["variant"] for row in payload["rows"]}
         assert len(variants) == 3 and all(row["samples_per_s"] > 0 for row in payload["rows"])
+        shares = [row["self_cpu_%"] for row in payload["profile"]]  # the top operators, largest first
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.001
+        assert any(row["operator"].startswith("aten::") for row in payload["profile"])
     if script == "methods":
         assert (tmp_path / "methods.png").stat().st_size > 0
         assert all(0 <= row["test_accuracy"] <= 1 and row["trainable_params"] > 0 for row in payload["rows"])
+    if script == "work_scaling":
+        by_length = payload["by_length"]
+        assert [row["max_seq_length"] for row in by_length] == [16, 32]
+        # the texts fill the length: twice the length, twice the real tokens per sample
+        tokens_per_sample = [row["tokens_per_s"] / row["samples_per_s"] for row in by_length]
+        assert tokens_per_sample == [pytest.approx(16), pytest.approx(32)]
+        assert payload["by_size"][0]["train_seconds"] > 0 and payload["by_batch"][0]["train_memory_mb"] >= 0
     if script == "inference":
-        assert {row["model"] for row in payload["rows"]} == {"unmerged (PeftModel)", "merged", "exported merged"}
+        models = {"unmerged (PeftModel)", "merged", "exported merged", "Space /predict (gradio_client)"}
+        assert {row["model"] for row in payload["rows"]} == models
+        assert all(0 < row["p50_ms"] <= row["p95_ms"] for row in payload["rows"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,8 @@ def test_a_second_job_is_queued_with_a_notice_and_cancel_frees_the_queue(space, 
 
     app, url = space
     before = len(app.RUNNER.jobs)
-    long_job = train(api_client(url), tiny_csv, str(tiny_model_dir), epochs=500, max_samples=32, batch_size=4)
+    other_user = api_client(url)  # another session's long job
+    long_job = train(other_user, tiny_csv, str(tiny_model_dir), epochs=500, max_samples=32, batch_size=4)
     wait = WebDriverWait(browser, 120)
     wait.until(lambda d: app.RUNNER.current is not None and app.RUNNER.current.step > 0)
     open_tab(browser, "Train")
@@ -112,6 +114,9 @@ def test_a_second_job_is_queued_with_a_notice_and_cancel_frees_the_queue(space, 
     screenshot(browser, "queued")
     assert len(app.RUNNER.jobs) == before + 1  # only the long job has started
     next(e for e in browser.find_elements(By.TAG_NAME, "button") if e.text.strip() == "Cancel").click()
+    time.sleep(2.0)
+    assert app.RUNNER.current is app.RUNNER.jobs[before]  # the browser cannot cancel another user's job
+    assert other_user.predict(api_name="/cancel").startswith("Cancelling")
     assert long_job.result(timeout=120)[2]["state"] == "cancelled"
     wait.until(lambda d: len(app.RUNNER.jobs) == before + 2 and not app.RUNNER.jobs[-1].is_alive())
     assert app.RUNNER.jobs[-1].state == "finished"  # the queued browser job ran once the queue was free

@@ -41,13 +41,13 @@ def test_every_shipped_config_parses_into_the_recipe_arguments(config):
 def test_flags_after_a_config_file_override_it():
     _, _, method_args, training_args = parse_args([str(ROOT / "recipes/configs/lora_bert.yaml"), "--lora_r", "4"])
     assert method_args.lora_r == 4 and method_args.target_modules == ["query", "value"]
-    assert training_args.learning_rate == 5e-4
+    assert training_args.learning_rate == 2e-3
 
 
 def test_method_default_learning_rate_unless_given():
     assert parse_args([], method="prompt")[3].learning_rate == 3e-2
     assert parse_args(["--learning_rate", "1e-4"], method="prompt")[3].learning_rate == 1e-4
-    assert parse_args([], method="lora+bitfit")[3].learning_rate == 5e-4
+    assert parse_args([], method="lora+bitfit")[3].learning_rate == 1e-3
 
 
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=[c.stem for c in ACCELERATE_CONFIGS])

@@ -33,6 +33,13 @@ def load_app(runs_dir: Path):
     return module
 
 
+class SessionOf:
+    """A stand-in for the `gr.Request` of a `gradio_client` session (its session hash)."""
+
+    def __init__(self, client: Client) -> None:
+        self.session_hash = client.session_hash
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -96,7 +103,7 @@ def test_train_then_predict_with_the_new_adapter(space, client, tiny_model_dir, 
     assert {"train loss", "validation accuracy"} <= {row[1] for row in curve["data"]}
     output_dir = Path(summary["output_dir"])
     assert (output_dir / "ft_plugin_config.json").is_file()
-    assert str(output_dir) in [value for _, value in app.result_choices()]  # offered in Predict at once
+    assert str(output_dir) in [value for _, value in app.result_choices(SessionOf(client))]  # in Predict at once
 
     text = "great love thanks the flight"
     from_space = scores(client.predict(text, "auto", str(output_dir), api_name="/predict"))
@@ -108,6 +115,15 @@ def test_train_then_predict_with_the_new_adapter(space, client, tiny_model_dir, 
     # the same adapter on a base model of another shape is refused in one readable line
     with pytest.raises(AppError, match="different base model"):
         client.predict(text, "minilm-l6", str(output_dir), api_name="/predict")
+
+    # another user neither sees this run nor loads or pushes it by its path
+    other_user = Client(space[1], verbose=False)
+    assert str(output_dir) not in [value for _, value in app.result_choices(SessionOf(other_user))]
+    with pytest.raises(AppError, match="Choose an adapter from the list"):
+        other_user.predict(text, "auto", str(output_dir), api_name="/predict")
+    with pytest.raises(AppError, match="Choose a result from the list"):
+        other_user.predict(str(output_dir), "alice/stolen", "hf_token", False, api_name="/push")
+    assert summary["run"] not in set(app.runs_table(SessionOf(other_user)).get("run", []))
 
 
 def test_cancel_keeps_the_model_trained_so_far_and_a_second_job_waits(space, client, tiny_model_dir, tiny_csv):
@@ -125,13 +141,15 @@ def test_cancel_keeps_the_model_trained_so_far_and_a_second_job_waits(space, cli
     time.sleep(1.0)
     assert len(app.RUNNER.jobs) == started and not second.done()  # waiting in Gradio's queue, not started
     second.cancel()
+    assert other_user.predict(api_name="/cancel").startswith("No training job of yours")  # not theirs to stop
+    assert running.is_alive()
 
     assert client.predict(api_name="/cancel").startswith("Cancelling")
     _, _, summary = job.result(timeout=120)
     assert summary["state"] == "cancelled" and 2 <= summary["steps"] < running.max_steps
     assert running.stop_reason.startswith("cancelled at step")
     assert (Path(summary["output_dir"]) / "ft_plugin_config.json").is_file()  # evaluated and saved
-    assert client.predict(api_name="/cancel") == "No training job is running."
+    assert client.predict(api_name="/cancel") == "No training job of yours is running."
 
 
 def test_bad_inputs_are_readable_errors(space, client, tiny_model_dir, tiny_csv, tmp_path, monkeypatch):
@@ -184,7 +202,7 @@ def test_long_text_is_truncated_with_a_warning(space):
     assert set(result) == LABELS
 
 
-def test_push_calls_the_hub_helper_and_shows_its_errors(space, client, tmp_path, monkeypatch):
+def test_push_calls_the_hub_helper_and_shows_its_errors(space, client, monkeypatch):
     """The Push tab's contract with `ft_plugin.hub.push_result(output_dir, repo_id, token=..., private=...)`."""
     import sys
     import types
@@ -199,16 +217,19 @@ def test_push_calls_the_hub_helper_and_shows_its_errors(space, client, tmp_path,
             raise ModelError(f"Could not push to '{repo_id}' (401 Unauthorized): check the token.")
         return f"https://huggingface.co/{repo_id}"
 
+    app, _ = space
+    result = app.runs_dir(SessionOf(client)) / "pushable"  # one of this session's runs (other paths are refused)
+    result.mkdir(parents=True, exist_ok=True)
     monkeypatch.setitem(sys.modules, "ft_plugin.hub", types.SimpleNamespace(push_result=push_result))
-    link = client.predict(str(tmp_path), "alice/tweets-lora", "hf_secret", False, api_name="/push")
+    link = client.predict(str(result), "alice/tweets-lora", "hf_secret", False, api_name="/push")
     assert link == "Pushed to [https://huggingface.co/alice/tweets-lora](https://huggingface.co/alice/tweets-lora)"
-    assert calls == [(str(tmp_path), "alice/tweets-lora", "hf_secret", False)]
+    assert calls == [(str(result), "alice/tweets-lora", "hf_secret", False)]
     with pytest.raises(AppError, match="401 Unauthorized"):
-        client.predict(str(tmp_path), "alice/denied", "hf_wrong", True, api_name="/push")
+        client.predict(str(result), "alice/denied", "hf_wrong", True, api_name="/push")
 
     monkeypatch.setitem(sys.modules, "ft_plugin.hub", None)  # an ft-plugin without Hub support
     with pytest.raises(AppError, match="no Hub support"):
-        client.predict(str(tmp_path), "alice/tweets-lora", "hf_secret", False, api_name="/push")
+        client.predict(str(result), "alice/tweets-lora", "hf_secret", False, api_name="/push")
 
 
 def test_training_job_library_api(tiny_model_dir, tiny_csv, tmp_path):
@@ -234,3 +255,7 @@ def test_training_job_library_api(tiny_model_dir, tiny_csv, tmp_path):
     assert job.stop_reason.startswith("time limit of 0.02 min") and 0 < job.step < job.max_steps == 400
     assert job.has_result and job.metrics["test_accuracy"] >= 0 and job.history[0]["step"] >= 1
     assert runner.current is None and [j.name for j in runner.jobs] == ["limited"]
+
+    # another runner (another app) cannot overwrite that result without asking, as with the recipe
+    with pytest.raises(FtPluginError, match="already holds a trained result.*--overwrite_output_dir"):
+        JobRunner().submit(TrainingJob({**options, "output_dir": str(tmp_path / "limited")}))

@@ -61,16 +61,21 @@ def test_adapters_outside_the_result_folders_are_refused(app, adapter):
     import gradio as gr
 
     with pytest.raises(gr.Error, match="Choose an adapter from the list"):
-        app.checked_adapter(adapter)
+        app.checked_adapter(adapter, Session())
 
 
 def test_results_and_hub_ids_are_accepted(app):
     import gradio as gr
 
-    run = app.RUNS_DIR / "lora-1"
+    run = app.runs_dir(Session()) / "lora-1"
     run.mkdir(parents=True, exist_ok=True)
-    assert app.checked_adapter(str(run)) == str(run)
-    assert app.checked_adapter("alice/tweets-lora") == "alice/tweets-lora"
+    assert app.checked_adapter(str(run), Session()) == str(run)
+    assert app.checked_adapter("alice/tweets-lora", Session()) == "alice/tweets-lora"
+    other = type("Other", (), {"session_hash": "def456"})()  # another session: guessing the path does not help
+    with pytest.raises(gr.Error, match="Choose an adapter from the list"):
+        app.checked_adapter(str(run), other)
+    with pytest.raises(gr.Error, match="Choose a result from the list"):
+        app.checked_result(str(run), other)
     assert app.checked_base("minilm-l6") == "minilm-l6"
     with pytest.raises(gr.Error, match="Choose a base model"):
         app.checked_base("/root")

@@ -16,7 +16,8 @@ def train(model_path, texts, labels, num_labels, method, batch_size, max_length,
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     data = torch.utils.data.TensorDataset(encoded["input_ids"], encoded["attention_mask"], torch.tensor(labels))
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
+    learning_rate = 2e-3 if method == "lora" else 5e-5  # the recipe's defaults
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
     model.train()
     step = 0
     while step < steps:

@@ -28,7 +28,7 @@ def build_trainer(model_path, texts, labels, num_labels, method, batch_size, max
     args = TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=batch_size,
-        learning_rate=5e-4 if method == "lora" else 5e-5,
+        learning_rate=2e-3 if method == "lora" else 5e-5,
         max_steps=steps,
         report_to="none",
         save_strategy="no",
