@@ -106,14 +106,14 @@ def assert_same_as_one_process(out: Path, reference: Path, result: subprocess.Co
     assert (probabilities(out) - probabilities(reference)).abs().max() < PROBABILITY_TOLERANCE
 
 
+def accelerate_cpu_ddp() -> list[str]:
+    """`accelerate launch` with the shipped 2-process CPU config, as a user types it."""
+    return [shutil.which("accelerate") or "accelerate", "launch", "--config_file", "accelerate_configs/cpu_ddp.yaml"]
+
+
 def test_accelerate_launch_cpu_ddp_matches_one_process(one_process, tiny_model_dir, tiny_csv, tmp_path):
     out = tmp_path / "out"
-    launcher = [
-        shutil.which("accelerate") or "accelerate",
-        "launch",
-        "--config_file",
-        "accelerate_configs/cpu_ddp.yaml",
-    ]
+    launcher = accelerate_cpu_ddp()
     args = recipe_args(tiny_model_dir, tiny_csv, out, per_device=8)
     result = run([*launcher, "recipes/lora_bert.py", *args], tmp_path, watch=out)
     assert_same_as_one_process(out, one_process, result, tmp_path)
@@ -133,12 +133,7 @@ def test_torchrun_with_gradient_accumulation_matches_one_process(one_process, ti
 @pytest.mark.parametrize("recipe", ["adapter_bert"])
 def test_recipe_runs_under_two_processes(recipe, tiny_model_dir, tiny_csv, tmp_path):
     out = tmp_path / "out"
-    launcher = [
-        shutil.which("accelerate") or "accelerate",
-        "launch",
-        "--config_file",
-        "accelerate_configs/cpu_ddp.yaml",
-    ]
+    launcher = accelerate_cpu_ddp()
     args = recipe_args(tiny_model_dir, tiny_csv, out, per_device=8)
     args[args.index("--max_steps") + 1] = "3"
     run([*launcher, f"recipes/{recipe}.py", *args], tmp_path)
