@@ -22,7 +22,6 @@ from typing import Any
 import torch
 import transformers
 from transformers import (
-    DataCollatorWithPadding,
     EarlyStoppingCallback,
     HfArgumentParser,
     Trainer,
@@ -37,9 +36,9 @@ from .distributed import check_batches, check_launch
 from .errors import FtPluginError, MethodError
 from .hub import push_after_training
 from .methods import METHODS, apply_method, count_parameters, parse_method, trainable_report
-from .metrics import compute_metrics
 from .models import load_base_model
 from .saving import save_result
+from .trainer import classification_trainer
 
 logger = logging.getLogger("ft_plugin")
 
@@ -184,27 +183,6 @@ def total_training_steps(training_args: TrainingArguments, train_size: int) -> i
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     per_step *= max(1, training_args.world_size)
     return max(1, math.ceil(train_size / per_step) * math.ceil(training_args.num_train_epochs))
-
-
-def classification_trainer(training_args, tokenized, tokenizer, callbacks, **model_or_init) -> Trainer:
-    """A `Trainer` on tokenised train/validation splits with dynamic padding and accuracy/macro-F1.
-
-    `model_or_init` is `model=...` or `model_init=...` (sweeps). Shared by recipes and sweeps.
-    """
-    trainer = Trainer(
-        args=training_args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        compute_metrics=compute_metrics,
-        callbacks=callbacks,
-        **model_or_init,
-    )
-    # Classification losses are per-batch means that ignore `num_items_in_batch`. Left True, the Trainer multiplies
-    # the loss by the number of processes and skips the division by gradient_accumulation_steps (transformers 5.23).
-    trainer.model_accepts_loss_kwargs = False
-    return trainer
 
 
 def build_trainer(

@@ -157,7 +157,8 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     Returns `{"best": row, "rows": [...], "outputs": {name: path}}`.
     """
     from .data import load_data
-    from .recipe import classification_trainer, load_base
+    from .recipe import load_base
+    from .trainer import classification_trainer
 
     try:
         import matplotlib  # noqa: F401  (the Pareto plot, at the end: fail before the trials, not after)

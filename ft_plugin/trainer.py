@@ -1,0 +1,92 @@
+"""The `Trainer` every recipe, sweep and Space job uses: a `transformers.Trainer` with dynamic padding,
+accuracy/macro-F1, and a resume that replays the interrupted epoch's shuffle exactly.
+
+Resuming mid-epoch replays the epoch's order only if the order is a function of (seed, epoch). Two things in
+transformers 5.23 / accelerate 1.15 break that, and both are fixed here:
+
+- `--train_sampling_strategy group_by_length` (our default) shuffles with the global torch RNG when the epoch's
+  iterator is created; a resumed run restores the RNG only after that, so epoch k >= 1 was redrawn differently.
+  `EpochSeededLengthGroupedSampler` draws epoch k from `seed + k` instead (as accelerate's seedable sampler does).
+- With several processes the resumed epoch's loader is wrapped in `SkipBatchSampler`, through which `set_epoch`
+  does not reach the sampler (huggingface/accelerate#2016): `ResumeEpochCallback` sets it at each epoch start.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from .metrics import compute_metrics
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """`LengthGroupedSampler` whose order for epoch k depends only on `seed + k`."""
+
+    def __init__(self, sampler: LengthGroupedSampler, seed: int):
+        super().__init__(sampler.batch_size, lengths=sampler.lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
+class ResumeEpochCallback(TrainerCallback):
+    """Set the epoch on every sampler under the train dataloader at each epoch start.
+
+    Needed when a multi-process run resumes in the middle of an epoch (the sampler is then out of `set_epoch`'s
+    reach, see the module docstring); otherwise the Trainer's own `set_epoch` sets the same value right after.
+    """
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        for sampler in nested_samplers(train_dataloader):
+            sampler.set_epoch(int(state.epoch))  # resumed in the middle of epoch k: state.epoch is in (k, k + 1)
+
+
+def nested_samplers(loader, depth: int = 4) -> list:
+    """The samplers and batch samplers under `loader` that have `set_epoch` (not the loader itself)."""
+    found, level = [], [loader]
+    for _ in range(depth):
+        level = [getattr(outer, name, None) for outer in level for name in ("batch_sampler", "sampler")]
+        level = [inner for inner in level if inner is not None]
+        found += [inner for inner in level if hasattr(inner, "set_epoch") and all(inner is not f for f in found)]
+    return found
+
+
+class ClassificationTrainer(Trainer):
+    """A `Trainer` for sequence classification whose length-grouped shuffle is seeded per epoch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Classification losses are per-batch means that ignore `num_items_in_batch`. Left True, the Trainer
+        # multiplies the loss by the number of processes and skips the division by gradient_accumulation_steps.
+        self.model_accepts_loss_kwargs = False
+        self.add_callback(ResumeEpochCallback())
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthGroupedSampler(sampler, seed)
+        return sampler
+
+
+def classification_trainer(training_args, tokenized, tokenizer, callbacks, **model_or_init) -> ClassificationTrainer:
+    """A `ClassificationTrainer` on tokenised train/validation splits with dynamic padding and accuracy/macro-F1.
+
+    `model_or_init` is `model=...` or `model_init=...` (sweeps). Shared by recipes, sweeps and Space jobs.
+    """
+    return ClassificationTrainer(
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        **model_or_init,
+    )
