@@ -1,6 +1,6 @@
 """Benchmark `--method auto` against an exhaustive sweep: every candidate method trained fully, on the same data.
 
-    python bench/auto.py --model_name_or_path bert-tiny --max_train_samples 2000 --num_train_epochs 2
+    python bench/auto.py --max_train_samples 2000 --num_train_epochs 2 --max_seq_length 64 --auto_budget 0.08
 
 Reports each method's test accuracy and time, the best of them, and `auto`'s choice, accuracy and time (race + final
 training). Targets (issue 7): within 1 accuracy point of the best, in at most 1/3 of the exhaustive sweep's time.
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ft_plugin.auto import DEFAULT_AUTO_METHODS
+from ft_plugin.auto import DEFAULT_AUTO_METHODS, AutoArguments
 from ft_plugin.recipe import main
 
 
@@ -28,7 +28,8 @@ def bench(args: argparse.Namespace) -> dict:
     common = [
         "--model_name_or_path", args.model_name_or_path, "--max_train_samples", str(args.max_train_samples),
         "--max_eval_samples", str(args.max_eval_samples), "--max_predict_samples", str(args.max_predict_samples),
-        "--num_train_epochs", str(args.num_train_epochs), "--eval_strategy", "no", "--save_strategy", "no",
+        "--num_train_epochs", str(args.num_train_epochs), "--max_seq_length", str(args.max_seq_length),
+        "--eval_strategy", "no", "--save_strategy", "no",
         "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true", "--seed", "42",
     ]  # fmt: skip
     if args.train_file:
@@ -71,14 +72,15 @@ def bench(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model_name_or_path", default="bert-tiny")
+    parser.add_argument("--model_name_or_path", default="minilm-l6", help="Default: the embedded MiniLM-L6.")
     parser.add_argument("--train_file", default=None, help="Default: the embedded tweets.")
     parser.add_argument("--methods", default=DEFAULT_AUTO_METHODS)
     parser.add_argument("--max_train_samples", type=int, default=2000)
     parser.add_argument("--max_eval_samples", type=int, default=500)
     parser.add_argument("--max_predict_samples", type=int, default=1000)
     parser.add_argument("--num_train_epochs", type=float, default=2)
-    parser.add_argument("--auto_budget", type=float, default=0.05)
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--auto_budget", type=float, default=AutoArguments.auto_budget)
     parser.add_argument("--output", default="bench/results/auto.json")
     arguments = parser.parse_args()
     result = bench(arguments)

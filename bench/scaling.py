@@ -42,10 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_seq_length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--results_dir", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--memory", action="store_true", help="Also measure rank 0's training memory, in a separate untimed run."
+    )
     return parser.parse_args(argv)
 
 
-def launch_command(args: argparse.Namespace, processes: int, output_dir: str) -> list[str]:
+def launch_command(args: argparse.Namespace, processes: int, output_dir: str, memory: bool = False) -> list[str]:
     accelerate = shutil.which("accelerate") or "accelerate"
     config = CONFIGS[args.device, processes == 1]
     return [
@@ -54,25 +57,35 @@ def launch_command(args: argparse.Namespace, processes: int, output_dir: str) ->
         "--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.per_device_batch),
         "--max_seq_length", str(args.max_seq_length), "--max_train_samples", str(args.steps * args.per_device_batch * processes),
         "--max_eval_samples", "64", "--max_predict_samples", "64", "--eval_strategy", "no", "--save_strategy", "no",
-        "--load_best_model_at_end", "false", "--logging_steps", str(args.steps), "--skip_memory_metrics", "false",
+        "--load_best_model_at_end", "false", "--logging_steps", str(args.steps), "--skip_memory_metrics", str(not memory).lower(),
         "--train_sampling_strategy", "random",
     ]  # fmt: skip
 
 
-def run_one(args: argparse.Namespace, processes: int) -> dict:
-    """Train once with `processes` processes; the Trainer's train metrics plus the launch's wall time."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    if args.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))  # every run uses all the cores
+def train(args: argparse.Namespace, processes: int, env: dict, memory: bool) -> tuple[dict, list[str], float]:
+    """One launch; the Trainer's train metrics, the command and the wall time."""
     with tempfile.TemporaryDirectory() as output_dir:
-        command = launch_command(args, processes, output_dir)
-        load_before = os.getloadavg()[0]  # other work on the machine skews the figures: record it
+        command = launch_command(args, processes, output_dir, memory)
         started = time.perf_counter()
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - started
         if result.returncode != 0:
             sys.exit(f"{processes} process(es) failed:\n{result.stderr[-3000:]}")
-        metrics = json.loads((Path(output_dir) / "train_results.json").read_text())
+        return json.loads((Path(output_dir) / "train_results.json").read_text()), command, wall
+
+
+def run_one(args: argparse.Namespace, processes: int) -> dict:
+    """Train once with `processes` processes for the speed; with `--memory`, once more for rank 0's memory.
+
+    The memory is never measured in the timed run: transformers' memory tracker (`--skip_memory_metrics false`)
+    polls the resident memory in a loop without sleeping, a thread that takes a whole core of the machine.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if args.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))  # every run uses all the cores
+    load_before = os.getloadavg()[0]  # other work on the machine skews the figures: record it
+    metrics, command, wall = train(args, processes, env, memory=False)
+    tracked = train(args, processes, env, memory=True)[0] if args.memory else {}
     return {
         "processes": processes,
         "global_batch": processes * args.per_device_batch,
@@ -81,7 +94,8 @@ def run_one(args: argparse.Namespace, processes: int) -> dict:
         "samples_per_second": metrics["train_samples_per_second"],
         "launch_wall_seconds": round(wall, 2),
         "load_average_1m_before": round(load_before, 1),
-        "train_peak_mib_rank0": _peak_mib(metrics, args.device),
+        "train_peak_mib_rank0": _peak_mib(tracked, args.device),
+        "samples_per_second_memory_tracked": tracked.get("train_samples_per_second"),  # to show the tracker's cost
         "command": " ".join(command),
     }
 

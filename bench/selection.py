@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 import tempfile
 import time
 import zipfile
@@ -24,8 +25,11 @@ from pathlib import Path
 
 from scipy.stats import kendalltau
 
-from ft_plugin.data import DataArguments, load_data
-from ft_plugin.select import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import machine, print_table  # noqa: E402
+from ft_plugin.data import DataArguments, load_data  # noqa: E402
+from ft_plugin.select import (  # noqa: E402
     DEFAULT_CANDIDATES,
     SCORERS,
     fine_tune,
@@ -88,6 +92,12 @@ def bench_dataset(dataset: str, args: argparse.Namespace, work: Path) -> dict:
         "time_ratio": round(selection_seconds / fine_tune_seconds, 4),
         "skipped": skipped,
     }
+    table = [
+        {"candidate": row.candidate, **row.scores, "fine-tuned test acc": fine_tuned[row.candidate]["test_accuracy"],
+         "train s": fine_tuned[row.candidate]["train_seconds"]}
+        for row in rows
+    ]  # fmt: skip
+    print_table(table, list(table[0]))
     print(json.dumps({k: report[k] for k in ("dataset", "kendall_tau", "time_ratio")}))
     return report
 
@@ -109,5 +119,5 @@ if __name__ == "__main__":
     work = Path(tempfile.mkdtemp(prefix="bench_selection_"))
     results = {"setting": vars(arguments), "datasets": [bench_dataset(d, arguments, work) for d in arguments.datasets]}
     Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(arguments.output).write_text(json.dumps(results, indent=2))
+    Path(arguments.output).write_text(json.dumps({"machine": machine(), **results}, indent=2))
     print(f"Wrote {arguments.output}")

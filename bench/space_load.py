@@ -5,7 +5,8 @@
 
 The Space runs in this process on 127.0.0.1 only (a free port). Steps: train the job once alone (the reference),
 then start the same job again and, while it trains, let `--clients` clients call /predict in a closed loop (each
-sends its next text when the last answer arrived) for `--seconds`. Bounded: every call has a timeout, clients stop
+sends its next text when the last answer arrived) for `--seconds`. The clients run in a separate process, as
+remote users would (they share the machine's 2 cores with the Space, not its Python interpreter). Bounded: every call has a timeout, clients stop
 at the deadline, the job is cancelled if it outlives `--train_timeout`. Reports requests served, p50/p95/max
 latency (queueing included), errors, and whether the job under load ended with the reference's metrics.
 Writes bench/results/space_load.json. Target: 0 errors, p95 <= 1 s, identical training result.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -65,11 +67,12 @@ def final_metrics(summary: dict) -> dict[str, float]:
     return {k: v for k, v in results.items() if k.split("_")[-1] in ("loss", "accuracy", "macro")}
 
 
-def client_loop(url: str, texts: list[str], start: threading.Event, deadline: list[float], out: dict) -> None:
+def client_loop(url: str, texts: list[str], start, deadline: list[float], out: dict) -> None:
     """One user: predict in a closed loop until the deadline; latencies and errors go to `out`."""
     from gradio_client import Client
 
     client = Client(url, verbose=False)
+    out["ready"] = True
     start.wait()
     i = 0
     while time.perf_counter() < deadline[0]:
@@ -80,6 +83,27 @@ def client_loop(url: str, texts: list[str], start: threading.Event, deadline: li
         except Exception as error:  # noqa: BLE001 - every failure counts, whatever its type
             out["errors"].append(f"{type(error).__name__}: {str(error)[:200]}")
         i += 1
+
+
+def users_process(url: str, texts: list[str], clients: int, seconds: float, ready, start, results) -> None:
+    """The users, in a process of their own (as remote users are: they do not share the Space's GIL): `clients`
+    threads, each a `gradio_client.Client`; all connect, then run for `seconds` once `start` is set."""
+    outs = [{"latencies": [], "errors": []} for _ in range(clients)]
+    go, deadline = threading.Event(), [float("inf")]
+    threads = [threading.Thread(target=client_loop, args=(url, texts, go, deadline, out), daemon=True) for out in outs]
+    for thread in threads:
+        thread.start()
+    while not all(out.get("ready") for out in outs):
+        time.sleep(0.05)
+    ready.set()
+    start.wait()
+    began = time.perf_counter()
+    deadline[0] = began + seconds
+    go.set()
+    for thread in threads:
+        thread.join(seconds + CALL_TIMEOUT + 10)
+    results.put({"latencies": [x for out in outs for x in out["latencies"]],
+                 "errors": [e for out in outs for e in out["errors"]], "elapsed": time.perf_counter() - began})  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -109,23 +133,20 @@ def main(argv: list[str] | None = None) -> dict:
         alone = result()
         print(f"training alone: {alone['state']}, {alone['train seconds']} s")
 
-        outs = [{"latencies": [], "errors": []} for _ in range(args.clients)]
-        start, deadline = threading.Event(), [float("inf")]
-        threads = [
-            threading.Thread(target=client_loop, args=(url, texts, start, deadline, out), daemon=True) for out in outs
-        ]
-        for thread in threads:
-            thread.start()
-        time.sleep(1.0)  # clients connected (their Client() fetches the API description)
+        context = multiprocessing.get_context("spawn")
+        ready, start, results = context.Event(), context.Event(), context.Queue()
+        users = context.Process(
+            target=users_process, args=(url, texts, args.clients, args.seconds, ready, start, results), daemon=True
+        )
+        users.start()
+        ready.wait(120)  # every client connected (each fetches the API description)
         job, result = train_once(control, args)
         while app.RUNNER.current is None or app.RUNNER.current.phase != "training":
             time.sleep(0.05)  # measure while the job really trains, not while it loads data
-        began = time.perf_counter()
-        deadline[0] = began + args.seconds
         start.set()
-        for thread in threads:
-            thread.join(args.seconds + CALL_TIMEOUT + 10)
-        elapsed = time.perf_counter() - began
+        measured = results.get(timeout=args.seconds + CALL_TIMEOUT + 60)
+        users.join(30)
+        elapsed = measured["elapsed"]
         training_during = app.RUNNER.current is not None
         try:
             loaded = result()
@@ -135,8 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         demo.close()
 
-    latencies = sorted(x for out in outs for x in out["latencies"])
-    errors = [e for out in outs for e in out["errors"]]
+    latencies, errors = sorted(measured["latencies"]), measured["errors"]
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
     same = final_metrics(alone) == final_metrics(loaded)
     row = {

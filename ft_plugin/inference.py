@@ -1,9 +1,13 @@
-"""Classify texts with any result folder or Hub repo: `TextClassifier.from_pretrained(path).predict(texts)`."""
+"""Classify texts with any result folder or Hub repo: `TextClassifier.from_pretrained(path).predict(texts)`; serve
+concurrent one-text requests in shared batches with `MicroBatcher`."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -13,11 +17,13 @@ from .saving import load, read_record, resolve_result
 
 @dataclass
 class TextClassifier:
-    """A loaded model and its tokenizer, with batched prediction returning label probabilities."""
+    """A loaded model and its tokenizer, with batched prediction returning label probabilities. Thread-safe: a
+    fast tokenizer's truncation/padding settings are shared state, so tokenising is serialised by a lock."""
 
     model: nn.Module
     tokenizer: object
     max_length: int = 128
+    _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def from_pretrained(
@@ -51,12 +57,18 @@ class TextClassifier:
         device = next(self.model.parameters()).device
         chunks = []
         for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                texts[start : start + batch_size], truncation=True, max_length=self.max_length, padding=True,
-                return_tensors="pt",
-            ).to(device)  # fmt: skip
+            with self._tokenizer_lock:
+                batch = self.tokenizer(
+                    texts[start : start + batch_size], truncation=True, max_length=self.max_length, padding=True,
+                    return_tensors="pt",
+                ).to(device)  # fmt: skip
             chunks.append(self.model(**batch).logits.float().softmax(-1).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.labels))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` before truncation (special tokens included): more than `max_length` are cut."""
+        with self._tokenizer_lock:
+            return len(self.tokenizer(text, truncation=False)["input_ids"])
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[dict[str, float]]:
         """One `{label: probability}` mapping per text."""
@@ -71,3 +83,57 @@ class TextClassifier:
         for i, label in enumerate(self.labels):
             frame[f"score_{label}"] = probabilities[:, i].numpy().round(4)
         return frame
+
+
+class MicroBatcher:
+    """Dynamic batching for a server: concurrent one-text requests share one forward pass.
+
+    Each request thread calls `predict(text)`; one worker thread takes every request waiting (up to
+    `max_batch_size`), classifies them together and hands each caller its own result. A lone request runs at
+    once; under load the batch grows, so throughput rises instead of threads competing for the cores. An error
+    in a batch (e.g. out of memory) is raised in each of its callers.
+    """
+
+    def __init__(self, classifier: TextClassifier, max_batch_size: int = 32):
+        self.classifier, self.max_batch_size = classifier, max_batch_size
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock, self._closed = threading.Lock(), False
+        threading.Thread(target=self._serve, daemon=True, name="ft-plugin-micro-batcher").start()
+
+    def predict(self, text: str, timeout: float | None = None) -> dict[str, float]:
+        """`{label: probability}` for one text, computed in a batch with the other waiting requests."""
+        result: Future = Future()
+        with self._lock:
+            queued = not self._closed
+            if queued:  # before close(): the worker serves every request queued ahead of its stop signal
+                self._requests.put((text, result))
+        if not queued:
+            return self.classifier.predict([text])[0]
+        return result.result(timeout)
+
+    def close(self) -> None:
+        """Stop the worker once the queued requests are served; later calls classify in the caller's thread."""
+        with self._lock:
+            self._closed = True
+            self._requests.put(None)
+
+    def _serve(self) -> None:
+        while (request := self._requests.get()) is not None:
+            batch = [request]
+            while len(batch) < self.max_batch_size:
+                try:
+                    request = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if request is None:
+                    self._requests.put(None)  # stop after this batch
+                    break
+                batch.append(request)
+            try:
+                predictions = self.classifier.predict([text for text, _ in batch], batch_size=self.max_batch_size)
+            except Exception as error:  # noqa: BLE001 - handed to every caller of the batch
+                for _, result in batch:
+                    result.set_exception(error)
+            else:
+                for (_, result), prediction in zip(batch, predictions):
+                    result.set_result(prediction)

@@ -34,7 +34,7 @@ from ft_plugin.data import (
     read_file,
 )
 from ft_plugin.errors import FtPluginError
-from ft_plugin.inference import TextClassifier
+from ft_plugin.inference import MicroBatcher, TextClassifier
 from ft_plugin.jobs import FAILED, FINISHED, JobRunner, TrainingJob
 from ft_plugin.methods import METHODS, parse_method
 from ft_plugin.models import DEFAULT_MODEL, PACKAGED_MODELS, load_base_model
@@ -48,6 +48,7 @@ AUTO_BASE, NO_ADAPTER = "auto", "none"
 MAX_CHARS = 10_000  # longer texts are cut before tokenising (the model reads 128 tokens anyway)
 EVAL_SAMPLES = 500  # validation/test texts per run: enough for a stable accuracy, quick on CPU
 MODEL_CACHE_SIZE = 3
+PREDICT_BATCH_SIZE = 32  # concurrent /predict calls classified in one forward pass
 
 RUNNER = JobRunner()
 
@@ -133,7 +134,8 @@ def checked_base(base: str) -> str:
 
 
 # -- end security ------------------------------------------------------------------------------------------------
-_models: "OrderedDict[tuple[str, str], TextClassifier]" = OrderedDict()
+# (base, adapter) -> the loaded classifier behind a micro-batcher: concurrent /predict calls share forward passes
+_models: "OrderedDict[tuple[str, str], MicroBatcher]" = OrderedDict()
 _models_lock = threading.Lock()
 
 
@@ -197,6 +199,11 @@ def example_texts(per_label: int = 2) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 def get_classifier(base: str, adapter: str, request: gr.Request | None) -> TextClassifier:
     """The classifier for a base model choice and an adapter choice, from the cache when possible."""
+    return get_batcher(base, adapter, request).classifier
+
+
+def get_batcher(base: str, adapter: str, request: gr.Request | None) -> MicroBatcher:
+    """The cached classifier for a base and an adapter choice, behind its micro-batcher (loaded on first use)."""
     base = checked_base((base or AUTO_BASE).strip())
     adapter = checked_adapter((adapter or NO_ADAPTER).strip(), request)
     key = (base, adapter)
@@ -209,10 +216,10 @@ def get_classifier(base: str, adapter: str, request: gr.Request | None) -> TextC
             classifier = TextClassifier(model=model.eval(), tokenizer=tokenizer)
         else:  # a result folder or Hub id; LoRA-like adapters are merged into the base for speed
             classifier = TextClassifier.from_pretrained(adapter, None if base == AUTO_BASE else base)
-        _models[key] = classifier
+        _models[key] = MicroBatcher(classifier, max_batch_size=PREDICT_BATCH_SIZE)
         while len(_models) > MODEL_CACHE_SIZE:
-            _models.popitem(last=False)
-        return classifier
+            _models.popitem(last=False)[1].close()
+        return _models[key]
 
 
 def find_results(request: gr.Request | None) -> list[Path]:
@@ -259,13 +266,14 @@ def predict(
     text = (text or "").strip()
     if not text:
         raise gr.Error("The text is empty: type a sentence to classify.")
-    classifier = get_classifier(base, adapter, request)
+    batcher = get_batcher(base, adapter, request)
     if len(text) > MAX_CHARS:
         text = text[:MAX_CHARS]
-    tokens = len(classifier.tokenizer(text, truncation=False)["input_ids"])
+    classifier = batcher.classifier
+    tokens = classifier.count_tokens(text)
     if tokens > classifier.max_length:
         gr.Warning(f"The text has {tokens} tokens: only the first {classifier.max_length} were classified.")
-    return classifier.predict([text])[0]
+    return batcher.predict(text)
 
 
 def adapter_note(adapter: str | None) -> str:
@@ -713,7 +721,7 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
         # -- Wiring ----------------------------------------------------------------------------------------------
         gr.on(
             [predict_button.click, text.submit], predict, [text, base, adapter], scores,
-            api_name="predict", concurrency_limit=4,
+            api_name="predict", concurrency_limit=PREDICT_BATCH_SIZE,  # waiting calls form one batch
         )  # fmt: skip
         adapter.change(adapter_note, adapter, note, api_visibility="private")
         upload.upload(file_columns, upload, upload_column, api_visibility="private")

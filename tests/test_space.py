@@ -95,6 +95,36 @@ def test_predict_with_the_embedded_base_model(client):
     assert sum(result.values()) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_concurrent_predictions_share_forward_passes_and_match_one_at_a_time(space, client, monkeypatch):
+    import threading
+
+    app, _ = space
+    batcher = app.get_batcher(app.AUTO_BASE, app.NO_ADAPTER, None)  # what /predict uses by default
+    classifier, batch_sizes = batcher.classifier, []
+    predict_batch = classifier.predict
+
+    def recording(texts, batch_size=32):
+        batch_sizes.append(len(texts))
+        time.sleep(0.3 if len(batch_sizes) == 1 else 0)  # the first call is slow: the others queue behind it
+        return predict_batch(texts, batch_size)
+
+    monkeypatch.setattr(classifier, "predict", recording)
+    texts = [f"the gate agent was {word} today" for word in ("great", "rude", "late", "kind", "slow", "funny")] * 2
+    answers = [None] * len(texts)
+
+    def ask(i: int) -> None:
+        answers[i] = scores(Client(space[1], verbose=False).predict(texts[i], api_name="/predict"))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sum(batch_sizes) == len(texts) and max(batch_sizes) > 1, batch_sizes
+    for text, answer in zip(texts, answers):
+        assert answer == pytest.approx(predict_batch([text])[0], abs=1e-5)  # the batch changes no probability
+
+
 def test_train_then_predict_with_the_new_adapter(space, client, tiny_model_dir, tiny_csv):
     app, _ = space
     status, curve, summary = train(client, tiny_csv, str(tiny_model_dir), epochs=2, max_samples=128).result(timeout=240)
