@@ -6,9 +6,10 @@
 The Space runs in this process on 127.0.0.1 only (a free port). Steps: train the job once alone (the reference),
 then start the same job again and, while it trains, let `--clients` clients call /predict in a closed loop (each
 sends its next text when the last answer arrived) for `--seconds`. The clients run in a separate process, as
-remote users would (they share the machine's 2 cores with the Space, not its Python interpreter). Bounded: every call has a timeout, clients stop
-at the deadline, the job is cancelled if it outlives `--train_timeout`. Reports requests served, p50/p95/max
-latency (queueing included), errors, and whether the job under load ended with the reference's metrics.
+remote users would (they share the machine's 2 cores with the Space, not its Python interpreter). Bounded: every
+call has a timeout, clients stop at the deadline, the job is cancelled if it outlives `--train_timeout`. Reports
+requests served, p50/p95/max latency (queueing included), errors, and whether the job under load ended with the
+reference's metrics.
 Writes bench/results/space_load.json. Target: 0 errors, p95 <= 1 s, identical training result.
 """
 
@@ -67,12 +68,17 @@ def final_metrics(summary: dict) -> dict[str, float]:
     return {k: v for k, v in results.items() if k.split("_")[-1] in ("loss", "accuracy", "macro")}
 
 
-def client_loop(url: str, texts: list[str], start, deadline: list[float], out: dict) -> None:
+def client_loop(url: str, texts: list[str], start: threading.Event, deadline: list[float], out: dict) -> None:
     """One user: predict in a closed loop until the deadline; latencies and errors go to `out`."""
     from gradio_client import Client
 
-    client = Client(url, verbose=False)
-    out["ready"] = True
+    try:
+        client = Client(url, verbose=False)
+    except Exception as error:  # noqa: BLE001 - a user who cannot connect is an error, not a hang
+        out["errors"].append(f"connect: {type(error).__name__}: {str(error)[:200]}")
+        return
+    finally:
+        out["ready"] = True
     start.wait()
     i = 0
     while time.perf_counter() < deadline[0]:
