@@ -5,7 +5,7 @@
     python bench/inference.py --no_space               # without the Space row (no gradio needed)
 
 Single-text and batch-of-32 latency, p50 and p95 over `--repeats` calls after warm-up, measured side by side in one
-run on the same texts (real tweets from the embedded test split). The small LoRA run trains in a separate process,
+run on the same texts (real tweets from the embedded test split), the models taking turns call by call. The small LoRA run trains in a separate process,
 so the measuring process is like a serving one (only loading and predicting). The Space row is one
 `gradio_client` user calling /predict on the Space launched in this process on 127.0.0.1 (HTTP and Gradio's queue
 included; the Space merges the adapter). Writes bench/results/inference.json.
@@ -71,15 +71,19 @@ def space_latencies(adapter: str, texts: list[str], repeats: int) -> list[float]
         demo.close()
 
 
-def latencies(classifier: TextClassifier, texts: list[str], batch: int, repeats: int) -> list[float]:
-    for i in range(10):  # the first calls of a process are several times slower (allocator and kernel caches)
-        classifier.predict_proba(texts[i * batch : (i + 1) * batch], batch_size=batch)
-    runs = []
+def latencies(classifiers: dict[str, TextClassifier], texts: list[str], batch: int, repeats: int) -> dict:
+    """Seconds per call of each classifier on the same chunks, taken in turn (call i of every model, then call i+1),
+    so that a slow moment of a shared machine hits all models alike instead of whichever ran then."""
+    for classifier in classifiers.values():
+        for i in range(10):  # the first calls of a process are several times slower (allocator and kernel caches)
+            classifier.predict_proba(texts[i * batch : (i + 1) * batch], batch_size=batch)
+    runs: dict[str, list[float]] = {name: [] for name in classifiers}
     for i in range(repeats):
         chunk = [texts[(i * batch + j) % len(texts)] for j in range(batch)]
-        start = time.perf_counter()
-        classifier.predict_proba(chunk, batch_size=batch)
-        runs.append(time.perf_counter() - start)
+        for name, classifier in classifiers.items():
+            start = time.perf_counter()
+            classifier.predict_proba(chunk, batch_size=batch)
+            runs[name].append(time.perf_counter() - start)
     return runs
 
 
@@ -120,10 +124,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for other in (merged, exported):
             torch.testing.assert_close(other.model(**batch).logits, reference, rtol=1e-3, atol=1e-4)
 
+    classifiers = {"unmerged (PeftModel)": unmerged, "merged": merged, "exported merged": exported}
     rows = []
-    for name, classifier in [("unmerged (PeftModel)", unmerged), ("merged", merged), ("exported merged", exported)]:
-        for batch_size in (1, 32):
-            runs = latencies(classifier, texts, batch_size, options.repeats)
+    for batch_size in (1, 32):
+        for name, runs in latencies(classifiers, texts, batch_size, options.repeats).items():
             rows.append(latency_row(name, batch_size, runs))
     if not options.no_space:
         rows.append(latency_row("Space /predict (gradio_client)", 1, space_latencies(adapter, texts, options.repeats)))

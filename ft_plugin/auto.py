@@ -1,10 +1,13 @@
 """`--method auto`: choose the delta method from monitored validation performance, then train it fully.
 
-A successive-halving race (Jamieson & Talwalkar, 2016): every candidate method trains for a small budget of
-optimizer steps and is evaluated on the validation split; the best `1/eta` go on to a budget `eta` times larger,
-until one is left (or the next budget would be a full run). Each dropped method is logged with the reason. The
-race's flags (`--auto_methods`, `--auto_budget`, `--auto_eta`) are read here and removed before the recipe parses
-the rest, so the final run is exactly the recipe with `--method <winner>`.
+A successive-halving race (Jamieson & Talwalkar, 2016): every candidate method starts its full run (the full run's
+learning-rate schedule, data order and seed) and stops after a small budget of optimizer steps, saving a checkpoint,
+and is evaluated on the validation split; the best `1/eta` continue from their checkpoints to a budget `eta` times
+larger, until one is left (or the next budget would be a full run). The winner's full run then resumes from its
+last race checkpoint, so no step is trained twice and the result is the same as `--method <winner>` run alone.
+Each dropped method is logged with the reason. The race's flags (`--auto_methods`, `--auto_budget`, `--auto_eta`)
+are read here and removed before the recipe parses the rest; the race works in `<output_dir>/auto-race/` and
+records itself in `<output_dir>/auto_race.json`, which a re-run of an interrupted job reuses instead of racing again.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainerCallback
 
 from .errors import MethodError
 
@@ -47,6 +50,24 @@ class RaceResult:
     rungs: list[dict] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    checkpoint: str | None = None  # the winner's last race checkpoint: its full run resumes there
+
+
+class StopAtStep(TrainerCallback):
+    """Ends a race run at `step` with a checkpoint there, without the evaluation or save that the Trainer's epoch
+    end would add (the full run would not have them mid-epoch)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = control.should_save = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        stopped_mid_epoch = state.global_step >= self.step and not float(state.epoch or 0).is_integer()
+        if stopped_mid_epoch:
+            control.should_evaluate = control.should_save = False
 
 
 def requested_method(argv: list[str], method: str | None) -> str:
@@ -59,10 +80,10 @@ def requested_method(argv: list[str], method: str | None) -> str:
     return chosen.method
 
 
-def race(argv: list[str], auto: AutoArguments) -> RaceResult:
-    """Run the successive-halving race on the recipe flags `argv` (without the --auto_* flags)."""
+def race(argv: list[str], auto: AutoArguments, folder: Path) -> RaceResult:
+    """Run the successive-halving race on the recipe flags `argv` (without the --auto_* flags) in `folder`."""
     from .data import load_data
-    from .recipe import build_trainer, load_base, parse_args, total_training_steps
+    from .recipe import build_trainer, last_checkpoint, load_base, parse_args, total_training_steps
     from .search import compatible_methods
 
     started = time.perf_counter()
@@ -84,34 +105,37 @@ def race(argv: list[str], auto: AutoArguments) -> RaceResult:
     full_steps = total_training_steps(training_args, len(data.splits["train"]))
     steps = max(1, round(full_steps * auto.auto_budget))
     result = RaceResult(winner=survivors[0], dropped=dropped)
-    with tempfile.TemporaryDirectory() as scratch:
-        while len(survivors) > 1 and steps < full_steps:
-            scores, losses = {}, {}
-            for method in survivors:
-                race_argv = [
-                    *argv, "--method", method, "--max_steps", str(steps), "--output_dir", f"{scratch}/{method}",
-                    "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
-                    "--report_to", "none", "--disable_tqdm", "true",
-                ]  # fmt: skip
-                trainer = build_trainer(*parse_args(race_argv), data=data)
-                trainer.train()
-                metrics = trainer.evaluate()
-                scores[method] = metrics["eval_accuracy"]
-                losses[method] = metrics["eval_loss"]
-                logger.info("auto: rung %d, %s: eval accuracy %.4f after %d steps", len(result.rungs), method, scores[method], steps)  # fmt: skip
-            ranked = sorted(survivors, key=lambda m: (scores[m], -losses[m]), reverse=True)  # ties: lower loss
-            keep = max(1, math.ceil(len(ranked) / auto.auto_eta))
-            threshold = scores[ranked[keep - 1]]
-            for method in ranked[keep:]:
-                dropped[method] = (
-                    f"rung {len(result.rungs)} ({steps} steps): eval accuracy {scores[method]:.4f} below the "
-                    f"{keep} kept (lowest kept {threshold:.4f})"
-                )
-                logger.info("auto: dropped %s: %s", method, dropped[method])
-            result.rungs.append({"steps": steps, "scores": scores, "kept": ranked[:keep]})
-            survivors = ranked[:keep]
-            steps *= auto.auto_eta
+    metric = training_args.metric_for_best_model or "accuracy"
+    metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+    higher_is_better = training_args.greater_is_better is not False and not metric.endswith("loss")
+    while len(survivors) > 1 and steps < full_steps:
+        scores, losses = {}, {}
+        for method in survivors:
+            race_argv = [
+                *argv, "--method", method, "--output_dir", str(folder / method.replace("+", "_")),
+                "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true",
+            ]  # fmt: skip
+            trainer = build_trainer(*parse_args(race_argv), callbacks=[StopAtStep(steps)], data=data)
+            trainer.train(resume_from_checkpoint=last_checkpoint(trainer.args.output_dir))
+            trainer.accelerator.wait_for_everyone()  # the checkpoint is written before anyone reads it
+            metrics = trainer.evaluate()
+            scores[method], losses[method] = metrics[metric], metrics["eval_loss"]
+            logger.info("auto: rung %d, %s: %s %.4f after %d steps", len(result.rungs), method, metric, scores[method], steps)  # fmt: skip
+        sign = 1 if higher_is_better else -1
+        ranked = sorted(survivors, key=lambda m: (sign * scores[m], -losses[m]), reverse=True)  # ties: lower loss
+        keep = max(1, math.ceil(len(ranked) / auto.auto_eta))
+        threshold = scores[ranked[keep - 1]]
+        for method in ranked[keep:]:
+            dropped[method] = (
+                f"rung {len(result.rungs)} ({steps} steps): {metric} {scores[method]:.4f} "
+                f"{'below' if higher_is_better else 'above'} the {keep} kept (worst kept {threshold:.4f})"
+            )
+            logger.info("auto: dropped %s: %s", method, dropped[method])
+        result.rungs.append({"steps": steps, "metric": metric, "scores": scores, "eval_loss": losses, "kept": ranked[:keep]})  # fmt: skip
+        survivors = ranked[:keep]
+        steps = min(full_steps, steps * auto.auto_eta)
     result.winner = survivors[0]
+    result.checkpoint = last_checkpoint(folder / result.winner.replace("+", "_"))
     result.seconds = round(time.perf_counter() - started, 2)
     logger.info("auto: chose %s after %d rung(s) in %.0fs", result.winner, len(result.rungs), result.seconds)
     return result
@@ -119,17 +143,41 @@ def race(argv: list[str], auto: AutoArguments) -> RaceResult:
 
 def resolve_auto(argv: list[str], method: str | None = None) -> list[str]:
     """Recipe flags -> the same flags with a concrete method. A run that does not ask for `auto` is returned as is;
-    one that does runs the race, writes `auto_race.json` in its output folder, and gets `--method <winner>`."""
+    one that does runs the race (or reuses the one recorded in its output folder), writes `auto_race.json` there,
+    and gets `--method <winner>` and, when the race left a checkpoint, `--resume_from_checkpoint` at it."""
     if requested_method(argv, method) != "auto":
         return argv
-    from .recipe import parse_args
+    from accelerate import PartialState
+
+    from .recipe import check_output_dir, parse_args
 
     auto, rest = HfArgumentParser(AutoArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
     rest = _without_method(rest)
-    result = race(rest, auto)
-    output_dir = Path(parse_args([*rest, "--method", result.winner])[3].output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "auto_race.json").write_text(json.dumps({**asdict(auto), **asdict(result)}, indent=2))
+    if "--output_dir" not in rest and not any(a.startswith("--output_dir=") for a in rest):
+        rest += ["--output_dir", "outputs/auto"]
+    model_args, _, _, training_args = parse_args([*rest, "--method", "lora"])
+    output_dir = Path(training_args.output_dir)
+    # before the race, not after it: an existing result, an unwritable folder; a checkpoint of the final run
+    resume = check_output_dir(training_args, model_args.overwrite_output_dir)
+    record = output_dir / "auto_race.json"
+    if record.is_file() and not model_args.overwrite_output_dir:  # an interrupted auto run: same race, go on
+        result = RaceResult(
+            **{k: v for k, v in json.loads(record.read_text()).items() if k in RaceResult.__dataclass_fields__}
+        )
+        logger.info("auto: reusing the race recorded in %s: %s", record, result.winner)
+    else:
+        if PartialState().is_main_process:  # a race starts afresh: no stale checkpoint of an earlier one
+            shutil.rmtree(output_dir / "auto-race", ignore_errors=True)
+        PartialState().wait_for_everyone()
+        result = race(rest, auto, output_dir / "auto-race")
+        if PartialState().is_main_process:
+            record.write_text(json.dumps({**asdict(auto), **asdict(result)}, indent=2))
+            for loser in (output_dir / "auto-race").iterdir():
+                if loser.name != result.winner.replace("+", "_"):
+                    shutil.rmtree(loser, ignore_errors=True)
+        PartialState().wait_for_everyone()
+    if resume is None and result.checkpoint and Path(result.checkpoint).is_dir():
+        rest += ["--resume_from_checkpoint", result.checkpoint]
     return [*rest, "--method", result.winner]
 
 

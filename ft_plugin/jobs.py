@@ -1,4 +1,4 @@
-"""Training jobs in a background thread: live progress, loss and accuracy, cancel, one job at a time.
+"""Training jobs in a child process: live progress, loss and accuracy, cancel, one job at a time.
 
 What the Space (or a notebook) uses to train without blocking its UI::
 
@@ -8,17 +8,24 @@ What the Space (or a notebook) uses to train without blocking its UI::
     job.cancel()        # stops after the current step; the model trained so far is evaluated and saved
 
 A job is the recipe's own code (`recipe.parse_args` -> `build_trainer` -> `train_and_save`) with a callback
-that records the Trainer's logs and stops it on request, so a job's result folder is an ordinary result.
-One job at a time per process: `TrainingArguments` resets Accelerate's process-wide state when created, so a
-second job's options are only parsed once the first has ended (`JobRunner.submit` enforces it).
+that reports the Trainer's logs and stops it on request, so a job's result folder is an ordinary result.
+It runs in a process of its own (started from a forkserver that has imported the recipe once): the app that
+submitted it keeps its interpreter (no GIL shared with a Python-bound training loop, so a Space answers
+/predict calls at full speed), a crash or an out-of-memory kill ends the job, not the app, and the job can
+run at a lower CPU priority (`niceness`) than the app's requests. The job object in the app is updated from
+the child's reports by a watcher thread.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +67,15 @@ class TrainingJob:
         max_minutes: stop training after this many minutes (the model trained so far is kept), None: no limit.
         name: a label for tables and dropdowns (default: the output folder's name).
         owner: who submitted the job (e.g. a Space session), so that apps can show each user only their runs.
+        niceness: added to the training process's CPU niceness (Unix; 0: same priority as the app), so that an
+            app's interactive requests are served first when the cores are busy. Training results do not change.
     """
 
     options: dict[str, Any]
     max_minutes: float | None = None
     name: str | None = None
     owner: str | None = None
+    niceness: int = 0
     state: str = field(default=QUEUED, init=False)
     step: int = field(default=0, init=False)
     max_steps: int = field(default=0, init=False)
@@ -88,15 +98,13 @@ class TrainingJob:
         self.name = self.name or self.output_dir.name
         self.arguments: tuple | None = None
         self._resume: str | bool | None = None
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._cancel = _CONTEXT.Event()
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._watcher: threading.Thread | None = None
 
     def prepare(self) -> None:
-        """Parse and check the options (the recipe's `parse_args`); errors are raised here, in the caller.
-
-        Not while another job trains: creating `TrainingArguments` resets Accelerate's process-wide state,
-        which would break the running Trainer. `JobRunner.submit` takes care of that.
-        """
+        """Parse and check the options (the recipe's `parse_args`); errors are raised here, in the caller, before
+        any process starts. The child parses the same options again (they are what it receives)."""
         from .recipe import check_output_dir, parse_args
 
         try:
@@ -111,13 +119,23 @@ class TrainingJob:
 
     # -- control ---------------------------------------------------------------------------------------------
     def start(self) -> TrainingJob:
-        """Run in a daemon thread; returns at once."""
+        """Start the training process and the thread that follows its reports; returns at once."""
         if self.arguments is None:
             self.prepare()
-        self._thread = threading.Thread(target=self._run, name=f"ft-plugin-job-{self.name}", daemon=True)
+        reports, child_end = _CONTEXT.Pipe(duplex=False)
+        self._process = _CONTEXT.Process(
+            target=_run_job,
+            args=(self.options, self._resume, self.max_minutes, self.niceness, child_end, self._cancel),
+            name=f"ft-plugin-job-{self.name}",
+        )
         self.state = RUNNING
         self.started_at = time.time()
-        self._thread.start()
+        self._process.start()
+        child_end.close()  # the child holds the only writer now: its end (exit or kill) ends the reports
+        _LIVE_PROCESSES.add(self._process)
+        self._watcher = threading.Thread(target=self._follow, args=(reports,), name=f"{self._process.name}-watch")
+        self._watcher.daemon = True
+        self._watcher.start()
         return self
 
     def cancel(self) -> None:
@@ -126,8 +144,8 @@ class TrainingJob:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job ends (or `timeout` seconds). True if it has ended."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._watcher is not None:
+            self._watcher.join(timeout)
         return not self.is_alive()
 
     def is_alive(self) -> bool:
@@ -166,63 +184,125 @@ class TrainingJob:
             "output_dir": str(self.output_dir),
         }
 
-    # -- the work --------------------------------------------------------------------------------------------
-    def _run(self) -> None:
-        from .recipe import build_trainer, train_and_save
-
+    # -- the work (in the child process) and its reports (in this one) ---------------------------------------
+    def _follow(self, reports: Connection) -> None:
+        """Apply the child's reports until it ends; a child that dies without a last word failed."""
         try:
-            self.phase = "loading data and model"
-            trainer = build_trainer(*self.arguments, callbacks=[JobCallback(self)])
-            if self._cancel.is_set():  # cancelled while the data and model were loading: nothing to keep
-                self.stop_reason = "cancelled before training started"
-                self.state = CANCELLED
-                return
-            self.metrics = train_and_save(trainer, self._resume)
-            self.state = CANCELLED if self._cancel.is_set() else FINISHED
-        except Exception as error:  # a thread must not die silently: the UI shows the error
-            logger.exception("Training job %s failed", self.name)
-            self.error = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            self.state = FAILED
+            while True:
+                try:
+                    report = reports.recv()
+                except EOFError:  # the child exited (or was killed) and every report was read
+                    break
+                if "log" in report:
+                    self.history.append(report["log"])
+                for key in _REPORTED & report.keys():
+                    setattr(self, key, report[key])
         finally:
+            reports.close()
+            self._process.join()
+            _LIVE_PROCESSES.discard(self._process)
+            if self.state == RUNNING:
+                self.error = f"the training process ended unexpectedly (exit code {self._process.exitcode})"
+                logger.error("Training job %s: %s", self.name, self.error)
+                self.state = FAILED
             self.phase = self.state
             self.ended_at = time.time()
 
 
-class JobCallback(TrainerCallback):
-    """Feeds a `TrainingJob`: steps, logged loss/accuracy, peak memory; stops on cancel or time limit."""
+# What a child may report; anything else it sends is ignored.
+_REPORTED = {"state", "step", "max_steps", "metrics", "error", "stop_reason", "phase", "peak_memory_mb"}
 
-    def __init__(self, job: TrainingJob) -> None:
-        self.job = job
+
+def _run_job(
+    options: dict[str, Any],
+    resume: str | bool | None,
+    max_minutes: float | None,
+    niceness: int,
+    reports: Connection,
+    cancel: Any,
+) -> None:
+    """The training process: the recipe's code, reporting progress through `reports` until a final state."""
+    from .recipe import build_trainer, parse_args, train_and_save
+
+    started = time.time()
+    if niceness and hasattr(os, "nice"):
+        os.nice(niceness)
+    try:
+        reports.send({"phase": "loading data and model"})
+        arguments = parse_args(options_to_argv(options))
+        callback = JobCallback(reports.send, cancel, max_minutes, started)
+        trainer = build_trainer(*arguments, callbacks=[callback])
+        if cancel.is_set():  # cancelled while the data and model were loading: nothing to keep
+            reports.send({"stop_reason": "cancelled before training started", "state": CANCELLED})
+            return
+        metrics = train_and_save(trainer, resume)
+        reports.send({"metrics": metrics, "state": CANCELLED if cancel.is_set() else FINISHED})
+    except Exception as error:  # the app shows the error; the log has the traceback
+        logger.exception("Training job in %s failed", options.get("output_dir"))
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reports.send({"error": message, "state": FAILED})
+    finally:
+        reports.close()
+
+
+class JobCallback(TrainerCallback):
+    """Reports steps, logged loss/accuracy and peak memory through `report`; stops on cancel or time limit."""
+
+    def __init__(self, report: Any, cancel: Any, max_minutes: float | None, started: float) -> None:
+        self.report, self.cancel, self.max_minutes, self.started = report, cancel, max_minutes, started
         self.process = psutil.Process()
         self.baseline_rss = self.process.memory_info().rss
+        self.peak_memory_mb = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.job.max_steps = state.max_steps
-        self.job.phase = "training"
+        self.report({"max_steps": state.max_steps, "phase": "training"})
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.job.phase = "evaluating and saving"
+        self.report({"phase": "evaluating and saving"})
 
     def on_step_end(self, args, state, control, **kwargs):
-        job = self.job
-        job.step = state.global_step
         # GPU: peak allocated memory; CPU: resident memory added since the job began.
         if torch.cuda.is_available():
             memory = torch.cuda.max_memory_allocated()
         else:
             memory = self.process.memory_info().rss - self.baseline_rss
-        job.peak_memory_mb = max(job.peak_memory_mb, memory / 2**20)
-        if job._cancel.is_set():
-            job.stop_reason = f"cancelled at step {state.global_step}"
+        self.peak_memory_mb = max(self.peak_memory_mb, memory / 2**20)
+        report = {"step": state.global_step, "peak_memory_mb": self.peak_memory_mb}
+        if self.cancel.is_set():
+            report["stop_reason"] = f"cancelled at step {state.global_step}"
             control.should_training_stop = True
-        elif job.max_minutes is not None and job.elapsed > 60 * job.max_minutes:
-            job.stop_reason = f"time limit of {job.max_minutes:g} min reached at step {state.global_step}"
+        elif self.max_minutes is not None and time.time() - self.started > 60 * self.max_minutes:
+            report["stop_reason"] = f"time limit of {self.max_minutes:g} min reached at step {state.global_step}"
             control.should_training_stop = True
+        self.report(report)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
             numbers = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-            self.job.history.append({"step": state.global_step, **numbers})
+            self.report({"log": {"step": state.global_step, **numbers}})
+
+
+def _job_context() -> multiprocessing.context.BaseContext:
+    """Forkserver (Unix) with the recipe imported once, so a job starts in a moment; spawn elsewhere. Never a
+    plain fork: the app has threads (a web server, torch's pools) that a forked child would inherit half-way."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["ft_plugin.recipe"])
+    return context
+
+
+_CONTEXT = _job_context()
+_LIVE_PROCESSES: set = set()
+
+
+@atexit.register
+def _stop_live_jobs() -> None:
+    """An app that exits takes its training processes with it (they are not daemons: a job may start
+    DataLoader workers)."""
+    for process in list(_LIVE_PROCESSES):
+        process.terminate()
+        process.join(5)
 
 
 class JobRunner:

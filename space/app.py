@@ -49,6 +49,7 @@ MAX_CHARS = 10_000  # longer texts are cut before tokenising (the model reads 12
 EVAL_SAMPLES = 500  # validation/test texts per run: enough for a stable accuracy, quick on CPU
 MODEL_CACHE_SIZE = 3
 PREDICT_BATCH_SIZE = 32  # concurrent /predict calls classified in one forward pass
+TRAIN_NICENESS = 10  # training runs in its own process, at a lower CPU priority than the users' /predict calls
 
 RUNNER = JobRunner()
 
@@ -469,6 +470,7 @@ def train(
         max_minutes=max_minutes or None,
         name=name,
         owner=owner_id(request),
+        niceness=TRAIN_NICENESS,
     )
     RUNNER.submit(job)
     while job.is_alive():

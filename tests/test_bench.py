@@ -31,6 +31,9 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
         ("inference", ["--repeats", "3", "--max_seq_length", "32"]),
         ("work_scaling", ["--lengths", "16", "32", "--sizes", "32", "--batch_sizes", "4", "--batch_size", "4",
                           "--batch_length", "32", "--steps", "2", "--warmup", "1"]),
+        ("auto", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
+                  "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32",
+                  "--auto_budget", "0.25"]),
     ],
 )  # fmt: skip
 def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tmp_path):
@@ -52,6 +55,9 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tmp_p
         tokens_per_sample = [row["tokens_per_s"] / row["samples_per_s"] for row in by_length]
         assert tokens_per_sample == [pytest.approx(16), pytest.approx(32)]
         assert payload["by_size"][0]["train_seconds"] > 0 and payload["by_batch"][0]["train_memory_mb"] >= 0
+    if script == "auto":  # the winner's full run resumed from its race checkpoint: the same model as in the sweep
+        assert payload["auto_method"] in ("lora", "bitfit") and payload["auto_equals_its_sweep_run"]
+        assert len(payload["rows"]) == 3 and payload["race"]["rungs"][0]["steps"] == 1
     if script == "inference":
         models = {"unmerged (PeftModel)", "merged", "exported merged", "Space /predict (gradio_client)"}
         assert {row["model"] for row in payload["rows"]} == models

@@ -90,27 +90,51 @@ def test_requested_method_reads_the_flag_or_the_recipes_own():
     assert _without_method(["--method", "auto", "--seed", "1", "--method=lora"]) == ["--seed", "1"]
 
 
-def test_method_auto_races_methods_picks_one_and_saves_a_loadable_result(tiny_model_dir, tiny_csv, tmp_path):
+def test_method_auto_races_methods_then_continues_the_winner_to_the_same_model_as_its_run_alone(
+    tiny_model_dir, tiny_csv, tmp_path
+):
     from ft_plugin.inference import TextClassifier
 
     out = tmp_path / "auto"
     config = tmp_path / "auto.yaml"
     config.write_text(f"method: auto\nauto_methods: lora,bitfit,prefix\nmodel_name_or_path: {tiny_model_dir}\n")
-    metrics = recipe_main(
-        [str(config), "--train_file", str(tiny_csv), "--output_dir", str(out), "--auto_budget", "0.1",
-         "--num_train_epochs", "2", "--eval_strategy", "no", "--save_strategy", "no",
-         "--load_best_model_at_end", "false"],
-        method="lora",
-    )  # fmt: skip
+    common = ["--train_file", str(tiny_csv), "--num_train_epochs", "2", "--per_device_train_batch_size", "8",
+              "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]  # fmt: skip
+    metrics = recipe_main([str(config), *common, "--output_dir", str(out), "--auto_budget", "0.1", "--auto_eta", "2"],
+                          method="lora")  # fmt: skip
     race = json.loads((out / "auto_race.json").read_text())
-    assert race["winner"] in ("lora", "bitfit", "prefix")
+    winner = race["winner"]
+    assert winner in ("lora", "bitfit", "prefix")
     assert set(race["rungs"][0]["scores"]) == {"lora", "bitfit", "prefix"}
-    assert set(race["dropped"]) == {"lora", "bitfit", "prefix"} - {race["winner"]}
-    assert all("eval accuracy" in reason for reason in race["dropped"].values())
-    assert json.loads((out / "ft_plugin_config.json").read_text())["method"] == race["winner"]
-    assert "test_accuracy" in metrics
+    assert [rung["steps"] for rung in race["rungs"]] == [5, 10]  # 10% of 48 steps, then 2x for the best 2
+    assert set(race["dropped"]) == {"lora", "bitfit", "prefix"} - {winner}
+    assert all("eval_accuracy" in reason for reason in race["dropped"].values())
+    # the winner's race checkpoint is where its full run started; the losers' checkpoints are gone
+    assert race["checkpoint"] == str(out / "auto-race" / winner / "checkpoint-10")
+    assert [folder.name for folder in (out / "auto-race").iterdir()] == [winner]
+    assert json.loads((out / "ft_plugin_config.json").read_text())["method"] == winner
     probabilities = TextClassifier.from_pretrained(out).predict(["great love thanks", "awful late bad"])
     assert len(probabilities) == 2 and abs(sum(probabilities[0].values()) - 1) < 1e-4
+
+    # no step was trained twice or differently: the same model as the winner trained alone, in one go
+    alone = recipe_main(["--model_name_or_path", str(tiny_model_dir), *common, "--output_dir", str(tmp_path / "alone"),
+                         "--method", winner])  # fmt: skip
+    for key in ("eval_loss", "test_loss", "test_accuracy"):
+        assert metrics[key] == pytest.approx(alone[key], abs=1e-6), key
+
+
+def test_method_auto_rerun_reuses_the_recorded_race_instead_of_racing_again(tiny_csv, tmp_path, monkeypatch):
+    """An interrupted auto run, started again: the race in auto_race.json decides, and the run resumes its
+    checkpoint."""
+    import ft_plugin.auto as auto
+
+    out = tmp_path / "auto"
+    checkpoint = out / "auto-race" / "bitfit" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    (out / "auto_race.json").write_text(json.dumps({"winner": "bitfit", "checkpoint": str(checkpoint)}))
+    monkeypatch.setattr(auto, "race", lambda *args: pytest.fail("raced again"))
+    argv = auto.resolve_auto(["--method", "auto", "--train_file", str(tiny_csv), "--output_dir", str(out)])
+    assert argv[-4:] == ["--resume_from_checkpoint", str(checkpoint), "--method", "bitfit"]
 
 
 def test_method_auto_with_no_applicable_method_is_a_user_error(tiny_model_dir, tiny_csv, tmp_path, capsys):

@@ -289,3 +289,28 @@ def test_training_job_library_api(tiny_model_dir, tiny_csv, tmp_path):
     # another runner (another app) cannot overwrite that result without asking, as with the recipe
     with pytest.raises(FtPluginError, match="already holds a trained result.*--overwrite_output_dir"):
         JobRunner().submit(TrainingJob({**options, "output_dir": str(tmp_path / "limited")}))
+
+
+def test_a_killed_training_process_fails_its_job_not_the_app(tiny_model_dir, tiny_csv, tmp_path):
+    """Jobs train in a child process: killing it (as the kernel's out-of-memory killer would) ends that job with a
+    readable error, and the runner takes the next job."""
+    import signal
+
+    from ft_plugin.jobs import JobRunner, TrainingJob
+
+    options = {
+        "method": "lora", "model_name_or_path": str(tiny_model_dir), "train_file": str(tiny_csv),
+        "num_train_epochs": 50, "per_device_train_batch_size": 4, "eval_strategy": "no", "save_strategy": "no",
+        "load_best_model_at_end": False, "report_to": "none",
+    }  # fmt: skip
+    runner = JobRunner()
+    job = runner.submit(TrainingJob({**options, "output_dir": str(tmp_path / "killed")}, niceness=5))
+    deadline = time.time() + 120
+    while job.step < 2 and job.is_alive() and time.time() < deadline:
+        time.sleep(0.05)
+    assert job.phase == "training" and job.step >= 2
+    os.kill(job._process.pid, signal.SIGKILL)
+    assert job.wait(30) and job.state == "failed"
+    assert job.error == "the training process ended unexpectedly (exit code -9)" and not job.has_result
+    follow_up = runner.submit(TrainingJob({**options, "num_train_epochs": 1, "output_dir": str(tmp_path / "next")}))
+    assert follow_up.wait(120) and follow_up.state == "finished", follow_up.error
