@@ -69,6 +69,8 @@ class TrainingJob:
         owner: who submitted the job (e.g. a Space session), so that apps can show each user only their runs.
         niceness: added to the training process's CPU niceness (Unix; 0: same priority as the app), so that an
             app's interactive requests are served first when the cores are busy. Training results do not change.
+        threads: torch's intra-op threads in the training process (None: torch's default, one per core), e.g.
+            half the cores, leaving the rest to the app.
     """
 
     options: dict[str, Any]
@@ -76,6 +78,7 @@ class TrainingJob:
     name: str | None = None
     owner: str | None = None
     niceness: int = 0
+    threads: int | None = None
     state: str = field(default=QUEUED, init=False)
     step: int = field(default=0, init=False)
     max_steps: int = field(default=0, init=False)
@@ -125,7 +128,7 @@ class TrainingJob:
         reports, child_end = _CONTEXT.Pipe(duplex=False)
         self._process = _CONTEXT.Process(
             target=_run_job,
-            args=(self.options, self._resume, self.max_minutes, self.niceness, child_end, self._cancel),
+            args=(self.options, self._resume, self.max_minutes, self.niceness, self.threads, child_end, self._cancel),
             name=f"ft-plugin-job-{self.name}",
         )
         self.state = RUNNING
@@ -218,6 +221,7 @@ def _run_job(
     resume: str | bool | None,
     max_minutes: float | None,
     niceness: int,
+    threads: int | None,
     reports: Connection,
     cancel: Any,
 ) -> None:
@@ -227,6 +231,8 @@ def _run_job(
     started = time.time()
     if niceness and hasattr(os, "nice"):
         os.nice(niceness)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         reports.send({"phase": "loading data and model"})
         arguments = parse_args(options_to_argv(options))
