@@ -50,7 +50,8 @@ EVAL_SAMPLES = 500  # validation/test texts per run: enough for a stable accurac
 MODEL_CACHE_SIZE = 3
 PREDICT_BATCH_SIZE = 32  # concurrent /predict calls classified in one forward pass
 # Training runs in its own process, in the background: lowest CPU priority and half the cores, so that users'
-# /predict calls stay fast while a job trains (bench/space_load.py: p95 2.9 s -> 0.97 s with 20 users, 2 cores).
+# /predict calls stay fast while a job trains (bench/space_load.py, 20 users on 2 cores: p95 1.17-1.23 s with a
+# 2-thread job, 0.97-1.22 s with these settings; bench/README.md).
 TRAIN_NICENESS = 19
 TRAIN_THREADS = max(1, (os.cpu_count() or 2) // 2)
 
