@@ -13,8 +13,10 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-# Tests point this elsewhere so smoke runs never overwrite the published figures.
-RESULTS = Path(os.environ.get("FT_PLUGIN_BENCH_RESULTS", Path(__file__).parent / "results"))
+
+def results_dir() -> Path:
+    """Where tables go: bench/results/, or $FT_PLUGIN_BENCH_RESULTS (tests: smoke runs never overwrite the figures)."""
+    return Path(os.environ.get("FT_PLUGIN_BENCH_RESULTS", Path(__file__).parent / "results"))
 
 
 class StepClock(TrainerCallback):
@@ -101,7 +103,8 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 
 def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    results = results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return path

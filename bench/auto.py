@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import print_table, write_json  # noqa: E402
 from ft_plugin.auto import DEFAULT_AUTO_METHODS, AutoArguments  # noqa: E402
-from ft_plugin.recipe import main  # noqa: E402
+from ft_plugin.recipe import main as recipe_main  # noqa: E402
 
 
 def run(argv: list[str]) -> tuple[dict, float]:
     started = time.perf_counter()
-    metrics = main(argv)
+    metrics = recipe_main(argv)
     return metrics, time.perf_counter() - started
 
 
@@ -87,7 +87,7 @@ def bench(args: argparse.Namespace) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", default="minilm-l6", help="Default: the embedded MiniLM-L6.")
     parser.add_argument("--train_file", default=None, help="Default: the embedded tweets.")
@@ -99,5 +99,11 @@ if __name__ == "__main__":
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--auto_budget", type=float, default=AutoArguments.auto_budget)
     parser.add_argument("--output", default="auto", help="Name of the JSON written under bench/results/.")
-    arguments = parser.parse_args()
-    print("Wrote", write_json(arguments.output, bench(arguments)))
+    arguments = parser.parse_args(argv)
+    report = bench(arguments)
+    print("Wrote", write_json(arguments.output, report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

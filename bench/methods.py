@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import RESULTS, print_table, write_json  # noqa: E402
+from bench._common import print_table, results_dir, write_json  # noqa: E402
 from ft_plugin.methods import METHODS  # noqa: E402
 
 WEIGHT_FILES = ("adapter_model.safetensors", "delta_model.safetensors", "model.safetensors")
@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         columns += ["accuracy_vs_full_points", "memory_vs_full", "train_memory_vs_full"]
     print_table(rows, columns)
     write_json(options.output, {"settings": vars(options), "rows": rows, "complete": True})
-    plot(rows, RESULTS / f"{options.output}.png")
-    print(f"\nWrote {RESULTS / options.output}.json and .png")
+    plot(rows, results_dir() / f"{options.output}.png")
+    print(f"\nWrote {results_dir() / options.output}.json and .png")
     return rows
 
 

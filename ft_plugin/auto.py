@@ -27,6 +27,7 @@ from .errors import MethodError
 logger = logging.getLogger("ft_plugin")
 
 DEFAULT_AUTO_METHODS = "lora,bitfit,adapter,ia3,prefix,lora+bitfit"
+AUTO_METRICS = ("loss", "accuracy", "f1_macro")  # what the recipe's evaluation reports (ft_plugin.metrics)
 
 
 @dataclass
@@ -40,6 +41,13 @@ class AutoArguments:
         default=0.05, metadata={"help": "First rung: this fraction of the full run's optimizer steps per method."}
     )
     auto_eta: int = field(default=3, metadata={"help": "Keep the best 1/eta of the methods at each rung (>= 2)."})
+    auto_metric: str = field(
+        default="loss",
+        metadata={
+            "help": "Validation metric that ranks the methods at each rung: loss (default: it moves before accuracy "
+            "does on a small budget, and does not tie), accuracy or f1_macro."
+        },
+    )
 
 
 @dataclass
@@ -92,6 +100,8 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> RaceResult:
         raise MethodError("--auto_methods is empty: list the methods to race, e.g. lora,bitfit,adapter.")
     if auto.auto_eta < 2 or not 0 < auto.auto_budget <= 1:
         raise MethodError("--auto_eta must be at least 2 and --auto_budget in (0, 1]; defaults: 3 and 0.05.")
+    if auto.auto_metric.removeprefix("eval_") not in AUTO_METRICS:
+        raise MethodError(f"--auto_metric {auto.auto_metric} is not measured: choose from {', '.join(AUTO_METRICS)}.")
     for method in methods:
         parse_args([*argv, "--method", method])  # unknown methods and bad flags fail here, in one line
     model_args, data_args, method_args, training_args = parse_args([*argv, "--method", methods[0]])
@@ -105,9 +115,8 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> RaceResult:
     full_steps = total_training_steps(training_args, len(data.splits["train"]))
     steps = max(1, round(full_steps * auto.auto_budget))
     result = RaceResult(winner=survivors[0], dropped=dropped)
-    metric = training_args.metric_for_best_model or "accuracy"
-    metric = metric if metric.startswith("eval_") else f"eval_{metric}"
-    higher_is_better = training_args.greater_is_better is not False and not metric.endswith("loss")
+    metric = f"eval_{auto.auto_metric.removeprefix('eval_')}"
+    higher_is_better = not metric.endswith("loss")
     while len(survivors) > 1 and steps < full_steps:
         scores, losses = {}, {}
         for method in survivors:

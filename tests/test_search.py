@@ -108,7 +108,7 @@ def test_method_auto_races_methods_then_continues_the_winner_to_the_same_model_a
     assert set(race["rungs"][0]["scores"]) == {"lora", "bitfit", "prefix"}
     assert [rung["steps"] for rung in race["rungs"]] == [5, 10]  # 10% of 48 steps, then 2x for the best 2
     assert set(race["dropped"]) == {"lora", "bitfit", "prefix"} - {winner}
-    assert all("eval_accuracy" in reason for reason in race["dropped"].values())
+    assert all("eval_loss" in reason and "above" in reason for reason in race["dropped"].values())
     # the winner's race checkpoint is where its full run started; the losers' checkpoints are gone
     assert race["checkpoint"] == str(out / "auto-race" / winner / "checkpoint-10")
     assert [folder.name for folder in (out / "auto-race").iterdir()] == [winner]
@@ -135,6 +135,14 @@ def test_method_auto_rerun_reuses_the_recorded_race_instead_of_racing_again(tiny
     monkeypatch.setattr(auto, "race", lambda *args: pytest.fail("raced again"))
     argv = auto.resolve_auto(["--method", "auto", "--train_file", str(tiny_csv), "--output_dir", str(out)])
     assert argv[-4:] == ["--resume_from_checkpoint", str(checkpoint), "--method", "bitfit"]
+
+
+def test_method_auto_with_an_unmeasured_metric_is_a_user_error(tiny_csv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_main(["--method", "auto", "--auto_metric", "bleu", "--train_file", str(tiny_csv),
+                     "--output_dir", str(tmp_path / "auto")])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "--auto_metric bleu is not measured: choose from loss, accuracy, f1_macro" in capsys.readouterr().err
 
 
 def test_method_auto_with_no_applicable_method_is_a_user_error(tiny_model_dir, tiny_csv, tmp_path, capsys):
