@@ -36,6 +36,7 @@ from .distributed import check_batches, check_launch
 from .errors import FtPluginError, MethodError
 from .hub import push_after_training
 from .methods import METHODS, apply_method, count_parameters, parse_method, trainable_report
+from .methods.compose import configs_from_arguments
 from .models import load_base_model
 from .saving import save_result
 from .trainer import classification_trainer
@@ -165,6 +166,7 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(argv)
     if training_args.learning_rate <= 0:
         raise MethodError(f"--learning_rate must be positive, got {training_args.learning_rate}.")
+    configs_from_arguments(specs, method_args)  # bad method options (--lora_r 0) fail now, before data and model load
     return model_args, data_args, method_args, training_args
 
 
