@@ -181,7 +181,8 @@ def resolve_auto(argv: list[str], method: str | None = None) -> list[str]:
         result = race(rest, auto, output_dir / "auto-race")
         if PartialState().is_main_process:
             record.write_text(json.dumps({**asdict(auto), **asdict(result)}, indent=2))
-            for loser in (output_dir / "auto-race").iterdir():
+            race_folder = output_dir / "auto-race"  # absent when no rung ran (a single method left)
+            for loser in race_folder.iterdir() if race_folder.is_dir() else []:
                 if loser.name != result.winner.replace("+", "_"):
                     shutil.rmtree(loser, ignore_errors=True)
         PartialState().wait_for_everyone()

@@ -123,6 +123,18 @@ def test_method_auto_races_methods_then_continues_the_winner_to_the_same_model_a
         assert metrics[key] == pytest.approx(alone[key], abs=1e-6), key
 
 
+def test_method_auto_with_one_applicable_method_trains_it_without_a_race(tiny_model_dir, tiny_csv, tmp_path):
+    out = tmp_path / "auto"
+    recipe_main(["--method", "auto", "--auto_methods", "adapter,lora", "--target_modules", "q_proj",
+                 "--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--output_dir", str(out),
+                 "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no",
+                 "--load_best_model_at_end", "false"])  # fmt: skip
+    race = json.loads((out / "auto_race.json").read_text())
+    assert race["winner"] == "adapter" and race["rungs"] == [] and race["checkpoint"] is None
+    assert "cannot be applied" in race["dropped"]["lora"]
+    assert json.loads((out / "ft_plugin_config.json").read_text())["method"] == "adapter"
+
+
 def test_method_auto_rerun_reuses_the_recorded_race_instead_of_racing_again(tiny_csv, tmp_path, monkeypatch):
     """An interrupted auto run, started again: the race in auto_race.json decides, and the run resumes its
     checkpoint."""
