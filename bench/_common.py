@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -17,6 +20,21 @@ from transformers import TrainerCallback
 def results_dir() -> Path:
     """Where tables go: bench/results/, or $FT_PLUGIN_BENCH_RESULTS (tests: smoke runs never overwrite the figures)."""
     return Path(os.environ.get("FT_PLUGIN_BENCH_RESULTS", Path(__file__).parent / "results"))
+
+
+def run_fresh(function: Callable, *args):
+    """`function(*args)` in a new process of its own, so that its peak memory is its own. The process forks from a
+    server that imported the recipe once (`ft_plugin.jobs.preloaded_context`), not a cold interpreter each time."""
+    from ft_plugin.jobs import preloaded_context
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=preloaded_context()) as pool:
+        return pool.submit(function, *args).result()
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
 
 
 class StepClock(TrainerCallback):

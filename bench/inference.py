@@ -19,15 +19,13 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench._common import print_table, write_json  # noqa: E402
+from bench._common import print_table, run_fresh, write_json  # noqa: E402
 from ft_plugin.data import DataArguments, load_data  # noqa: E402
 from ft_plugin.inference import TextClassifier  # noqa: E402
 
@@ -43,11 +41,6 @@ def train_small_lora(model_name_or_path: str | None, max_seq_length: int) -> str
         argv += ["--model_name_or_path", model_name_or_path]
     train_and_save(build_trainer(*parse_args(argv)))
     return output_dir
-
-
-def train_in_fresh_process(model_name_or_path: str | None, max_seq_length: int) -> str:
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(train_small_lora, model_name_or_path, max_seq_length).result()
 
 
 def space_latencies(adapter: str, texts: list[str], repeats: int) -> list[float]:
@@ -105,7 +98,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--output", default="inference")
     parser.add_argument("--no_space", action="store_true", help="Skip the Space /predict row.")
     options = parser.parse_args(argv)
-    adapter = options.adapter or train_in_fresh_process(options.model_name_or_path, options.max_seq_length)
+    adapter = options.adapter or run_fresh(train_small_lora, options.model_name_or_path, options.max_seq_length)
     texts = list(load_data(DataArguments(max_predict_samples=500)).splits["test"]["text"])
 
     unmerged = TextClassifier.from_pretrained(adapter, merge=False)

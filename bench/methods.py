@@ -21,13 +21,11 @@ import shlex
 import statistics
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import print_table, results_dir, write_json  # noqa: E402
+from bench._common import current_rss_mb, print_table, results_dir, run_fresh, write_json  # noqa: E402
 from ft_plugin.methods import METHODS  # noqa: E402
 
 WEIGHT_FILES = ("adapter_model.safetensors", "delta_model.safetensors", "model.safetensors")
@@ -61,17 +59,6 @@ def train_once(method: str, seed: int, options: dict) -> dict:
         "cuda_peak_mb": cuda_peak_mb,
         "result_mb": size / 2**20,
     }
-
-
-def current_rss_mb() -> float:
-    """Resident memory of this process now (Linux /proc)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize() / 2**20
-
-
-def run_fresh(method: str, seed: int, options: dict) -> dict:
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(train_once, method, seed, options).result()
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -114,7 +101,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows = []
     for method in options.methods:
-        runs = [run_fresh(method, seed, budget) for seed in range(42, 42 + options.seeds)]
+        runs = [run_fresh(train_once, method, seed, budget) for seed in range(42, 42 + options.seeds)]
         row = {"method": method, "family": METHODS[method].family if method in METHODS else "combination"}
         for key in runs[0]:
             values = [run[key] for run in runs if run[key] is not None]

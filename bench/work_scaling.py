@@ -20,20 +20,13 @@ import argparse
 import resource
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import StepClock, print_table, write_json  # noqa: E402
+from bench._common import StepClock, current_rss_mb, print_table, run_fresh, write_json  # noqa: E402
 
 TWEETS_PER_TEXT = 40  # ~1200 tokens: every text fills even the longest --max_seq_length
-
-
-def current_rss_mb() -> float:
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize() / 2**20
 
 
 def train_once(argv: list[str], warmup: int) -> dict:
@@ -66,11 +59,6 @@ def train_once(argv: list[str], warmup: int) -> dict:
         "train_seconds": metrics["train_runtime"],
         "train_memory_mb": peak - before,
     }
-
-
-def run_fresh(argv: list[str], warmup: int) -> dict:
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(train_once, argv, warmup).result()
 
 
 def long_texts_file(samples: int) -> str:
@@ -129,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     long_file = long_texts_file(2 * max(options.batch_sizes + [options.batch_size]) * steps)
 
     def run(extra: list[str], warmup: int) -> dict:
-        return run_fresh([*common, "--output_dir", tempfile.mkdtemp(prefix="bench-work-"), *extra], warmup)
+        return run_fresh(train_once, [*common, "--output_dir", tempfile.mkdtemp(prefix="bench-work-"), *extra], warmup)
 
     by_length = []
     for length in options.lengths:

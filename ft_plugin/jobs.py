@@ -288,9 +288,10 @@ class JobCallback(TrainerCallback):
             self.report({"log": {"step": state.global_step, **numbers}})
 
 
-def _job_context() -> multiprocessing.context.BaseContext:
+def preloaded_context() -> multiprocessing.context.BaseContext:
     """Forkserver (Unix) with the recipe imported once, so a job starts in a moment; spawn elsewhere. Never a
-    plain fork: the app has threads (a web server, torch's pools) that a forked child would inherit half-way."""
+    plain fork: the app has threads (a web server, torch's pools) that a forked child would inherit half-way.
+    The benchmarks start their fresh measuring processes from it too."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
@@ -298,7 +299,7 @@ def _job_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-_CONTEXT = _job_context()
+_CONTEXT = preloaded_context()
 _LIVE_PROCESSES: set = set()
 
 

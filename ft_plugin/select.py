@@ -134,8 +134,11 @@ def resolve_candidate(name: str) -> Candidate:
     if match and not Path(name).exists():
         base = resolve_candidate(match["base"])
         layers = int(match["layers"])
-        if layers < 1:
-            raise ModelError(f"Derived candidate '{name}' keeps no layer: use -first1 or more.")
+        depth = _local_depth(base.path)
+        if layers < 1 or (depth is not None and layers >= depth):
+            keep = "no layer" if layers < 1 else f"{layers} layers but {base.name} has {depth}"
+            fix = "-first1 or more" if depth is None else f"-first1 to -first{depth - 1}"
+            raise ModelError(f"Derived candidate '{name}' keeps {keep}: use {fix}.")
         return Candidate(name, base.path, f"derived: first {layers} layers of {base.name}", layers)
     if name in PACKAGED_MODELS:
         packaged = PACKAGED_MODELS[name]
@@ -147,6 +150,15 @@ def resolve_candidate(name: str) -> Candidate:
         )
     resolved = resolve_model(name)
     return Candidate(name, resolved.path, "local folder" if Path(resolved.path).is_dir() else "Hub id")
+
+
+def _local_depth(path: str) -> int | None:
+    """`num_hidden_layers` of a model folder's config.json, or None when it is not a local folder that says."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    depth = json.loads(config.read_text()).get("num_hidden_layers")
+    return depth if isinstance(depth, int) else None
 
 
 def load_candidate(candidate: Candidate, num_labels: int | None = None):
@@ -179,7 +191,7 @@ def materialise(candidate: Candidate, folder: str | Path) -> str:
     of the kept layers, tokenizer, config with the new layer count) under `folder/<name>`."""
     if not candidate.derived:
         return candidate.path
-    target = Path(folder) / candidate.name
+    target = Path(folder) / Path(candidate.name).name  # a path or Hub id as name: its last part, inside folder
     if not (target / "config.json").is_file():
         model, tokenizer = load_candidate(candidate)
         model.save_pretrained(target)
@@ -198,13 +210,28 @@ def extract_features(
     text_pairs: list[str] | None = None,
 ) -> np.ndarray:
     """Frozen sentence features: one forward pass per text, mean over tokens (mask-aware) or the first token."""
+    return extract_layer_features(model, tokenizer, texts, [None], pooling, batch_size, max_length, text_pairs)[None]
+
+
+def extract_layer_features(
+    model,
+    tokenizer,
+    texts: list[str],
+    layers: list[int | None],
+    pooling: str = "mean",
+    batch_size: int = 64,
+    max_length: int = 128,
+    text_pairs: list[str] | None = None,
+) -> dict[int | None, np.ndarray]:
+    """Features of the hidden states after each of `layers` (None: the model's output), in one forward pass: the
+    features of `model` cut to its first k layers are those after layer k (see `shares_its_layer_outputs`)."""
     import torch
 
     if pooling not in ("mean", "cls"):
         raise FtPluginError(f"Unknown pooling '{pooling}': use mean or cls.")
     model.eval()
     order = np.argsort([len(text) for text in texts])  # batches of similar lengths: little padding
-    chunks = []
+    chunks: dict[int | None, list[np.ndarray]] = {layer: [] for layer in layers}
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             index = order[start : start + batch_size]
@@ -214,16 +241,44 @@ def extract_features(
                 return_tensors="pt",
             )  # fmt: skip
             batch = {key: value.to(model.device) for key, value in batch.items()}
-            hidden = model(**batch).last_hidden_state
-            if pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            chunks.append(pooled.float().cpu().numpy())
-    features = np.empty_like(np.concatenate(chunks))
-    features[order] = np.concatenate(chunks)
+            output = model(**batch, output_hidden_states=layers != [None])
+            mask = batch["attention_mask"].unsqueeze(-1)
+            for layer in layers:
+                hidden = output.last_hidden_state if layer is None else output.hidden_states[layer]
+                if pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    weights = mask.to(hidden.dtype)
+                    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+                chunks[layer].append(pooled.float().cpu().numpy())
+    features = {}
+    for layer, pieces in chunks.items():
+        features[layer] = np.empty_like(np.concatenate(pieces))
+        features[layer][order] = np.concatenate(pieces)
     return features
+
+
+def reads_as_cut(model, cut, tokenizer) -> bool:
+    """Whether `cut` (the model's first k layers) outputs exactly the model's hidden state after layer k, so its
+    features can be read from the model's forward pass. True for BERT-like encoders; not where a final norm follows
+    the last layer (GPT-2's ln_f), in which case the cut runs its own pass."""
+    import torch
+
+    batch = tokenizer(["a short check", "and a second, longer one"], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**batch.to(model.device), output_hidden_states=True).hidden_states
+        output = cut(**batch.to(cut.device)).last_hidden_state
+    layer = cut.config.num_hidden_layers
+    return hidden is not None and len(hidden) > layer and torch.allclose(hidden[layer], output, atol=1e-5)
+
+
+def shared_passes(candidates: list[Candidate]) -> list[list[Candidate]]:
+    """Candidates grouped by the weights they load: in each group the first (the full model, else the deepest cut)
+    runs once and the others, its first k layers, read their features from that pass. Input order otherwise."""
+    groups: dict[str, list[Candidate]] = {}
+    for candidate in candidates:
+        groups.setdefault(candidate.path, []).append(candidate)
+    return [sorted(group, key=lambda c: -(c.num_layers or 10**9)) for group in groups.values()]
 
 
 # ------------------------------------------------------------------------------------------------------- selection
@@ -238,6 +293,7 @@ class CandidateScore:
     features_per_second: float
     scores: dict[str, float] = field(default_factory=dict)
     score_seconds: dict[str, float] = field(default_factory=dict)
+    features_from: str | None = None  # a cut of another candidate: its features came from that one's forward pass
 
 
 def select_models(
@@ -252,6 +308,9 @@ def select_models(
 ) -> tuple[list[CandidateScore], list[str]]:
     """Score every candidate with every scorer on the same texts. Returns (rows, skipped messages).
 
+    Candidates cut from the same weights (`minilm-l6`, `minilm-l6-first3`, ...) share one forward pass: their
+    features are the hidden states after their last kept layer, exactly what the cut model outputs.
+
     Rows are sorted best first by the first scorer. An unknown candidate name raises `ModelError` at once; a
     candidate that cannot be loaded (e.g. a Hub id that is not in the cache, offline) is skipped with a warning.
     """
@@ -261,28 +320,47 @@ def select_models(
         raise FtPluginError("Model selection needs at least two labels in the sample: use more examples.")
     resolved = [resolve_candidate(name) for name in candidates]  # a typo fails now, before any model is loaded
     rows, skipped = [], []
-    for candidate in resolved:
+    queue = shared_passes(list(dict.fromkeys(resolved)))
+    while queue:
+        group = queue.pop(0)
+        leader = group[0]
         try:
-            model, tokenizer = load_candidate(candidate)
+            model, tokenizer = load_candidate(leader)
         except ModelError as error:
             logger.warning("Skipping %s", error)
-            skipped.append(str(error))
+            skipped += [str(error) if c is leader else f"Candidate '{c.name}' skipped: {error}" for c in group]
             continue
+        params = {leader: sum(p.numel() for p in model.parameters())}
+        for candidate in group[1:]:  # loading a cut is quick; running it on every text is what sharing saves
+            cut, _ = load_candidate(candidate)
+            if reads_as_cut(model, cut, tokenizer):
+                params[candidate] = sum(p.numel() for p in cut.parameters())
+            else:
+                queue.append([candidate])
+            del cut
+        group = [candidate for candidate in group if candidate in params]
+        depth = leader.num_layers or model.config.num_hidden_layers
         started = time.perf_counter()
-        features = extract_features(model, tokenizer, texts, pooling, batch_size, max_length, text_pairs)
+        features = extract_layer_features(
+            model, tokenizer, texts, [None, *(c.num_layers for c in group[1:])], pooling, batch_size, max_length,
+            text_pairs,
+        )  # fmt: skip
         seconds = time.perf_counter() - started
-        row = CandidateScore(
-            candidate=candidate.name,
-            description=candidate.description,
-            params=sum(p.numel() for p in model.parameters()),
-            feature_seconds=round(seconds, 3),
-            features_per_second=round(len(texts) / max(seconds, 1e-9), 1),
-        )
-        for scorer in scorers:
-            started = time.perf_counter()
-            row.scores[scorer] = SCORERS[scorer](features, labels)
-            row.score_seconds[scorer] = round(time.perf_counter() - started, 3)
-        rows.append(row)
+        for candidate in group:
+            shared = candidate is not leader
+            row = CandidateScore(
+                candidate=candidate.name,
+                description=candidate.description,
+                params=params[candidate],
+                feature_seconds=0.0 if shared else round(seconds, 3),
+                features_per_second=round(len(texts) / max(seconds, 1e-9), 1),
+                features_from=f"{leader.name}, after layer {candidate.num_layers} of {depth}" if shared else None,
+            )
+            for scorer in scorers:
+                started = time.perf_counter()
+                row.scores[scorer] = SCORERS[scorer](features[candidate.num_layers if shared else None], labels)
+                row.score_seconds[scorer] = round(time.perf_counter() - started, 3)
+            rows.append(row)
         del model
     if not rows:
         raise ModelError("No candidate could be loaded: " + " ".join(skipped))
@@ -297,7 +375,7 @@ def leaderboard_table(rows: list[CandidateScore]) -> str:
     lines = [
         [str(rank), row.candidate, *(f"{row.scores[s]:.4f}" for s in scorers), f"{row.params / 1e6:.1f}M",
          f"{row.feature_seconds + sum(row.score_seconds.values()):.1f}", f"{row.features_per_second:.0f}",
-         row.description]
+         row.description + (f"; features from {row.features_from}" if row.features_from else "")]
         for rank, row in enumerate(rows, start=1)
     ]  # fmt: skip
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]

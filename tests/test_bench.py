@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ft_plugin.select import SCORERS
+
 
 def run_bench(script: str, args: list[str], results: Path) -> dict:
     saved = dict(os.environ)  # the inference benchmark configures the Space it launches through the environment
@@ -68,3 +70,18 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
         models = {"unmerged (PeftModel)", "merged", "exported merged", "Space /predict (gradio_client)"}
         assert {row["model"] for row in payload["rows"]} == models
         assert all(0 < row["p50_ms"] <= row["p95_ms"] for row in payload["rows"])
+
+
+def test_selection_benchmark_reports_tau_and_the_time_ratio_of_each_scorer(tiny_model_dir, tiny_csv, tmp_path):
+    cut = f"{tiny_model_dir}-first1"
+    payload = run_bench(
+        "selection",
+        ["--datasets", str(tiny_csv), "--candidates", str(tiny_model_dir), cut, "--selection_samples", "60",
+         "--train_samples", "60", "--epochs", "1", "--max_seq_length", "32"],
+        tmp_path,
+    )  # fmt: skip
+    (dataset,) = payload["datasets"]
+    assert set(dataset["fine_tuned"]) == {str(tiny_model_dir), cut} and set(dataset["kendall_tau"]) == set(SCORERS)
+    assert dataset["features_from"] == {cut: f"{tiny_model_dir}, after layer 1 of 2"}  # one forward pass for both
+    by_scorer = dataset["time_ratio_by_scorer"]
+    assert set(by_scorer) == set(SCORERS) and all(0 < ratio <= dataset["time_ratio"] for ratio in by_scorer.values())

@@ -13,8 +13,10 @@ from ft_plugin.select import (
     SCORERS,
     extract_features,
     load_candidate,
+    logme,
     materialise,
     parse_scorers,
+    reads_as_cut,
     resolve_candidate,
     select_models,
 )
@@ -99,6 +101,42 @@ def test_features_are_one_row_per_text_in_input_order(tiny_model_dir):
     assert features.shape == (4, 32)
     assert np.allclose(features, one_by_one, atol=1e-5)
     assert extract_features(model, tokenizer, texts, pooling="cls").shape == (4, 32)
+
+
+def test_cuts_of_one_model_share_its_forward_pass_with_the_features_of_the_cut_model(tiny_model_dir):
+    from .conftest import make_texts
+
+    rows_in = make_texts(40)
+    texts, labels = [t for t, _ in rows_in], [["negative", "neutral", "positive"].index(label) for _, label in rows_in]
+    rows, _ = select_models([f"{tiny_model_dir}-first1", str(tiny_model_dir)], texts, labels, scorers=["logme"])
+    by_name = {row.candidate: row for row in rows}
+    cut = by_name[f"{tiny_model_dir}-first1"]
+    assert cut.features_from == f"{tiny_model_dir}, after layer 1 of 2" and cut.feature_seconds == 0.0
+    assert by_name[str(tiny_model_dir)].features_from is None
+    model, tokenizer = load_candidate(resolve_candidate(f"{tiny_model_dir}-first1"))  # the cut model, run alone
+    assert cut.params == sum(p.numel() for p in model.parameters())
+    assert cut.scores["logme"] == pytest.approx(logme(extract_features(model, tokenizer, texts), np.array(labels)))
+
+
+def test_a_model_with_a_final_norm_is_not_read_from_its_hidden_states(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer, GPT2Config, GPT2Model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bert, _ = load_candidate(resolve_candidate(str(tiny_model_dir)))
+    bert_cut, _ = load_candidate(resolve_candidate(f"{tiny_model_dir}-first1"))
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    gpt2 = GPT2Model(config)
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    gpt2_cut = GPT2Model.from_pretrained(tmp_path / "gpt2", num_hidden_layers=1)
+    assert reads_as_cut(bert, bert_cut, tokenizer) and not reads_as_cut(gpt2.eval(), gpt2_cut.eval(), tokenizer)  # ln_f
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    rows, _ = select_models([str(tmp_path / "gpt2"), f"{tmp_path / 'gpt2'}-first1"], ["a b", "c d"] * 10, [0, 1] * 10, ["logme"])  # fmt: skip
+    assert len(rows) == 2 and all(row.features_from is None and row.feature_seconds > 0 for row in rows)
+
+
+def test_a_cut_as_deep_as_the_model_is_refused_with_the_range(tiny_model_dir):
+    with pytest.raises(ModelError, match=r"keeps 2 layers but .* has 2: use -first1 to -first1\."):
+        resolve_candidate(f"{tiny_model_dir}-first2")
 
 
 def test_unknown_candidate_fails_before_loading_anything(tiny_model_dir):
