@@ -1,6 +1,6 @@
 """Benchmark `--method auto` against an exhaustive sweep: every candidate method trained fully, on the same data.
 
-    python bench/auto.py --max_train_samples 2000 --num_train_epochs 2 --max_seq_length 64 --auto_budget 0.08
+    python bench/auto.py --max_train_samples 2000 --num_train_epochs 2 --max_seq_length 64 --max_eval_samples 300
 
 Reports each method's test accuracy and time, the best of them, and `auto`'s choice, accuracy and time (race + final
 training), and whether auto's result equals its winner's run in the sweep (the race's checkpoint is where the winner's
@@ -49,7 +49,7 @@ def bench(args: argparse.Namespace) -> dict:
     best = max(exhaustive, key=lambda m: exhaustive[m]["test_accuracy"])
     auto_dir = work / "auto"
     metrics, seconds = run(
-        [*common, "--method", "auto", "--auto_methods", args.methods, "--auto_budget", str(args.auto_budget),
+        [*common, "--method", "auto", "--auto_methods", args.methods, "--auto_horizon", str(args.auto_horizon),
          "--output_dir", str(auto_dir)]
     )  # fmt: skip
     race = json.loads((auto_dir / "auto_race.json").read_text())
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max_predict_samples", type=int, default=1000)
     parser.add_argument("--num_train_epochs", type=float, default=2)
     parser.add_argument("--max_seq_length", type=int, default=128)
-    parser.add_argument("--auto_budget", type=float, default=AutoArguments.auto_budget)
+    parser.add_argument("--auto_horizon", type=float, default=AutoArguments.auto_horizon)
     parser.add_argument("--output", default="auto", help="Name of the JSON written under bench/results/.")
     arguments = parser.parse_args(argv)
     report = bench(arguments)

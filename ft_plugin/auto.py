@@ -3,11 +3,14 @@
 A successive-halving race (Jamieson & Talwalkar, 2016): every candidate method starts its full run (the full run's
 learning-rate schedule, data order and seed) and stops after a small budget of optimizer steps, saving a checkpoint,
 and is evaluated on the validation split; the best `1/eta` continue from their checkpoints to a budget `eta` times
-larger, until one is left (or the next budget would be a full run). The winner's full run then resumes from its
-last race checkpoint, so no step is trained twice and the result is the same as `--method <winner>` run alone.
-Each dropped method is logged with the reason. The race's flags (`--auto_methods`, `--auto_budget`, `--auto_eta`)
-are read here and removed before the recipe parses the rest; the race works in `<output_dir>/auto-race/` and
-records itself in `<output_dir>/auto_race.json`, which a re-run of an interrupted job reuses instead of racing again.
+larger, until one is left. The budgets count down from the *horizon*, the share of the full run at which the last
+rung decides (as Hyperband's brackets count down from their largest budget): a method that learns fast early is
+not chosen over one that overtakes it a little later (short-horizon bias), whatever the number of methods. The
+winner's full run then resumes from its last race checkpoint, so no step is trained twice and the result is the
+same as `--method <winner>` run alone. Each dropped method is logged with the reason. The race's flags
+(`--auto_methods`, `--auto_horizon`, `--auto_eta`, `--auto_metric`) are read here and removed before the recipe
+parses the rest; the race works in `<output_dir>/auto-race/` and records itself in `<output_dir>/auto_race.json`,
+which a re-run of an interrupted job reuses instead of racing again.
 """
 
 from __future__ import annotations
@@ -37,8 +40,12 @@ class AutoArguments:
     auto_methods: str = field(
         default=DEFAULT_AUTO_METHODS, metadata={"help": "Comma-separated methods that race for --method auto."}
     )
-    auto_budget: float = field(
-        default=0.05, metadata={"help": "First rung: this fraction of the full run's optimizer steps per method."}
+    auto_horizon: float = field(
+        default=1 / 3,
+        metadata={
+            "help": "Share of the full run's optimizer steps at which the race's last rung chooses the winner; each "
+            "earlier rung is eta times shorter (default 1/3: with 6 methods and eta 3, rungs at 1/9 and 1/3)."
+        },
     )
     auto_eta: int = field(default=3, metadata={"help": "Keep the best 1/eta of the methods at each rung (>= 2)."})
     auto_metric: str = field(
@@ -98,8 +105,8 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> RaceResult:
     methods = [m.strip() for m in auto.auto_methods.split(",") if m.strip()]
     if not methods:
         raise MethodError("--auto_methods is empty: list the methods to race, e.g. lora,bitfit,adapter.")
-    if auto.auto_eta < 2 or not 0 < auto.auto_budget <= 1:
-        raise MethodError("--auto_eta must be at least 2 and --auto_budget in (0, 1]; defaults: 3 and 0.05.")
+    if auto.auto_eta < 2 or not 0 < auto.auto_horizon <= 1:
+        raise MethodError("--auto_eta must be at least 2 and --auto_horizon in (0, 1]; defaults: 3 and 1/3.")
     if auto.auto_metric.removeprefix("eval_") not in AUTO_METRICS:
         raise MethodError(f"--auto_metric {auto.auto_metric} is not measured: choose from {', '.join(AUTO_METRICS)}.")
     for method in methods:
@@ -113,11 +120,11 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> RaceResult:
     if not survivors:
         raise MethodError(f"None of --auto_methods {auto.auto_methods} applies to this model: choose other methods.")
     full_steps = total_training_steps(training_args, len(data.splits["train"]))
-    steps = max(1, round(full_steps * auto.auto_budget))
+    rungs = rung_steps(full_steps, len(survivors), auto.auto_horizon, auto.auto_eta)
     result = RaceResult(winner=survivors[0], dropped=dropped)
     metric = f"eval_{auto.auto_metric.removeprefix('eval_')}"
     higher_is_better = not metric.endswith("loss")
-    while len(survivors) > 1 and steps < full_steps:
+    for rung, steps in enumerate(rungs):
         scores, losses = {}, {}
         for method in survivors:
             race_argv = [
@@ -129,25 +136,34 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> RaceResult:
             trainer.accelerator.wait_for_everyone()  # the checkpoint is written before anyone reads it
             metrics = trainer.evaluate()
             scores[method], losses[method] = metrics[metric], metrics["eval_loss"]
-            logger.info("auto: rung %d, %s: %s %.4f after %d steps", len(result.rungs), method, metric, scores[method], steps)  # fmt: skip
+            logger.info("auto: rung %d, %s: %s %.4f after %d steps", rung, method, metric, scores[method], steps)
         sign = 1 if higher_is_better else -1
         ranked = sorted(survivors, key=lambda m: (sign * scores[m], -losses[m]), reverse=True)  # ties: lower loss
-        keep = max(1, math.ceil(len(ranked) / auto.auto_eta))
+        keep = 1 if rung == len(rungs) - 1 else max(1, math.ceil(len(ranked) / auto.auto_eta))
         threshold = scores[ranked[keep - 1]]
         for method in ranked[keep:]:
             dropped[method] = (
-                f"rung {len(result.rungs)} ({steps} steps): {metric} {scores[method]:.4f} "
+                f"rung {rung} ({steps} steps): {metric} {scores[method]:.4f} "
                 f"{'below' if higher_is_better else 'above'} the {keep} kept (worst kept {threshold:.4f})"
             )
             logger.info("auto: dropped %s: %s", method, dropped[method])
         result.rungs.append({"steps": steps, "metric": metric, "scores": scores, "eval_loss": losses, "kept": ranked[:keep]})  # fmt: skip
         survivors = ranked[:keep]
-        steps = min(full_steps, steps * auto.auto_eta)
     result.winner = survivors[0]
     result.checkpoint = last_checkpoint(folder / result.winner.replace("+", "_"))
     result.seconds = round(time.perf_counter() - started, 2)
     logger.info("auto: chose %s after %d rung(s) in %.0fs", result.winner, len(result.rungs), result.seconds)
     return result
+
+
+def rung_steps(full_steps: int, methods: int, horizon: float, eta: int) -> list[int]:
+    """Optimizer steps at which the race ranks the methods: the last at `horizon` of the full run, each earlier one
+    `eta` times shorter, as many rungs as it takes to halve `methods` down to one (none for a single method)."""
+    if methods < 2:
+        return []
+    last = max(1, round(full_steps * horizon))
+    count = math.ceil(math.log(methods) / math.log(eta) - 1e-9)
+    return sorted({max(1, round(last / eta**k)) for k in range(count)})
 
 
 def resolve_auto(argv: list[str], method: str | None = None) -> list[str]:

@@ -76,6 +76,7 @@ class TextClassificationData:
     labels: list[str]
     source: str
     has_pairs: bool = False
+    _tokenized: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -86,7 +87,14 @@ class TextClassificationData:
         return {label: i for i, label in enumerate(self.labels)}
 
     def tokenize(self, tokenizer, max_seq_length: int = 128) -> DatasetDict:
-        """Tokenise every split (truncated, not padded: the collator pads each batch dynamically)."""
+        """Tokenise every split (truncated, not padded: the collator pads each batch dynamically). Remembered per
+        tokenizer and length: trainers built on the same data (a sweep's trials, an auto race) tokenise it once."""
+        key = (tokenizer.name_or_path, type(tokenizer).__name__, len(tokenizer), tokenizer.truncation_side, max_seq_length)  # fmt: skip
+        if key not in self._tokenized:
+            self._tokenized[key] = self._tokenize(tokenizer, max_seq_length)
+        return self._tokenized[key]
+
+    def _tokenize(self, tokenizer, max_seq_length: int) -> DatasetDict:
 
         def encode(batch):
             pairs = batch["text_pair"] if self.has_pairs else None

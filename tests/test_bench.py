@@ -39,7 +39,7 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
                           "--batch_length", "32", "--steps", "2", "--warmup", "1"]),
         ("auto", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
                   "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32",
-                  "--auto_budget", "0.25"]),
+                  "--auto_horizon", "0.5"]),
     ],
 )  # fmt: skip
 def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_csv, tmp_path):

@@ -127,3 +127,14 @@ def test_test_labels_unseen_in_training_are_rejected(tmp_path):
 def test_bad_arguments_are_rejected_before_loading():
     with pytest.raises(DataError, match="--max_train_samples must be a positive"):
         DataArguments(max_train_samples=0)
+
+
+def test_the_same_data_is_tokenised_once_per_tokenizer_and_length(tiny_model_dir, tiny_csv):
+    from transformers import AutoTokenizer
+
+    data = load_data(DataArguments(train_file=str(tiny_csv)))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    first = data.tokenize(tokenizer, 32)
+    assert data.tokenize(AutoTokenizer.from_pretrained(tiny_model_dir), 32) is first  # a sweep's trials, a race
+    shorter = data.tokenize(tokenizer, 6)
+    assert shorter is not first and max(len(ids) for ids in shorter["train"]["input_ids"]) == 6

@@ -100,17 +100,17 @@ def test_method_auto_races_methods_then_continues_the_winner_to_the_same_model_a
     config.write_text(f"method: auto\nauto_methods: lora,bitfit,prefix\nmodel_name_or_path: {tiny_model_dir}\n")
     common = ["--train_file", str(tiny_csv), "--num_train_epochs", "2", "--per_device_train_batch_size", "8",
               "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]  # fmt: skip
-    metrics = recipe_main([str(config), *common, "--output_dir", str(out), "--auto_budget", "0.1", "--auto_eta", "2"],
+    metrics = recipe_main([str(config), *common, "--output_dir", str(out), "--auto_horizon", "0.25", "--auto_eta", "2"],
                           method="lora")  # fmt: skip
     race = json.loads((out / "auto_race.json").read_text())
     winner = race["winner"]
     assert winner in ("lora", "bitfit", "prefix")
     assert set(race["rungs"][0]["scores"]) == {"lora", "bitfit", "prefix"}
-    assert [rung["steps"] for rung in race["rungs"]] == [5, 10]  # 10% of 48 steps, then 2x for the best 2
+    assert [rung["steps"] for rung in race["rungs"]] == [6, 12]  # a quarter of 48 steps decides; one rung before
     assert set(race["dropped"]) == {"lora", "bitfit", "prefix"} - {winner}
     assert all("eval_loss" in reason and "above" in reason for reason in race["dropped"].values())
     # the winner's race checkpoint is where its full run started; the losers' checkpoints are gone
-    assert race["checkpoint"] == str(out / "auto-race" / winner / "checkpoint-10")
+    assert race["checkpoint"] == str(out / "auto-race" / winner / "checkpoint-12")
     assert [folder.name for folder in (out / "auto-race").iterdir()] == [winner]
     assert json.loads((out / "ft_plugin_config.json").read_text())["method"] == winner
     probabilities = TextClassifier.from_pretrained(out).predict(["great love thanks", "awful late bad"])
