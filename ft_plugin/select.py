@@ -224,7 +224,7 @@ def extract_layer_features(
     text_pairs: list[str] | None = None,
 ) -> dict[int | None, np.ndarray]:
     """Features of the hidden states after each of `layers` (None: the model's output), in one forward pass: the
-    features of `model` cut to its first k layers are those after layer k (see `shares_its_layer_outputs`)."""
+    features of `model` cut to its first k layers are those after layer k (see `reads_as_cut`)."""
     import torch
 
     if pooling not in ("mean", "cls"):
@@ -332,7 +332,12 @@ def select_models(
             continue
         params = {leader: sum(p.numel() for p in model.parameters())}
         for candidate in group[1:]:  # loading a cut is quick; running it on every text is what sharing saves
-            cut, _ = load_candidate(candidate)
+            try:
+                cut, _ = load_candidate(candidate)
+            except ModelError as error:
+                logger.warning("Skipping %s", error)
+                skipped.append(str(error))
+                continue
             if reads_as_cut(model, cut, tokenizer):
                 params[candidate] = sum(p.numel() for p in cut.parameters())
             else:

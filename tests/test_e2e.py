@@ -41,8 +41,8 @@ def test_accelerate_launch_lora_on_the_embedded_default(tmp_path):
     out = tmp_path / "lora"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml",
-        "recipes/lora_bert.py", "--output_dir", str(out), "--max_train_samples", "1000", "--max_eval_samples", "300",
-        "--max_predict_samples", "600", "--num_train_epochs", "2", "--learning_rate", "1e-3",
+        "recipes/lora_bert.py", "--output_dir", str(out), "--max_train_samples", "640", "--max_eval_samples", "200",
+        "--max_predict_samples", "400", "--num_train_epochs", "2",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
