@@ -82,6 +82,14 @@ def test_evaluate_on_a_labelled_file(trained, tiny_csv):
     assert metrics["examples"] == 240 and metrics["accuracy"] > 0.9
 
 
+def assert_one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
+    """Exit status 2, exactly one `ft-plugin: error:` line naming the problem, no traceback."""
+    assert result.returncode == 2, (result.stdout[-500:], result.stderr[-2000:])
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("ft-plugin: error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -93,27 +101,13 @@ def test_evaluate_on_a_labelled_file(trained, tiny_csv):
         (["predict", "--adapter", str(ROOT / "recipes"), "hi"], "is not an ft-plugin result"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
+def test_bad_input_is_one_line_and_exit_2(args, message):
     """`ft_plugin.cli.main` in this process (what the console script calls); one case below runs the real script."""
-    from ft_plugin.cli import main
-
-    try:
-        code = main(args)
-    except SystemExit as exit_:  # `train` exits like the recipes
-        code = exit_.code
-    stderr = capsys.readouterr().err
-    assert code == 2, stderr[-2000:]
-    error_lines = [line for line in stderr.splitlines() if line.startswith("ft-plugin: error:")]
-    assert len(error_lines) == 1 and message in error_lines[0], stderr[-2000:]
-    assert "Traceback" not in stderr
+    assert_one_error_line(ft_plugin(*args), message)
 
 
 def test_bad_input_through_the_console_script_is_one_line_without_a_traceback():
-    result = console_script("train", "--method", "nope")
-    assert result.returncode == 2, (result.stdout[-500:], result.stderr[-2000:])
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("ft-plugin: error:")]
-    assert len(error_lines) == 1 and "Unknown method 'nope'" in error_lines[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    assert_one_error_line(console_script("train", "--method", "nope"), "Unknown method 'nope'")
 
 
 def test_wrong_base_model_for_an_adapter_is_refused(trained):
