@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no_space", action="store_true", help="Skip the Space /predict row.")
     options = parser.parse_args(argv)
     adapter = options.adapter or run_fresh(train_small_lora, options.model_name_or_path, options.max_seq_length)
-    texts = list(load_data(DataArguments(max_predict_samples=500)).splits["test"]["text"])
+    texts = load_data(DataArguments(max_predict_samples=500)).splits["test"]["text"][:]
 
     unmerged = TextClassifier.from_pretrained(adapter, merge=False)
     merged = copy.copy(unmerged)

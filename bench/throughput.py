@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     options.model_path = resolve_model(options.model_name_or_path).path
 
     data = load_data(DataArguments(max_train_samples=options.samples))
-    texts, labels = list(data.splits["train"]["text"]), list(data.splits["train"]["label"])
+    texts, labels = data.splits["train"]["text"][:], data.splits["train"]["label"][:]
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(options.model_path)

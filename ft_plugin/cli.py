@@ -73,8 +73,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         dataset = load_labelled_file(args.test_file, args.text_column, args.label_column, classifier.labels)
     else:
         dataset = load_data(DataArguments()).splits["test"]
-    probabilities = classifier.predict_proba(dataset["text"], args.batch_size)
-    metrics = classification_metrics(probabilities.argmax(-1).tolist(), dataset["label"])
+    probabilities = classifier.predict_proba(dataset["text"][:], args.batch_size)
+    metrics = classification_metrics(probabilities.argmax(-1).tolist(), dataset["label"][:])
     print(json.dumps({**metrics, "examples": len(dataset)}, indent=2))
     return 0
 

@@ -275,7 +275,7 @@ def _clean_rows(dataset: Dataset, split: str) -> Dataset:
 
 
 def _label_names(train: Dataset) -> list[str]:
-    values = set(train["label"])
+    values = set(train["label"][:])  # [:]: one Arrow read; iterating a Column reads row by row
     if len(values) < 2:
         raise DataError(
             f"The training data has only one label ({values}): classification needs at least two. "
@@ -291,7 +291,7 @@ def _label_names(train: Dataset) -> list[str]:
 def _encode_labels(splits: DatasetDict, labels: list[str]) -> DatasetDict:
     label2id = {label: i for i, label in enumerate(labels)}
     for split, dataset in splits.items():
-        unseen = sorted({str(v) for v in dataset["label"]} - set(label2id))
+        unseen = sorted({str(v) for v in dataset["label"][:]} - set(label2id))
         if unseen:
             raise DataError(
                 f"The {split} split has labels never seen in training: {unseen[:5]}. "
@@ -309,7 +309,7 @@ def _carve(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datas
     import numpy as np
     from sklearn.model_selection import train_test_split
 
-    labels = np.asarray(dataset["label"])
+    labels = np.asarray(dataset["label"][:])
     counts = np.bincount(labels)
     counts = counts[counts > 0]
     stratify = labels if counts.min() >= 2 and len(labels) * fraction >= len(counts) else None
