@@ -442,7 +442,7 @@ def sample_texts(data, max_samples: int, seed: int = 42) -> tuple[list[str], lis
     """Up to `max_samples` training texts (shuffled with a fixed seed), their labels and text pairs."""
     train = data.splits["train"].shuffle(seed=seed)
     train = train.select(range(min(max_samples, len(train))))
-    return train["text"], train["label"], train["text_pair"] if data.has_pairs else None
+    return train["text"][:], train["label"][:], train["text_pair"][:] if data.has_pairs else None
 
 
 # ------------------------------------------------------------------------------------------------------------ CLI
@@ -472,6 +472,8 @@ def select_command(args) -> int:
     scorers = parse_scorers(args.scorer)
     if args.max_samples < 10:
         raise FtPluginError(f"--max_samples {args.max_samples} is too few to score features: use at least 10.")
+    for name in args.candidates:  # a typo in a name is reported at once, not after the data has loaded
+        resolve_candidate(name)
     data_args = DataArguments(
         dataset_name=args.dataset_name,
         train_file=args.train_file,

@@ -185,3 +185,9 @@ def test_select_model_cli_ranks_writes_json_and_verifies_the_top_candidate(tiny_
 def test_select_model_cli_reports_an_unknown_candidate_on_one_line(tiny_csv, capsys):
     assert main(["select-model", "--candidates", "no-such-model", "--train_file", str(tiny_csv)]) == 2
     assert capsys.readouterr().err.strip().startswith("ft-plugin: error: Unknown candidate 'no-such-model'")
+
+
+def test_select_model_cli_checks_candidate_names_before_loading_the_data(tmp_path, capsys):
+    missing = tmp_path / "not-there.csv"  # the data would fail too: the name is checked first
+    assert main(["select-model", "--candidates", "minilm-l6-first6", "--train_file", str(missing)]) == 2
+    assert capsys.readouterr().err.strip().startswith("ft-plugin: error: Derived candidate 'minilm-l6-first6'")
