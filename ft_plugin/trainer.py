@@ -1,5 +1,10 @@
 """The `Trainer` every recipe, sweep and Space job uses: a `transformers.Trainer` with dynamic padding,
-accuracy/macro-F1, and a resume that replays the interrupted epoch's shuffle exactly.
+accuracy/macro-F1, evaluation in order of length, and a resume that replays the interrupted epoch's shuffle exactly.
+
+Evaluation and prediction run the texts longest first, so each batch pads only to texts of its own length (the
+order changes no metric; `predict` returns its outputs in the dataset's order). With `group_by_length`,
+transformers 5.23 evaluates in random "megabatches" of 4 batches or fewer on small sets: at batch 64 on 300
+tweets each batch was a random draw padded to its longest text, and `predict` returned that shuffled order.
 
 Resuming mid-epoch replays the epoch's order only if the order is a function of (seed, epoch). Two things in
 transformers 5.23 / accelerate 1.15 break that, and both are fixed here:
@@ -13,9 +18,12 @@ transformers 5.23 / accelerate 1.15 break that, and both are fixed here:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from torch.utils.data import Sampler
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PredictionOutput
 
 from .metrics import compute_metrics
 
@@ -33,6 +41,19 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     def __iter__(self):
         self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return super().__iter__()
+
+
+class LengthSortedSampler(Sampler[int]):
+    """The indices of a tokenised dataset, longest text first (ties in dataset order)."""
+
+    def __init__(self, lengths: list[int]):
+        self.order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 class ResumeEpochCallback(TrainerCallback):
@@ -73,6 +94,31 @@ class ClassificationTrainer(Trainer):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             return EpochSeededLengthGroupedSampler(sampler, seed)
         return sampler
+
+    def _get_eval_sampler(self, eval_dataset):
+        column = self.processing_class.model_input_names[0] if self.processing_class is not None else "input_ids"
+        if eval_dataset is None or column not in getattr(eval_dataset, "column_names", ()):
+            return super()._get_eval_sampler(eval_dataset)
+        return LengthSortedSampler([len(ids) for ids in eval_dataset[column][:]])
+
+    def predict(self, test_dataset, *args, **kwargs) -> PredictionOutput:
+        """`Trainer.predict`, with predictions and label ids in the dataset's order (it runs longest first)."""
+        output = super().predict(test_dataset, *args, **kwargs)
+        sampler = self._get_eval_sampler(test_dataset)
+        if not isinstance(sampler, LengthSortedSampler):
+            return output
+        restore = np.argsort(sampler.order)  # position in the run -> position in the dataset
+
+        def in_dataset_order(values):
+            if values is None:
+                return None
+            if isinstance(values, (tuple, list)):
+                return type(values)(in_dataset_order(v) for v in values)
+            return values[restore]
+
+        return PredictionOutput(
+            in_dataset_order(output.predictions), in_dataset_order(output.label_ids), output.metrics
+        )
 
 
 def classification_trainer(training_args, tokenized, tokenizer, callbacks, **model_or_init) -> ClassificationTrainer:

@@ -37,6 +37,7 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
         ("inference", ["--repeats", "3", "--max_seq_length", "32"]),
         ("work_scaling", ["--lengths", "16", "32", "--sizes", "32", "--batch_sizes", "4", "--batch_size", "4",
                           "--batch_length", "32", "--steps", "2", "--warmup", "1"]),
+        ("evaluation", ["--max_eval_samples", "24", "--batch_size", "4", "--max_seq_length", "32", "--repeats", "1"]),
         ("auto", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
                   "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32",
                   "--auto_horizon", "0.5"]),
@@ -66,6 +67,10 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
     if script == "auto":  # the winner's full run resumed from its race checkpoint: the same model as in the sweep
         assert payload["auto_method"] in ("lora", "bitfit") and payload["auto_equals_its_sweep_run"]
         assert len(payload["rows"]) == 3 and payload["race"]["rungs"][0]["steps"] == 1
+    if script == "evaluation":  # the same model on the same texts: the order changes the speed, not the loss
+        by_order = {row["order"]: row for row in payload["rows"]}
+        assert len({round(row["eval_loss"], 4) for row in payload["rows"]}) == 1
+        assert by_order["ft-plugin (longest first)"]["padding_share"] <= by_order["dataset order"]["padding_share"]
     if script == "inference":
         models = {"unmerged (PeftModel)", "merged", "exported merged", "Space /predict (gradio_client)"}
         assert {row["model"] for row in payload["rows"]} == models
