@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
         check_launch(argv)  # before TrainingArguments picks the device and process group
         from .auto import resolve_auto  # `--method auto`: race candidate methods briefly, then train the winner
 
-        argv = resolve_auto(argv, method)
+        argv, data = resolve_auto(argv, method)
         try:
             model_args, data_args, method_args, training_args = parse_args(argv, method)
         except ValueError as error:  # unknown flags, TrainingArguments' own checks: one line, not a traceback
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise MethodError(f"Invalid arguments: {first} (see --help).") from error
         resume = check_output_dir(training_args, model_args.overwrite_output_dir)
-        trainer = build_trainer(model_args, data_args, method_args, training_args)
+        trainer = build_trainer(model_args, data_args, method_args, training_args, data=data)
         check_free_space(trainer)
         return train_and_save(trainer, resume)
     except FtPluginError as error:

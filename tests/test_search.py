@@ -145,7 +145,8 @@ def test_method_auto_rerun_reuses_the_recorded_race_instead_of_racing_again(tiny
     checkpoint.mkdir(parents=True)
     (out / "auto_race.json").write_text(json.dumps({"winner": "bitfit", "checkpoint": str(checkpoint)}))
     monkeypatch.setattr(auto, "race", lambda *args: pytest.fail("raced again"))
-    argv = auto.resolve_auto(["--method", "auto", "--train_file", str(tiny_csv), "--output_dir", str(out)])
+    argv, data = auto.resolve_auto(["--method", "auto", "--train_file", str(tiny_csv), "--output_dir", str(out)])
+    assert data is None  # no race ran: the final run loads the data itself
     assert argv[-4:] == ["--resume_from_checkpoint", str(checkpoint), "--method", "bitfit"]
 
 
