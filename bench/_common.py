@@ -24,10 +24,12 @@ def results_dir() -> Path:
 
 def run_fresh(function: Callable, *args):
     """`function(*args)` in a new process of its own, so that its peak memory is its own. The process forks from a
-    server that imported the recipe once (`ft_plugin.jobs.preloaded_context`), not a cold interpreter each time."""
-    from ft_plugin.jobs import preloaded_context
+    server that imported the recipe once (`ft_plugin.jobs.preloaded_context`), not a cold interpreter each time.
+    The process ends with this one, even when this one is killed mid-measurement."""
+    from ft_plugin.jobs import exit_with_parent, preloaded_context
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=preloaded_context()) as pool:
+    context = preloaded_context()
+    with ProcessPoolExecutor(1, context, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         return pool.submit(function, *args).result()
 
 

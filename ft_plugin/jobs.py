@@ -129,6 +129,7 @@ class TrainingJob:
         self._process = _CONTEXT.Process(
             target=_run_job,
             args=(self.options, self._resume, self.max_minutes, self.niceness, self.threads, child_end, self._cancel),
+            kwargs={"parent_pid": os.getpid()},
             name=f"ft-plugin-job-{self.name}",
         )
         self.state = RUNNING
@@ -224,11 +225,14 @@ def _run_job(
     threads: int | None,
     reports: Connection,
     cancel: Any,
+    parent_pid: int,
 ) -> None:
-    """The training process: the recipe's code, reporting progress through `reports` until a final state."""
+    """The training process: the recipe's code, reporting progress through `reports` until a final state. It ends
+    with the app that started it (checkpoints already written stay, for a resume)."""
     from .recipe import build_trainer, parse_args, train_and_save
 
     started = time.time()
+    exit_with_parent(parent_pid)
     if niceness and hasattr(os, "nice"):
         os.nice(niceness)
     if threads:
@@ -286,6 +290,27 @@ class JobCallback(TrainerCallback):
         if logs:
             numbers = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
             self.report({"log": {"step": state.global_step, **numbers}})
+
+
+def exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """In a child process: end it within `interval` seconds of the process `parent_pid` ending, even when that
+    one was killed and its atexit clean-up never ran. Started from a forkserver, a child's own parent is the
+    server, not the process that asked for it, so the child watches that one by pid; psutil's `is_running` also
+    compares start times, so a reused pid is not mistaken for it."""
+    parent = psutil.Process(parent_pid)
+
+    def watch() -> None:
+        while True:
+            try:
+                if not parent.is_running() or parent.status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(interval)
+        logger.warning("The process that started this one (pid %d) has ended: exiting.", parent_pid)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def preloaded_context() -> multiprocessing.context.BaseContext:
