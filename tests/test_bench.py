@@ -90,3 +90,16 @@ def test_selection_benchmark_reports_tau_and_the_time_ratio_of_each_scorer(tiny_
     assert dataset["features_from"] == {cut: f"{tiny_model_dir}, after layer 1 of 2"}  # one forward pass for both
     by_scorer = dataset["time_ratio_by_scorer"]
     assert set(by_scorer) == set(SCORERS) and all(0 < ratio <= dataset["time_ratio"] for ratio in by_scorer.values())
+
+
+def test_scaling_benchmark_launches_one_and_two_processes_with_the_shipped_configs(tiny_model_dir, tmp_path):
+    importlib.import_module("bench.scaling").main(
+        ["--processes", "1", "2", "--model", str(tiny_model_dir), "--steps", "2", "--per_device_batch", "4",
+         "--max_seq_length", "32", "--results_dir", str(tmp_path)]
+    )  # fmt: skip
+    (path,) = tmp_path.glob("scaling-cpu-*.json")
+    rows = json.loads(path.read_text())["rows"]
+    assert [row["global_batch"] for row in rows] == [4, 8]  # weak scaling: the per-device batch is fixed
+    assert "--config_file accelerate_configs/cpu.yaml --num_processes 1" in rows[0]["command"]
+    assert "--config_file accelerate_configs/cpu_ddp.yaml --num_processes 2" in rows[1]["command"]
+    assert all(row["samples_per_second"] > 0 and row["train_seconds"] > 0 for row in rows)
