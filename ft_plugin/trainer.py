@@ -3,8 +3,8 @@ accuracy/macro-F1, evaluation in order of length, and a resume that replays the 
 
 Evaluation and prediction run the texts longest first, so each batch pads only to texts of its own length (the
 order changes no metric; `predict` returns its outputs in the dataset's order). With `group_by_length`,
-transformers 5.23 evaluates in random "megabatches" of 4 batches or fewer on small sets: at batch 64 on 300
-tweets each batch was a random draw padded to its longest text, and `predict` returned that shuffled order.
+transformers 5.23 evaluates in random "megabatches" of at most a quarter of the set: at batch 64 on 300 tweets,
+single random batches, each padded to its longest text, and `predict` returned that shuffled order.
 
 Resuming mid-epoch replays the epoch's order only if the order is a function of (seed, epoch). Two things in
 transformers 5.23 / accelerate 1.15 break that, and both are fixed here:
