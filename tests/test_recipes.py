@@ -47,7 +47,7 @@ def test_flags_after_a_config_file_override_it():
 def test_method_default_learning_rate_unless_given():
     assert parse_args([], method="prompt")[3].learning_rate == 3e-2
     assert parse_args(["--learning_rate", "1e-4"], method="prompt")[3].learning_rate == 1e-4
-    assert parse_args([], method="lora+bitfit")[3].learning_rate == 1e-3
+    assert parse_args([], method="lora+bitfit")[3].learning_rate == 2e-3  # the lowest of its members' (LoRA's)
 
 
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=[c.stem for c in ACCELERATE_CONFIGS])
