@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ft_plugin")
 
 # BitFit alone is not raced by default: lora+bitfit trains the same biases and more, and BitFit at its learning rate
-# leads the first rung then falls behind (bench/README.md), crowding out the method that would have won.
+# leads the first rung then falls behind (docs/selection.md, runs 4-5), crowding out the method that would have won.
 DEFAULT_AUTO_METHODS = "lora,adapter,ia3,prefix,lora+bitfit"
 AUTO_METRICS = ("loss", "accuracy", "f1_macro")  # what the recipe's evaluation reports (ft_plugin.metrics)
 
