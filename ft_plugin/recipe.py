@@ -215,6 +215,12 @@ def build_trainer(
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience))
     if "adalora" in model_args.method.split("+"):
         callbacks.append(AdaLoraCallback())
+        if training_args.load_best_model_at_end:  # the Trainer would fail loading it with a size mismatch
+            logger.warning(
+                "AdaLoRA reallocates its ranks during training, so an earlier best checkpoint does not fit the final "
+                "model: --load_best_model_at_end is off for this run (the final model is kept and evaluated)."
+            )
+            training_args.load_best_model_at_end = False
     # --- hub (issue 4): ft-plugin pushes the saved result folder itself, at the end of `train_and_save`, so the
     # Trainer must not create the repo at init nor push checkpoints: an offline run still trains and saves.
     trainer_args = training_args
