@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,13 +144,15 @@ def load_base_model(
     trust_remote_code: bool = False,
     load_in_4bit: bool = False,
     allow_pickle: bool = False,
+    attention_dropout: float | None = None,
 ):
     """Load `(model, tokenizer)` with a new `labels`-sized classification head, recording the Hub id as its name.
 
     The embedded default is loaded straight from its package and registered in the Hugging Face cache on the
     way, so tools that only know the Hub id (plain peft loading an adapter) find it offline. `load_in_4bit`
     quantizes the base QLoRA-style (see `four_bit_loading`). Only safetensors weights are read unless
-    `allow_pickle` (pickled `.bin` files can run code when loaded).
+    `allow_pickle` (pickled `.bin` files can run code when loaded). `attention_dropout` replaces the config's
+    dropout on attention probabilities (None keeps it; see `attention_dropout_overrides`).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -159,6 +162,7 @@ def load_base_model(
     id2label = dict(enumerate(labels))
     quantization = four_bit_loading() if load_in_4bit else {}
     try:
+        overrides = attention_dropout_overrides(resolved.path, attention_dropout, trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "Some weights were newly initialized" is expected: the head is new
@@ -171,6 +175,7 @@ def load_base_model(
                 use_safetensors=None if pickle_allowed(allow_pickle) else True,
                 trust_remote_code=trust_remote_code,
                 **quantization,
+                **overrides,
             )
         finally:
             hf_logging.set_verbosity(verbosity)
@@ -187,6 +192,32 @@ def load_base_model(
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+# The config's name for the dropout on attention probabilities: BERT/RoBERTa/ELECTRA, DistilBERT/Llama/Qwen, GPT-2.
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+
+
+def attention_dropout_overrides(path: str, value: float | None, trust_remote_code: bool = False) -> dict:
+    """`from_pretrained` config overrides setting the attention-probability dropout to `value` (None: none).
+
+    On CPU, PyTorch's fused attention kernel has no dropout, so any attention dropout sends
+    `scaled_dot_product_attention` to its math path, which keeps every batch x heads x length x length probability
+    matrix for the backward pass: 0 makes training faster and lighter (bench/README.md, "Attention dropout").
+    """
+    if value is None:
+        return {}
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    keys = [key for key in ATTENTION_DROPOUT_KEYS if hasattr(config, key)]
+    if not keys:
+        logging.getLogger(__name__).warning(
+            "%s has no attention dropout setting (%s): --attention_dropout is ignored.",
+            type(config).__name__,
+            ", ".join(ATTENTION_DROPOUT_KEYS),
+        )
+    return dict.fromkeys(keys, value)
 
 
 # The new classification heads stay in full precision: they are trained, and too small to matter.
@@ -219,8 +250,6 @@ def four_bit_loading() -> dict:
 
 def _register_quietly(resolved: ResolvedModel) -> None:
     """Register packaged models in the Hub cache; a read-only cache only costs offline Hub-id loading."""
-    import logging
-
     for short_name, packaged in PACKAGED_MODELS.items():
         if packaged.hub_id == resolved.name:
             try:

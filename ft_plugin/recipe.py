@@ -69,6 +69,13 @@ class ModelArguments:
     load_in_4bit: bool = field(
         default=False, metadata={"help": "QLoRA-style 4-bit NF4 base (GPU + `pip install 'ft-plugin[qlora]'`)."}
     )
+    attention_dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Dropout on attention probabilities (default: the model's config); 0 trains faster and "
+            "lighter on CPU."
+        },
+    )
     # -- reliability (issue 9): transformers 5's TrainingArguments has no such flag; run_glue's meaning
     overwrite_output_dir: bool = field(
         default=False,
@@ -84,6 +91,7 @@ def load_base(model_args: ModelArguments, labels: list[str]):
         trust_remote_code=model_args.trust_remote_code,
         load_in_4bit=model_args.load_in_4bit,
         allow_pickle=model_args.allow_pickle,
+        attention_dropout=model_args.attention_dropout,
     )
 
 
@@ -166,6 +174,8 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(argv)
     if training_args.learning_rate <= 0:
         raise MethodError(f"--learning_rate must be positive, got {training_args.learning_rate}.")
+    if model_args.attention_dropout is not None and not 0 <= model_args.attention_dropout < 1:
+        raise FtPluginError(f"--attention_dropout must be in [0, 1), got {model_args.attention_dropout}.")
     configs_from_arguments(specs, method_args)  # bad method options (--lora_r 0) fail now, before data and model load
     return model_args, data_args, method_args, training_args
 

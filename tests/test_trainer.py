@@ -1,10 +1,13 @@
-"""The recipes' Trainer: evaluation longest first, predictions in the dataset's order."""
+"""The recipes' Trainer: evaluation longest first, predictions in the dataset's order, attention dropout."""
 
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from ft_plugin.recipe import build_trainer, parse_args
@@ -51,3 +54,41 @@ def test_adalora_keeps_its_final_model_when_asked_for_the_best_checkpoint(tiny_m
     )  # fmt: skip
     assert 0 <= metrics["test_accuracy"] <= 1
     assert "--load_best_model_at_end is off for this run" in caplog.text
+
+
+def _saved_attention_matrices(model, batch: dict) -> int:
+    """How many batch x heads x length x length tensors a training forward pass keeps for the backward."""
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(t.shape) or t, lambda t: t):
+        model.train()(**batch)
+    size, length = batch["input_ids"].shape
+    return sum(1 for shape in shapes if tuple(shape[-2:]) == (length, length) and shape.numel() >= size * length**2)
+
+
+def test_attention_dropout_zero_keeps_no_attention_matrices_for_the_backward(tiny_model_dir, tiny_csv, tmp_path):
+    base = tmp_path / "dropout-base"  # the tiny model with BERT's usual attention dropout
+    shutil.copytree(tiny_model_dir, base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "attention_probs_dropout_prob": 0.1}))
+
+    def trainer_for(*flags: str):
+        return build_trainer(
+            *parse_args(
+                ["--model_name_or_path", str(base), "--train_file", str(tiny_csv), "--output_dir",
+                 str(tmp_path / "out"), "--report_to", "none", *flags]
+            )
+        )  # fmt: skip
+
+    default, no_dropout = trainer_for(), trainer_for("--attention_dropout", "0")
+    batch = next(iter(default.get_train_dataloader()))
+    assert default.model.config.attention_probs_dropout_prob == 0.1
+    assert _saved_attention_matrices(default.model, batch) > 0  # the math path: probabilities kept per layer
+    assert no_dropout.model.config.attention_probs_dropout_prob == 0.0
+    assert _saved_attention_matrices(no_dropout.model, batch) == 0  # the fused kernel
+
+
+def test_attention_dropout_out_of_range_is_one_line(tmp_path):
+    from ft_plugin.errors import FtPluginError
+
+    with pytest.raises(FtPluginError, match=r"--attention_dropout must be in \[0, 1\), got 1.5"):
+        parse_args(["--attention_dropout", "1.5", "--output_dir", str(tmp_path)])
