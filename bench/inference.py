@@ -3,6 +3,7 @@
     python bench/inference.py                          # trains a small LoRA result first (about 1 minute)
     python bench/inference.py --adapter outputs/lora   # or measure an existing LoRA result folder
     python bench/inference.py --no_space               # without the Space row (no gradio needed)
+    python bench/inference.py --lora_flags "--target_modules all-linear"   # LoRA on every linear layer
 
 Single-text and batch-of-32 latency, p50 and p95 over `--repeats` calls after warm-up, measured side by side in one
 run on the same texts (real tweets from the embedded test split), the models taking turns call by call. The small LoRA run trains in a separate process,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import statistics
 import sys
 import tempfile
@@ -30,13 +32,14 @@ from ft_plugin.data import DataArguments, load_data  # noqa: E402
 from ft_plugin.inference import TextClassifier  # noqa: E402
 
 
-def train_small_lora(model_name_or_path: str | None, max_seq_length: int) -> str:
+def train_small_lora(model_name_or_path: str | None, max_seq_length: int, lora_flags: str = "") -> str:
     from ft_plugin.recipe import build_trainer, parse_args, train_and_save
 
     output_dir = tempfile.mkdtemp(prefix="bench-inference-")
     argv = ["--method", "lora", "--output_dir", output_dir, "--max_steps", "20", "--max_train_samples", "640",
             "--max_eval_samples", "32", "--max_predict_samples", "32", "--eval_strategy", "no", "--save_strategy",
-            "no", "--load_best_model_at_end", "false", "--max_seq_length", str(max_seq_length)]  # fmt: skip
+            "no", "--load_best_model_at_end", "false", "--max_seq_length", str(max_seq_length),
+            *shlex.split(lora_flags)]  # fmt: skip
     if model_name_or_path:
         argv += ["--model_name_or_path", model_name_or_path]
     train_and_save(build_trainer(*parse_args(argv)))
@@ -97,8 +100,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--output", default="inference")
     parser.add_argument("--no_space", action="store_true", help="Skip the Space /predict row.")
+    parser.add_argument("--lora_flags", default="", help='Recipe flags for the small LoRA run, e.g. "--lora_r 16".')
     options = parser.parse_args(argv)
-    adapter = options.adapter or run_fresh(train_small_lora, options.model_name_or_path, options.max_seq_length)
+    adapter = options.adapter or run_fresh(
+        train_small_lora, options.model_name_or_path, options.max_seq_length, options.lora_flags
+    )
     texts = load_data(DataArguments(max_predict_samples=500)).splits["test"]["text"][:]
 
     unmerged = TextClassifier.from_pretrained(adapter, merge=False)
@@ -131,7 +137,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row["speedup_vs_unmerged"] = unmerged_p50 / row["p50_ms"]
     print(f"\nLatency over {options.repeats} calls, threads={torch.get_num_threads()}")
     print_table(rows, ["model", "batch", "p50_ms", "p95_ms", "texts_per_s", "speedup_vs_unmerged"])
-    path = write_json(options.output, {"settings": vars(options), "rows": rows})
+    adapted = sorted({name.rsplit(".", 1)[-1] for name in unmerged.model.peft_config["default"].target_modules})
+    print(f"LoRA r={unmerged.model.peft_config['default'].r} on {', '.join(adapted)}")
+    path = write_json(options.output, {"settings": vars(options), "lora_target_modules": adapted, "rows": rows})
     print(f"\nWrote {path}")
     return rows
 

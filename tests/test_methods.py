@@ -115,6 +115,14 @@ def test_apply_accepts_short_and_prefixed_option_names(tiny_model_dir):
     assert short.peft_config["default"].r == 4
 
 
+@pytest.mark.parametrize("method", ["lora", "ia3", "bitfit"])
+def test_all_linear_adapts_every_linear_layer_but_the_head(tiny_model_dir, method):
+    """PEFT's `target_modules="all-linear"` shorthand works from the command line's list form too."""
+    model, _ = _build(tiny_model_dir, method, {"target_modules": ["all-linear"]})
+    adapted = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "base_layer")}
+    assert adapted == {"query", "key", "value", "dense"}  # the head is trained whole, not adapted
+
+
 @pytest.mark.parametrize(
     "method,options,message",
     [

@@ -20,7 +20,9 @@ class MethodConfig:
 class TargetModulesMixin:
     target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Module names (suffixes) to adapt, e.g. query value; default: the method's choice."},
+        metadata={
+            "help": "Module names (suffixes) to adapt, e.g. query value, or all-linear; default: the method's choice."
+        },
     )
 
 

@@ -140,12 +140,17 @@ class PTuningArguments(VirtualTokensMixin, MethodConfig):
     ptuning_encoder_hidden_size: int = field(default=128, metadata={"help": "p_tuning: prompt-encoder MLP size."})
 
 
+ALL_LINEAR = "all-linear"  # every linear layer but the output one (peft.tuners.tuners_utils)
+
+
 def _common(config) -> dict:
     return {"task_type": TaskType.SEQ_CLS}
 
 
 def _targets(config, default=None) -> dict:
     targets = config.target_modules or default
+    if targets and [t.lower() for t in targets] == [ALL_LINEAR]:  # PEFT's shorthand is a string, not a name
+        return {"target_modules": ALL_LINEAR}
     return {"target_modules": list(targets)} if targets else {}
 
 
@@ -173,7 +178,7 @@ def _adalora(config: AdaLoraArguments, model: nn.Module) -> peft.PeftConfig:
 
 def _ia3(config: IA3Arguments, model: nn.Module) -> peft.PeftConfig:
     targets = _targets(config)
-    if targets:  # feed-forward modules must be a subset of the targets
+    if targets and targets["target_modules"] != ALL_LINEAR:  # feed-forward modules: a subset of the targets
         targets["feedforward_modules"] = [t for t in targets["target_modules"] if "output" in t or "fc" in t]
     return peft.IA3Config(**targets, **_common(config))
 
