@@ -3,6 +3,8 @@ weights, the loss falls, and save -> load (ft_plugin and, for PEFT layouts, plai
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -121,6 +123,24 @@ def test_all_linear_adapts_every_linear_layer_but_the_head(tiny_model_dir, metho
     model, _ = _build(tiny_model_dir, method, {"target_modules": ["all-linear"]})
     adapted = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "base_layer")}
     assert adapted == {"query", "key", "value", "dense"}  # the head is trained whole, not adapted
+
+
+def test_prompt_init_text_reads_the_packaged_tokenizer_not_the_hub(monkeypatch):
+    """The embedded base is named by its Hub id; its tokenizer comes from the package folder (offline, the Hub id
+    cost ~90 s of retries), while the saved config still names the Hub id."""
+    import transformers
+
+    from ft_plugin.models import DEFAULT_MODEL_HUB_ID
+
+    base, _ = load_base_model(None, LABELS)
+    asked = []
+    original = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(
+        transformers.AutoTokenizer, "from_pretrained", lambda name, **kw: asked.append(name) or original(name, **kw)
+    )
+    model = ft_plugin.apply(base, "prompt", prompt_init_text="classify the sentiment of this tweet")
+    assert len(asked) == 1 and Path(asked[0]).is_dir()
+    assert model.peft_config["default"].tokenizer_name_or_path == DEFAULT_MODEL_HUB_ID
 
 
 @pytest.mark.parametrize(

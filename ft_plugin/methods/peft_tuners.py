@@ -16,6 +16,7 @@ from peft import TaskType
 from torch import nn
 
 from ..errors import MethodError
+from ..models import resolve_model
 from .base import MethodConfig, TargetModulesMixin, VirtualTokensMixin, parameters_containing
 from .registry import MethodSpec, register_method
 
@@ -204,7 +205,8 @@ def _prompt(config: PromptArguments, model: nn.Module) -> peft.PeftConfig:
         init = {
             "prompt_tuning_init": peft.PromptTuningInit.TEXT,
             "prompt_tuning_init_text": config.prompt_init_text,
-            "tokenizer_name_or_path": model.name_or_path,
+            # a packaged base's own folder: the Hub id would make transformers try the Hub (~90 s of retries offline)
+            "tokenizer_name_or_path": resolve_model(model.name_or_path).path,
         }
     return peft.PromptTuningConfig(num_virtual_tokens=config.num_virtual_tokens, **init, **_common(config))
 
@@ -230,13 +232,16 @@ def peft_apply(make_config: Callable[[object, nn.Module], peft.PeftConfig]):
             if combined and not peft_config.is_prompt_learning:
                 adapter_name = type(peft_config).__name__.removesuffix("Config").lower()
                 return peft.inject_adapter_in_model(peft_config, model, adapter_name=adapter_name)
-            return peft.get_peft_model(model, peft_config)
+            wrapped = peft.get_peft_model(model, peft_config)
         except ValueError as error:  # PEFT's messages for unmatched target modules are long and multi-line
             first = str(error).strip().splitlines()[0]
             raise MethodError(
                 f"{type(peft_config).__name__} cannot be applied to this model: {first} Pass --target_modules "
                 f"with names of its linear layers: {', '.join(linear_layer_names(model))}."
             ) from error
+        if getattr(peft_config, "tokenizer_name_or_path", None):  # the saved config names the base as it is shared
+            wrapped.peft_config["default"].tokenizer_name_or_path = model.name_or_path
+        return wrapped
 
     return apply
 
