@@ -41,10 +41,12 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
         ("auto", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
                   "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32",
                   "--auto_horizon", "0.5"]),
+        ("race_curves", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
+                         "--num_train_epochs", "1", "--max_seq_length", "32", "--eval_every", "1", "--until", "1"]),
     ],
 )  # fmt: skip
 def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_csv, tmp_path):
-    if script == "auto":  # seven training runs: on the tiny CSV rather than the 37k embedded tweets
+    if script in ("auto", "race_curves"):  # several training runs: on the tiny CSV, not the 37k embedded tweets
         args = [*args, "--train_file", str(tiny_csv)]
     payload = run_bench(script, [*args, "--model_name_or_path", str(tiny_model_dir)], tmp_path)
     assert payload["machine"]["threads"] >= 1 and payload["rows"]
@@ -67,6 +69,9 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
     if script == "auto":  # the winner's full run resumed from its race checkpoint: the same model as in the sweep
         assert payload["auto_method"] in ("lora", "bitfit") and payload["auto_equals_its_sweep_run"]
         assert len(payload["rows"]) == 3 and payload["race"]["rungs"][0]["steps"] == 1
+    if script == "race_curves":  # 64 samples, batch 32: evaluated after steps 1 and 2, ranked against step 2
+        assert [row["step"] for row in payload["rows"]] == [1, 2] and payload["rows"][-1]["tau_vs_last"] == 1.0
+        assert all(len(points) == 2 for points in payload["curves"].values())
     if script == "evaluation":  # the same model on the same texts: the order changes the speed, not the loss
         by_order = {row["order"]: row for row in payload["rows"]}
         assert len({round(row["eval_loss"], 4) for row in payload["rows"]}) == 1
