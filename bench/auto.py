@@ -50,7 +50,7 @@ def bench(args: argparse.Namespace) -> dict:
     auto_dir = work / "auto"
     metrics, seconds = run(
         [*common, "--method", "auto", "--auto_methods", args.methods, "--auto_horizon", str(args.auto_horizon),
-         "--output_dir", str(auto_dir)]
+         "--auto_eta", str(args.auto_eta), "--output_dir", str(auto_dir)]
     )  # fmt: skip
     race = json.loads((auto_dir / "auto_race.json").read_text())
     sweep_seconds = sum(row["seconds"] for row in exhaustive.values())
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_train_epochs", type=float, default=2)
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--auto_horizon", type=float, default=AutoArguments.auto_horizon)
+    parser.add_argument("--auto_eta", type=int, default=AutoArguments.auto_eta)
     parser.add_argument("--output", default="auto", help="Name of the JSON written under bench/results/.")
     arguments = parser.parse_args(argv)
     report = bench(arguments)
