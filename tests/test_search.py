@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ft_plugin.auto import _without_method, requested_method
+from ft_plugin.auto import _without_method, requested_method, rung_steps
 from ft_plugin.cli import main
 from ft_plugin.recipe import main as recipe_main
 from ft_plugin.search import pareto_front
@@ -88,6 +88,14 @@ def test_requested_method_reads_the_flag_or_the_recipes_own():
     assert requested_method(["--method", "auto", "--lora_r", "4"], "lora") == "auto"
     assert requested_method(["--lora_r", "4"], "bitfit") == "bitfit"
     assert _without_method(["--method", "auto", "--seed", "1", "--method=lora"]) == ["--seed", "1"]
+
+
+def test_race_rungs_count_down_from_the_horizon_and_eta_at_least_the_methods_makes_one_rung():
+    assert rung_steps(126, 6, 1 / 3, 3) == [14, 42]  # docs/selection.md's example
+    assert rung_steps(126, 5, 1 / 3, 3) == [14, 42]
+    assert rung_steps(126, 10, 1 / 3, 3) == [5, 14, 42]
+    assert rung_steps(126, 5, 1 / 3, 5) == rung_steps(126, 5, 1 / 3, 9) == [42]  # racing fast starters
+    assert rung_steps(126, 1, 1 / 3, 3) == []
 
 
 def test_method_auto_races_methods_then_continues_the_winner_to_the_same_model_as_its_run_alone(
