@@ -21,29 +21,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import print_table, write_json  # noqa: E402
 from ft_plugin.auto import DEFAULT_AUTO_METHODS, StopAtStep  # noqa: E402
+from ft_plugin.data import TextClassificationData  # noqa: E402
 
 
-def curve(argv: list[str], stop: int, data=None) -> tuple[list[dict], object]:
-    """One method's validation (step, loss, accuracy) every evaluation until `stop`; also the data it used."""
-    from ft_plugin.data import load_data
+def curve(argv: list[str], stop: int, data: TextClassificationData) -> list[dict]:
+    """One method's validation (step, loss, accuracy) at every evaluation until optimizer step `stop`."""
     from ft_plugin.recipe import build_trainer, parse_args
 
-    arguments = parse_args(argv)
-    data = data or load_data(arguments[1])
-    trainer = build_trainer(*arguments, callbacks=[StopAtStep(stop)], data=data)
+    trainer = build_trainer(*parse_args(argv), callbacks=[StopAtStep(stop)], data=data)
     trainer.train()
-    points = [
+    return [
         {"step": h["step"], "eval_loss": h["eval_loss"], "eval_accuracy": h["eval_accuracy"]}
         for h in trainer.state.log_history
         if "eval_loss" in h
     ]
-    return points, data
-
-
-def kendall_tau(first: list[str], second: list[str]) -> float:
-    from scipy.stats import kendalltau
-
-    return float(kendalltau([first.index(m) for m in first], [second.index(m) for m in first]).statistic)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,6 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default="race_curves")
     args = parser.parse_args(argv)
 
+    from scipy.stats import kendalltau
+
+    from ft_plugin.data import load_data
     from ft_plugin.recipe import parse_args, total_training_steps
 
     common = [
@@ -72,26 +66,29 @@ def main(argv: list[str] | None = None) -> dict:
     if args.train_file:
         common += ["--train_file", args.train_file]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    data, curves = None, {}
+    _, data_args, _, training_args = parse_args([*common, "--method", methods[0]])
+    data = load_data(data_args)  # as in the race: every method's run on the same loaded data
+    full_steps = total_training_steps(training_args, len(data.splits["train"]))
+    curves = {}
     for method in methods:
         argv = [*common, "--method", method, "--output_dir", tempfile.mkdtemp(prefix="bench-curves-")]
-        full_steps = total_training_steps(parse_args(argv)[3], args.max_train_samples)
-        curves[method], data = curve(argv, max(1, round(full_steps * args.until)), data)
+        curves[method] = curve(argv, max(1, round(full_steps * args.until)), data)
         print(f"{method}: {[(p['step'], round(p['eval_loss'], 4)) for p in curves[method]]}", flush=True)
 
     steps = sorted(set.intersection(*({p["step"] for p in points} for points in curves.values())))
     loss = {m: {p["step"]: p["eval_loss"] for p in points} for m, points in curves.items()}
-    final = sorted(methods, key=lambda m: loss[m][steps[-1]])
+    last = [loss[m][steps[-1]] for m in methods]
     rows = []
     for step in steps:
         ranked = sorted(methods, key=lambda m: loss[m][step])
+        tau = kendalltau([loss[m][step] for m in methods], last).statistic  # rank agreement with the last step
         rows.append(
             {
                 "step": step,
                 "share_of_run": round(step / full_steps, 3),
                 **{m: round(loss[m][step], 4) for m in methods},
                 "ranking": " < ".join(ranked),
-                "tau_vs_last": round(kendall_tau(ranked, final), 3),
+                "tau_vs_last": round(float(tau), 3),
             }
         )
     print_table(rows, ["step", "share_of_run", *methods, "tau_vs_last"])
