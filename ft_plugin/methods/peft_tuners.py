@@ -205,8 +205,9 @@ def _prompt(config: PromptArguments, model: nn.Module) -> peft.PeftConfig:
         init = {
             "prompt_tuning_init": peft.PromptTuningInit.TEXT,
             "prompt_tuning_init_text": config.prompt_init_text,
-            # a packaged base's own folder: the Hub id would make transformers try the Hub (~90 s of retries offline)
-            "tokenizer_name_or_path": resolve_model(model.name_or_path).path,
+            # a packaged base's own folder: the Hub id would make transformers try the Hub (~90 s of retries offline);
+            # a model built from a config has no name (resolving "" would give the embedded default's tokenizer)
+            "tokenizer_name_or_path": resolve_model(model.name_or_path).path if model.name_or_path else "",
         }
     return peft.PromptTuningConfig(num_virtual_tokens=config.num_virtual_tokens, **init, **_common(config))
 
