@@ -193,13 +193,14 @@ def push_result(
     return commit.commit_url
 
 
-def push_after_training(training_args) -> str:
-    """`--push_to_hub` at the end of a recipe (main process, after the result is saved)."""
+def push_after_training(training_args, token: str | None = None) -> str:
+    """`--push_to_hub` at the end of a recipe (main process, after the result is saved), with `--hub_token`'s
+    value as `token` (the Trainer's own arguments no longer carry it) or else the environment's or login's."""
     repo_id = training_args.hub_model_id or Path(training_args.output_dir).resolve().name
     url = push_result(
         training_args.output_dir,
         repo_id,
-        token=training_args.hub_token,
+        token=token,
         private=bool(training_args.hub_private_repo),
         revision=training_args.hub_revision,
     )

@@ -233,16 +233,17 @@ def build_trainer(
             training_args.load_best_model_at_end = False
     # --- hub (issue 4): ft-plugin pushes the saved result folder itself, at the end of `train_and_save`, so the
     # Trainer must not create the repo at init nor push checkpoints: an offline run still trains and saves.
-    trainer_args = training_args
-    if training_args.push_to_hub:
-        trainer_args = copy.copy(training_args)
-        trainer_args.push_to_hub = False
+    # Reliability (issue 9): the Trainer pickles its arguments into every checkpoint's `training_args.bin`, so it
+    # gets them without `--hub_token` (kept on the trainer, in memory, for that final push only).
+    trainer_args = copy.copy(training_args)
+    trainer_args.push_to_hub, trainer_args.hub_token = False, None
     # --- end hub
     trainer = classification_trainer(trainer_args, tokenized, tokenizer, callbacks, model=model)
     trainer.ft_data = data
     trainer.ft_test_dataset = tokenized["test"]
     trainer.ft_max_seq_length = data_args.max_seq_length
     trainer.ft_push_to_hub = training_args.push_to_hub  # hub (issue 4)
+    trainer.ft_hub_token = training_args.hub_token
     return trainer
 
 
@@ -278,7 +279,7 @@ def train_and_save(trainer: Trainer, resume_from_checkpoint: str | bool | None =
             },
         )
         if getattr(trainer, "ft_push_to_hub", False):  # hub (issue 4): only the main process pushes
-            push_after_training(args)
+            push_after_training(args, token=getattr(trainer, "ft_hub_token", None))
     return {**train_metrics, **eval_metrics, **test_metrics}
 
 

@@ -101,10 +101,13 @@ def recipe(output_dir: Path, tiny_csv: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pushed(hub, tiny_csv, tmp_path_factory):
-    """A LoRA recipe run with `--push_to_hub` on the 3-label tiny dataset: (output_dir, its output, its cache)."""
+    """A LoRA recipe run with `--push_to_hub` on the 3-label tiny dataset: (output_dir, its output, its cache).
+    The token comes as `--hub_token` (the riskiest way: it is one of the Trainer's arguments), and the run saves
+    checkpoints (each with the Trainer's pickled arguments, `training_args.bin`)."""
     work = tmp_path_factory.mktemp("pushed")
-    env = client_env(hub, work / "hf_home")
-    done = run(recipe(work / "out", tiny_csv, "--push_to_hub", "--hub_model_id", "alice/tiny-lora"), env)
+    env = client_env(hub, work / "hf_home", token=None)
+    push = ["--push_to_hub", "--hub_model_id", "alice/tiny-lora", "--hub_token", ALICE]
+    done = run(recipe(work / "out", tiny_csv, *push, "--save_strategy", "steps", "--save_steps", "3"), env)
     assert done.returncode == 0, done.stderr[-3000:]
     return work / "out", done.stdout + done.stderr, work / "hf_home"
 
@@ -179,14 +182,17 @@ def test_card_metadata_and_results(hub, pushed, tmp_path):
 
 
 def test_token_is_never_written_or_printed(hub, pushed):
-    output_dir, output, _ = pushed
+    output_dir, output, home = pushed
     assert any(entry["auth"] == "valid" and entry.get("route") == "commit" for entry in hub.log)  # the token was sent
+    assert list(output_dir.glob("checkpoint-*/training_args.bin"))  # the Trainer's pickled arguments
+    written = [p for folder in (output_dir, home) for p in folder.rglob("*") if p.is_file()]
     for token in (ALICE, BOB):
         assert token not in output
         assert not any(token.encode() in content for content in hub.lfs.values())
         for repo in hub.repos.values():
             assert not any(token.encode() in c for files in repo.commits.values() for c in files.values())
-        assert not any(token.encode() in p.read_bytes() for p in output_dir.rglob("*") if p.is_file())
+        leaked = [p for p in written if token.encode() in p.read_bytes()]
+        assert not leaked, leaked
         assert token not in json.dumps(hub.log)
 
 
