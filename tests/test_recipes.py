@@ -62,12 +62,23 @@ def test_accelerate_configs_load_with_accelerates_own_loader(config):
         "multi_node": ("MULTI_GPU", 16),
     }[config.stem]  # fmt: skip
     assert (str(loaded.distributed_type).split(".")[-1], loaded.num_processes) == expected
-    if config.stem.startswith("cpu"):
-        assert loaded.use_cpu
-    if config.stem == "fsdp":
-        assert loaded.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
-    if config.stem == "multi_node":
-        assert loaded.num_machines == 2 and loaded.main_process_port
+    assert loaded.machine_rank == 0 and loaded.num_machines == (2 if config.stem == "multi_node" else 1)
+    precision = "no" if config.stem.startswith("cpu") else "bf16"  # the GPU configs train in bf16 autocast
+    assert str(loaded.mixed_precision).split(".")[-1].lower() == precision
+    assert bool(loaded.use_cpu) == config.stem.startswith("cpu")
+    if config.stem == "fsdp":  # FULL_SHARD, one FSDP unit per transformer layer, the state dict peft's guide uses
+        fsdp = loaded.fsdp_config
+        assert (
+            fsdp["fsdp_sharding_strategy"] == "FULL_SHARD" and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+        )
+        assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer" and fsdp["fsdp_use_orig_params"] is False
+        assert fsdp["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    if config.stem.startswith("deepspeed"):
+        zero = loaded.deepspeed_config
+        assert zero["zero_stage"] == int(config.stem[-1]) and zero["offload_optimizer_device"] == "none"
+        assert zero.get("zero3_init_flag") is (config.stem == "deepspeed_zero3")
+    if config.stem == "multi_node":  # the second machine must find the first one
+        assert loaded.main_process_ip and loaded.main_process_port and loaded.rdzv_backend == "static"
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
