@@ -256,6 +256,10 @@ def test_push_calls_the_hub_helper_and_shows_its_errors(space, client, monkeypat
     assert calls == [(str(result), "alice/tweets-lora", "hf_secret", False)]
     with pytest.raises(AppError, match="401 Unauthorized"):
         client.predict(str(result), "alice/denied", "hf_wrong", True, api_name="/push")
+    for bad in ("../x", "alice/..", "alice/../bob", "a/b/c", "/etc/passwd", "alice/x y"):  # never a path or URL
+        with pytest.raises(AppError, match="Give the repo id as 'username/name'"):
+            client.predict(str(result), bad, "hf_secret", False, api_name="/push")
+    assert len(calls) == 2  # none of those reached the Hub helper
 
     monkeypatch.setitem(sys.modules, "ft_plugin.hub", None)  # an ft-plugin without Hub support
     with pytest.raises(AppError, match="no Hub support"):
