@@ -122,6 +122,7 @@ class Candidate:
     path: str
     description: str
     num_layers: int | None = None  # derived candidate: keep only the first `num_layers` transformer layers
+    missing: str | None = None  # why it cannot load here (a packaged model whose package is not installed)
 
     @property
     def derived(self) -> bool:
@@ -139,10 +140,13 @@ def resolve_candidate(name: str) -> Candidate:
             keep = "no layer" if layers < 1 else f"{layers} layers but {base.name} has {depth}"
             fix = "-first1 or more" if depth is None else f"-first1 to -first{depth - 1}"
             raise ModelError(f"Derived candidate '{name}' keeps {keep}: use {fix}.")
-        return Candidate(name, base.path, f"derived: first {layers} layers of {base.name}", layers)
+        return Candidate(name, base.path, f"derived: first {layers} layers of {base.name}", layers, base.missing)
     if name in PACKAGED_MODELS:
         packaged = PACKAGED_MODELS[name]
-        return Candidate(name, resolve_model(name).path, packaged.description)
+        try:
+            return Candidate(name, resolve_model(name).path, packaged.description)
+        except ModelError as error:  # its package is not installed: skipped when loaded, like an uncached Hub id
+            return Candidate(name, "", packaged.description, missing=str(error))
     if "/" not in name and not Path(name).exists():
         raise ModelError(
             f"Unknown candidate '{name}': use a short name ({', '.join(PACKAGED_MODELS)}), a derived name such as "
@@ -167,6 +171,8 @@ def load_candidate(candidate: Candidate, num_labels: int | None = None):
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    if candidate.missing:
+        raise ModelError(f"Candidate '{candidate.name}' cannot be loaded: {candidate.missing}")
     overrides = {"num_hidden_layers": candidate.num_layers} if candidate.derived else {}
     if num_labels is not None:
         overrides["num_labels"] = num_labels

