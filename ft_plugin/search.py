@@ -14,8 +14,7 @@ import csv
 import json
 import logging
 import math
-import resource
-import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -102,6 +101,35 @@ def compatible_methods(methods: list[str], base_model, method_args) -> tuple[lis
     return kept, dropped
 
 
+class PeakRSS:
+    """The process's largest resident memory (MB) between `start()` and `stop()`, sampled by a thread that sleeps
+    `interval` seconds between reads. On the CPU, `ru_maxrss` only ever grows, so in a sweep it would carry one
+    trial's peak into every later trial."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        import psutil  # an accelerate dependency
+
+        self.interval, self.peak = interval, 0
+        self._process, self._stop, self._thread = psutil.Process(), threading.Event(), None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def start(self) -> PeakRSS:
+        self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True, name="ft-plugin-peak-rss")
+        self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+        return self.peak / 2**20
+
+
 class TrialRecorder(TrainerCallback):
     """Stores each trial's macro-F1, trainable parameters, train time and peak memory as Optuna user attributes."""
 
@@ -109,13 +137,18 @@ class TrialRecorder(TrainerCallback):
         self.trainer = None
         self.started = 0.0
         self.metrics: dict[str, float] = {}
+        self.memory: PeakRSS | None = None  # CPU runs: this trial's peak resident memory
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         import torch
 
         self.started, self.metrics = time.perf_counter(), {}
+        if self.memory is not None:  # a pruned trial ends inside `train()`, without on_train_end
+            self.memory.stop()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        else:
+            self.memory = PeakRSS().start()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.metrics = dict(metrics or {})
@@ -123,21 +156,21 @@ class TrialRecorder(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         import torch
 
+        peak = self.memory.stop() if self.memory is not None else None  # CPU: this trial's peak resident memory
+        self.memory = None
         trial = getattr(self.trainer, "_trial", None)
         if trial is None or not hasattr(trial, "set_user_attr"):
             return
         trainable, total = count_parameters(model)
         if torch.cuda.is_available():
             peak = torch.cuda.max_memory_allocated() / 2**20
-        else:  # CPU: the process's peak resident memory so far (kilobytes on Linux, bytes on macOS)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
         attributes = {
             "accuracy": self.metrics.get("eval_accuracy"),
             "f1_macro": self.metrics.get("eval_f1_macro"),
             "trainable_params": trainable,
             "total_params": total,
             "train_seconds": round(time.perf_counter() - self.started, 2),
-            "peak_memory_mb": round(peak, 1),
+            "peak_memory_mb": round(peak, 1) if peak is not None else None,
             "steps": state.global_step,
         }
         for key, value in attributes.items():
@@ -449,7 +482,8 @@ def sweep_command(args) -> int:
     )
     model_args, data_args, method_args, training_args = parse_args(recipe_argv(args, FORWARDED_FLAGS), method="lora")
     result = run_sweep(sweep_args, model_args, data_args, method_args, training_args)
-    columns = ("trial", "state", "method", "accuracy", "f1_macro", "trainable_params", "train_seconds", "hparams")
+    columns = ("trial", "state", "method", "accuracy", "f1_macro", "trainable_params", "train_seconds", "peak_memory_mb",
+               "hparams")  # fmt: skip
     table = [columns] + [tuple(_cell(row[c]) for c in columns) for row in result["rows"]]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     for line in table:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +14,8 @@ from ft_plugin.auto import _without_method, requested_method, rung_steps
 from ft_plugin.cli import main
 from ft_plugin.recipe import main as recipe_main
 from ft_plugin.search import pareto_front
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sweep_argv(tiny_model_dir, tiny_csv, out, *extra: str) -> list[str]:
@@ -37,13 +43,15 @@ def test_three_trial_sweep_writes_leaderboard_plot_and_a_runnable_recipe_then_re
     best = next(row for row in rows if row["state"] == "COMPLETE")
     recipe = (out / "best_recipe.yaml").read_text()
     assert f"method: {best['method']}" in recipe and "accelerate launch" in recipe
-    # What `python recipes/lora_bert.py best_recipe.yaml ...` runs, in-process (test_recipes runs recipe files as
-    # subprocesses; a second Python start here only costs time).
-    recipe_main(
-        [str(out / "best_recipe.yaml"), "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no",
-         "--load_best_model_at_end", "false", "--output_dir", str(tmp_path / "best")],
-        method="lora",
+    assert all(row["peak_memory_mb"] > 0 for row in rows)
+    # The recipe runs as the file says, under `accelerate launch` with the shipped CPU config.
+    launch = [shutil.which("accelerate") or "accelerate", "launch", "--config_file", "accelerate_configs/cpu.yaml"]
+    done = subprocess.run(
+        [*launch, "recipes/lora_bert.py", str(out / "best_recipe.yaml"), "--max_steps", "2", "--eval_strategy", "no",
+         "--save_strategy", "no", "--load_best_model_at_end", "false", "--output_dir", str(tmp_path / "best")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "best" / "ft_plugin_config.json").read_text())
     assert record["method"] == best["method"]  # the file's method wins over the recipe's own
 
@@ -52,6 +60,23 @@ def test_three_trial_sweep_writes_leaderboard_plot_and_a_runnable_recipe_then_re
     study = optuna.load_study(study_name="ft-plugin-sweep", storage=f"sqlite:///{out / 'sweep.db'}")
     assert [trial.number for trial in study.trials] == [0, 1, 2, 3]
     assert len(json.loads((out / "leaderboard.json").read_text())) == 4
+
+
+def test_peak_rss_is_the_peak_of_its_own_window():
+    """Each trial's CPU memory is its own peak: `ru_maxrss` would carry an earlier trial's peak into later ones."""
+    import torch
+
+    from ft_plugin.search import PeakRSS
+
+    first = PeakRSS(interval=0.005).start()
+    before = first.peak / 2**20
+    big = torch.ones(50 * 2**20)  # 200 MB, written
+    time.sleep(0.05)
+    del big
+    assert first.stop() > before + 150
+    second = PeakRSS(interval=0.005).start()
+    time.sleep(0.05)
+    assert second.stop() < first.peak / 2**20 - 150  # freed (glibc unmaps large blocks), so not in this window
 
 
 def test_zero_trials_is_a_user_error(tiny_model_dir, tiny_csv, tmp_path, capsys):
