@@ -170,9 +170,12 @@ def test_very_long_texts_are_truncated_and_counted(files, tiny_model_dir, caplog
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     with caplog.at_level(logging.WARNING, logger="ft_plugin"):
         tokenized = data.tokenize(tokenizer, max_seq_length=32)
-    long_rows = sum(len(text.split()) > 30 for split in data.splits.values() for text in split["text"])
-    assert long_rows == 2
-    assert "longer than --max_seq_length 32 tokens and were truncated" in caplog.text
+    long_rows = {name: sum(len(text.split()) > 30 for text in split["text"]) for name, split in data.splits.items()}
+    assert sum(long_rows.values()) == 2
+    for name, count in long_rows.items():  # the log counts them, per split
+        if count:
+            expected = f"{count} of {len(data.splits[name])} {name} texts are longer than --max_seq_length 32 tokens"
+            assert expected in caplog.text, caplog.text
     assert max(len(ids) for split in tokenized.values() for ids in split["input_ids"]) == 32
 
 
@@ -266,6 +269,27 @@ def test_a_base_model_with_only_pickled_weights_needs_the_flag(tiny_model_dir, t
     reference, _ = load_base_model(str(tiny_model_dir), ["a", "b"])
     embeddings = "bert.embeddings.word_embeddings.weight"
     assert torch.equal(model.state_dict()[embeddings], reference.state_dict()[embeddings])
+
+
+def test_model_code_from_the_model_folder_never_runs_without_trust_remote_code(tiny_model_dir, tmp_path):
+    """A base whose config points at its own Python file (`auto_map`): by default transformers' own class loads it
+    and the folder's file never runs (with `--trust_remote_code true`, transformers would import it)."""
+    import shutil
+
+    from ft_plugin.models import load_base_model
+
+    base = Path(shutil.copytree(tiny_model_dir, tmp_path / "custom-code-base"))
+    marker = tmp_path / "the-model-code-ran"
+    (base / "modeling_custom.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import BertForSequenceClassification as CustomModel\n"
+    )
+    config = json.loads((base / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_custom.CustomModel"}
+    (base / "config.json").write_text(json.dumps(config))
+    model, _ = load_base_model(str(base), ["a", "b"])
+    assert type(model).__module__ == "transformers.models.bert.modeling_bert"
+    assert not marker.exists()
 
 
 def test_users_see_one_line_and_debug_shows_the_traceback(files, tmp_path):
