@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "train_memory_mb",
         "result_mb",
     ]
+    if any(row.get("cuda_peak_mb") for row in rows):  # on a GPU: torch.cuda.max_memory_allocated, beside RSS
+        columns.insert(columns.index("train_memory_mb") + 1, "cuda_peak_mb")
     if reference:
         columns += ["accuracy_vs_full_points", "memory_vs_full", "train_memory_vs_full"]
     print_table(rows, columns)

@@ -3,6 +3,7 @@
     python bench/throughput.py                      # LoRA and full FT, 3 repeats (about 10 minutes on 2 cores)
     python bench/throughput.py --methods lora --repeats 5 --steps 20
     python bench/throughput.py --methods lora --repeats 1 --profile     # where the time goes (torch.profiler)
+    python bench/throughput.py --variant "bf16=--bf16 true --use_cpu true" --variant "compile=--torch_compile true"
 
 Same data (the embedded tweets), batch size, max sequence length, steps and threads for every variant; the first
 `--warmup` steps of each run are not timed; variants alternate within each repeat. Reports medians, ratios, and
@@ -12,6 +13,7 @@ achieved model FLOP/s as a share of an fp32 GEMM peak measured in the same run. 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import tempfile
@@ -35,7 +37,8 @@ from ft_plugin.models import resolve_model  # noqa: E402
 from ft_plugin.recipe import build_trainer, parse_args  # noqa: E402
 
 
-def run_ft_plugin(options, method: str, clock: StepClock) -> list:
+def run_ft_plugin(options, method: str, clock: StepClock, flags: list[str] | tuple[str, ...] = ()) -> list:
+    """The recipe's Trainer; `flags`: more recipe flags (a `--variant`), appended last so they win."""
     argv = [
         "--method", method, "--output_dir", tempfile.mkdtemp(), "--max_steps", str(options.warmup + options.steps),
         "--per_device_train_batch_size", str(options.batch_size), "--max_seq_length", str(options.max_length),
@@ -44,6 +47,7 @@ def run_ft_plugin(options, method: str, clock: StepClock) -> list:
     ]  # fmt: skip
     if options.model_name_or_path:
         argv += ["--model_name_or_path", options.model_name_or_path]
+    argv += list(flags)
     trainer = build_trainer(*parse_args(argv), callbacks=[clock])
     trainer.data_collator = counter = CountingCollator(trainer.data_collator)
     trainer.train()
@@ -99,6 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default="throughput", help="Name of the JSON file under bench/results/.")
     parser.add_argument("--profile", action="store_true", help="Also profile ft-plugin's steps: top operators.")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME=FLAGS",
+        help='Also time ft-plugin with more recipe flags, side by side, e.g. --variant "no-attn-dropout=--attention_dropout 0".',
+    )  # fmt: skip
     options = parser.parse_args(argv)
     options.samples = options.batch_size * (options.warmup + options.steps)
     options.model_path = resolve_model(options.model_name_or_path).path
@@ -116,6 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
         "baseline (PEFT docs Trainer)": lambda m, c: run_baseline(options, m, c, texts, labels, len(data.labels)),
         "naive loop (pad to max)": lambda m, c: run_naive(options, m, c, texts, labels, len(data.labels)),
     }
+    for spec in options.variant:  # candidate speed-ups, timed in the same repeats as the default recipe
+        name, _, flags = spec.partition("=")
+        extra = shlex.split(flags)
+        variants[f"ft-plugin {name}"] = lambda m, c, extra=extra: run_ft_plugin(options, m, c, extra)
     measured: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(options.repeats):
         for method in options.methods:
@@ -148,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         by_name = {r["variant"]: r["samples_per_s"] for r in rows if r["method"] == row["method"]}
         row["vs_baseline"] = row["samples_per_s"] / by_name["baseline (PEFT docs Trainer)"]
         row["vs_naive"] = row["samples_per_s"] / by_name["naive loop (pad to max)"]
+        row["vs_ft_plugin"] = row["samples_per_s"] / by_name["ft-plugin"]
     print(
         f"\nfp32 GEMM peak (hidden {config.hidden_size}): {peak / 1e9:.1f} GFLOP/s; medians of {options.repeats} repeats"
     )
@@ -163,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
             "% peak",
             "vs_baseline",
             "vs_naive",
+            *(["vs_ft_plugin"] if options.variant else []),
         ],
     )
     profile = profile_ft_plugin(options, options.methods[0]) if options.profile else None

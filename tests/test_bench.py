@@ -31,7 +31,7 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
     "script,args",
     [
         ("throughput", ["--steps", "2", "--warmup", "1", "--repeats", "1", "--batch_size", "4", "--max_length", "32",
-                        "--methods", "lora", "--profile"]),
+                        "--methods", "lora", "--profile", "--variant", "no-attn-dropout=--attention_dropout 0"]),
         ("methods", ["--methods", "lora", "adapter", "--seeds", "1", "--max_train_samples", "32",
                      "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32"]),
         ("inference", ["--repeats", "3", "--max_seq_length", "32", "--lora_flags=--target_modules all-linear"]),
@@ -52,7 +52,8 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
     assert payload["machine"]["threads"] >= 1 and payload["rows"]
     if script == "throughput":
         variants = {row["variant"] for row in payload["rows"]}
-        assert len(variants) == 3 and all(row["samples_per_s"] > 0 for row in payload["rows"])
+        assert len(variants) == 4 and all(row["samples_per_s"] > 0 for row in payload["rows"])
+        assert "ft-plugin no-attn-dropout" in variants and all(row["vs_ft_plugin"] > 0 for row in payload["rows"])
         shares = [row["self_cpu_%"] for row in payload["profile"]]  # the top operators, largest first
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.001
         assert any(row["operator"].startswith("aten::") for row in payload["profile"])
