@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -194,6 +195,20 @@ def test_token_is_never_written_or_printed(hub, pushed):
         leaked = [p for p in written if token.encode() in p.read_bytes()]
         assert not leaked, leaked
         assert token not in json.dumps(hub.log)
+
+
+def test_only_the_main_process_pushes_under_two_processes(hub, tiny_csv, tmp_path):
+    """`accelerate launch` with the 2-process CPU config and `--push_to_hub`: one repo created, one commit."""
+    launch = [shutil.which("accelerate") or "accelerate", "launch", "--config_file", "accelerate_configs/cpu_ddp.yaml"]
+    created_before = sum(entry.get("route") == "create_repo" for entry in hub.log)
+    command = recipe(tmp_path / "out", tiny_csv, "--push_to_hub", "--hub_model_id", "alice/ddp-lora")[1:]  # no python
+    done = run([*launch, *command], {**client_env(hub, tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes train with DDP over gloo" in done.stderr
+    commits = [e for e in hub.log if e.get("route") == "commit" and "/alice/ddp-lora/" in e["path"]]
+    assert [e["status"] for e in commits] == [200]
+    assert sum(entry.get("route") == "create_repo" for entry in hub.log) == created_before + 1
+    assert "adapter_model.safetensors" in hub.files("alice/ddp-lora")
 
 
 def test_second_push_updates_and_revision_pushes_to_a_branch(hub, pushed):
