@@ -35,7 +35,8 @@ from ft_plugin.inference import TextClassifier  # noqa: E402
 def train_small_lora(model_name_or_path: str | None, max_seq_length: int, lora_flags: str = "") -> str:
     from ft_plugin.recipe import build_trainer, parse_args, train_and_save
 
-    output_dir = tempfile.mkdtemp(prefix="bench-inference-")
+    # In a folder of its own: the Space offers the results under the adapter's parent folder (not all of /tmp).
+    output_dir = str(Path(tempfile.mkdtemp(prefix="bench-inference-")) / "lora")
     argv = ["--method", "lora", "--output_dir", output_dir, "--max_steps", "20", "--max_train_samples", "640",
             "--max_eval_samples", "32", "--max_predict_samples", "32", "--eval_strategy", "no", "--save_strategy",
             "no", "--load_best_model_at_end", "false", "--max_seq_length", str(max_seq_length),

@@ -231,11 +231,20 @@ def find_results(request: gr.Request | None) -> list[Path]:
     """Result folders (with `ft_plugin_config.json`) of this session's runs and under the result roots."""
     found = set()
     for root in [runs_dir(request), *RESULT_ROOTS]:
-        if root.is_dir():
-            for depth in ("*", "*/*", "*/*/*"):
+        for depth in ("*", "*/*", "*/*/*"):
+            try:
                 found.update(p.parent.resolve() for p in root.glob(f"{depth}/ft_plugin_config.json"))
+            except OSError:  # a folder removed while being listed (e.g. a job's temporary files): next refresh
+                continue
     visible = [folder for folder in found if visible_to(folder, request)]
-    return sorted(visible, key=lambda p: p.stat().st_mtime, reverse=True)
+    return sorted(visible, key=_mtime, reverse=True)
+
+
+def _mtime(folder: Path) -> float:
+    try:
+        return folder.stat().st_mtime
+    except OSError:  # removed since it was found
+        return 0.0
 
 
 def result_choices(request: gr.Request | None = None) -> list[tuple[str, str]]:

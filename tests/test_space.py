@@ -225,6 +225,26 @@ def test_predict_file_writes_a_predictions_csv(client, tiny_csv):
     assert preview["headers"][:2] == ["text", "label"]
 
 
+def test_result_list_survives_a_folder_vanishing_while_it_is_scanned(space, tmp_path, monkeypatch):
+    """Other processes create and delete folders under the result roots (e.g. a push's temporary folder in /tmp):
+    one that vanishes mid-scan must not break the Space's result list (it did, with FileNotFoundError)."""
+    app, _ = space
+    kept = tmp_path / "kept" / "run"
+    kept.mkdir(parents=True)
+    (kept / "ft_plugin_config.json").write_text("{}")
+    vanishing, real_glob = tmp_path / "vanishing", Path.glob
+    vanishing.mkdir()
+
+    def glob(self, pattern):
+        if self == vanishing:  # found a subfolder, then it was deleted before it could be listed
+            raise FileNotFoundError(2, "No such file or directory", str(self / "gone"))
+        yield from real_glob(self, pattern)
+
+    monkeypatch.setattr(Path, "glob", glob)
+    monkeypatch.setattr(app, "RESULT_ROOTS", [vanishing, tmp_path / "kept"])
+    assert app.find_results(None) == [kept.resolve()]
+
+
 def test_long_text_is_truncated_with_a_warning(space):
     app, _ = space
     with pytest.warns(UserWarning, match="only the first 128 were classified"):
