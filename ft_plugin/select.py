@@ -281,9 +281,9 @@ def reads_as_cut(model, cut, tokenizer) -> bool:
 def shared_passes(candidates: list[Candidate]) -> list[list[Candidate]]:
     """Candidates grouped by the weights they load: in each group the first (the full model, else the deepest cut)
     runs once and the others, its first k layers, read their features from that pass. Input order otherwise."""
-    groups: dict[str, list[Candidate]] = {}
-    for candidate in candidates:
-        groups.setdefault(candidate.path, []).append(candidate)
+    groups: dict[tuple[str, str | None], list[Candidate]] = {}
+    for candidate in candidates:  # a packaged model that is not installed has no path: its own cuts join it
+        groups.setdefault((candidate.path, candidate.missing), []).append(candidate)
     return [sorted(group, key=lambda c: -(c.num_layers or 10**9)) for group in groups.values()]
 
 
