@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ WORDS = {
     "positive": ["great", "love", "thanks", "good", "happy", "best"],
 }
 FILLER = ["the", "my", "was", "and", "a", "is", "it", "so"]
+
+
+def accelerate_launch(config: str) -> list[str]:
+    """`accelerate launch` with one of the shipped configs (`cpu`, `cpu_ddp`, ...), as a user types it; run from the
+    repository root."""
+    return [shutil.which("accelerate") or "accelerate", "launch", "--config_file", f"accelerate_configs/{config}.yaml"]
 
 
 def make_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:

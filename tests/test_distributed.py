@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from ft_plugin import distributed
 from ft_plugin.distributed import LaunchError, check_accelerate_config, check_batches, check_launch
 from ft_plugin.recipe import main
 
-from .conftest import make_texts
+from .conftest import accelerate_launch, make_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_TOLERANCE = 1e-4
@@ -106,14 +105,9 @@ def assert_same_as_one_process(out: Path, reference: Path, result: subprocess.Co
     assert (probabilities(out) - probabilities(reference)).abs().max() < PROBABILITY_TOLERANCE
 
 
-def accelerate_cpu_ddp() -> list[str]:
-    """`accelerate launch` with the shipped 2-process CPU config, as a user types it."""
-    return [shutil.which("accelerate") or "accelerate", "launch", "--config_file", "accelerate_configs/cpu_ddp.yaml"]
-
-
 def test_accelerate_launch_cpu_ddp_matches_one_process(one_process, tiny_model_dir, tiny_csv, tmp_path):
     out = tmp_path / "out"
-    launcher = accelerate_cpu_ddp()
+    launcher = accelerate_launch("cpu_ddp")
     args = recipe_args(tiny_model_dir, tiny_csv, out, per_device=8)
     result = run([*launcher, "recipes/lora_bert.py", *args], tmp_path, watch=out)
     assert_same_as_one_process(out, one_process, result, tmp_path)
@@ -150,7 +144,7 @@ def test_every_recipe_runs_under_two_processes(tiny_model_dir, tiny_csv, tmp_pat
     args[args.index("--max_steps") + 1] = "3"
     recipes = ",".join(str(recipe.relative_to(ROOT)) for recipe in RECIPES)
     result = run(
-        [*accelerate_cpu_ddp(), str(driver), str(out), recipes, *args, "--prompt_init_text", ""], tmp_path, out
+        [*accelerate_launch("cpu_ddp"), str(driver), str(out), recipes, *args, "--prompt_init_text", ""], tmp_path, out
     )
     writes = {rank: (tmp_path / f"writes.{rank}").read_text().split() for rank in ("0", "1")}
     assert writes["0"][0] == writes["1"][0] == "started", "two processes ran"

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import ft_plugin
+from tests.conftest import accelerate_launch
 from tests.hub_server import LocalHub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,10 +199,11 @@ def test_token_is_never_written_or_printed(hub, pushed):
 
 def test_only_the_main_process_pushes_under_two_processes(hub, tiny_csv, tmp_path):
     """`accelerate launch` with the 2-process CPU config and `--push_to_hub`: one repo created, one commit."""
-    launch = [shutil.which("accelerate") or "accelerate", "launch", "--config_file", "accelerate_configs/cpu_ddp.yaml"]
     created_before = sum(entry.get("route") == "create_repo" for entry in hub.log)
     command = recipe(tmp_path / "out", tiny_csv, "--push_to_hub", "--hub_model_id", "alice/ddp-lora")[1:]  # no python
-    done = run([*launch, *command], {**client_env(hub, tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"})
+    done = run(
+        [*accelerate_launch("cpu_ddp"), *command], {**client_env(hub, tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes train with DDP over gloo" in done.stderr
     commits = [e for e in hub.log if e.get("route") == "commit" and "/alice/ddp-lora/" in e["path"]]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +13,8 @@ from ft_plugin.auto import _without_method, requested_method, rung_steps
 from ft_plugin.cli import main
 from ft_plugin.recipe import main as recipe_main
 from ft_plugin.search import pareto_front
+
+from .conftest import accelerate_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,9 +46,8 @@ def test_three_trial_sweep_writes_leaderboard_plot_and_a_runnable_recipe_then_re
     assert f"method: {best['method']}" in recipe and "accelerate launch" in recipe
     assert all(row["peak_memory_mb"] > 0 for row in rows)
     # The recipe runs as the file says, under `accelerate launch` with the shipped CPU config.
-    launch = [shutil.which("accelerate") or "accelerate", "launch", "--config_file", "accelerate_configs/cpu.yaml"]
     done = subprocess.run(
-        [*launch, "recipes/lora_bert.py", str(out / "best_recipe.yaml"), "--max_steps", "2", "--eval_strategy", "no",
+        [*accelerate_launch("cpu"), "recipes/lora_bert.py", str(out / "best_recipe.yaml"), "--max_steps", "2", "--eval_strategy", "no",
          "--save_strategy", "no", "--load_best_model_at_end", "false", "--output_dir", str(tmp_path / "best")],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
