@@ -1,4 +1,4 @@
-"""Prediction latency: base + LoRA adapter unmerged vs merged vs an exported merged model vs the Space's /predict.
+"""Prediction latency: base + LoRA adapter unmerged vs merged vs exported merged vs merged int8 vs the Space's /predict.
 
     python bench/inference.py                          # trains a small LoRA result first (about 1 minute)
     python bench/inference.py --adapter outputs/lora   # or measure an existing LoRA result folder
@@ -6,8 +6,10 @@
     python bench/inference.py --lora_flags "--target_modules all-linear"   # LoRA on every linear layer
 
 Single-text and batch-of-32 latency, p50 and p95 over `--repeats` calls after warm-up, measured side by side in one
-run on the same texts (real tweets from the embedded test split), the models taking turns call by call. The small LoRA run trains in a separate process,
-so the measuring process is like a serving one (only loading and predicting). The Space row is one
+run on the same texts (real tweets from the embedded test split), the models taking turns call by call. The int8
+row is the merged model with dynamically quantized linear layers (`--quantize int8`); its cost is reported as test
+accuracy beside the merged model's and the share of texts where the two predict the same label. The small LoRA run
+trains in a separate process, so the measuring process is like a serving one (only loading and predicting). The Space row is one
 `gradio_client` user calling /predict on the Space launched in this process on 127.0.0.1 (HTTP and Gradio's queue
 included; the Space merges the adapter). Writes bench/results/inference.json.
 """
@@ -29,7 +31,7 @@ import torch  # noqa: E402
 
 from bench._common import print_table, run_fresh, write_json  # noqa: E402
 from ft_plugin.data import DataArguments, load_data  # noqa: E402
-from ft_plugin.inference import TextClassifier  # noqa: E402
+from ft_plugin.inference import TextClassifier, quantize_int8  # noqa: E402
 
 
 def train_small_lora(model_name_or_path: str | None, max_seq_length: int, lora_flags: str = "") -> str:
@@ -84,6 +86,18 @@ def latencies(classifiers: dict[str, TextClassifier], texts: list[str], batch: i
     return runs
 
 
+def int8_accuracy(merged: TextClassifier, int8: TextClassifier, texts: list[str], labels: list[int]) -> dict:
+    """Test accuracy of the merged model and of its int8 version, and how often they predict the same label."""
+    predicted = {name: classifier.predict_proba(texts, batch_size=64).argmax(-1) for name, classifier in
+                 (("merged", merged), ("merged int8", int8))}  # fmt: skip
+    gold = torch.tensor(labels)
+    return {
+        **{name: (labels_ == gold).float().mean().item() for name, labels_ in predicted.items()},
+        "agreement": (predicted["merged"] == predicted["merged int8"]).float().mean().item(),
+        "texts": len(texts),
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
@@ -100,13 +114,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--output", default="inference")
+    parser.add_argument("--accuracy_samples", type=int, default=None, help="Test texts for the int8 accuracy check.")
     parser.add_argument("--no_space", action="store_true", help="Skip the Space /predict row.")
     parser.add_argument("--lora_flags", default="", help='Recipe flags for the small LoRA run, e.g. "--lora_r 16".')
     options = parser.parse_args(argv)
     adapter = options.adapter or run_fresh(
         train_small_lora, options.model_name_or_path, options.max_seq_length, options.lora_flags
     )
-    texts = load_data(DataArguments(max_predict_samples=500)).splits["test"]["text"][:]
+    test = load_data(DataArguments(max_predict_samples=options.accuracy_samples)).splits["test"]
+    texts = test["text"][:500]
 
     unmerged = TextClassifier.from_pretrained(adapter, merge=False)
     merged = copy.copy(unmerged)
@@ -124,7 +140,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for other in (merged, exported):
             torch.testing.assert_close(other.model(**batch).logits, reference, rtol=1e-3, atol=1e-4)
 
-    classifiers = {"unmerged (PeftModel)": unmerged, "merged": merged, "exported merged": exported}
+    int8 = copy.copy(merged)
+    int8.model = quantize_int8(copy.deepcopy(merged.model))
+    accuracy = int8_accuracy(merged, int8, test["text"][:], test["label"][:])
+
+    classifiers = {"unmerged (PeftModel)": unmerged, "merged": merged, "exported merged": exported, "merged int8": int8}
     rows = []
     for batch_size in (1, 32):
         for name, runs in latencies(classifiers, texts, batch_size, options.repeats).items():
@@ -140,7 +160,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print_table(rows, ["model", "batch", "p50_ms", "p95_ms", "texts_per_s", "speedup_vs_unmerged"])
     adapted = sorted({name.rsplit(".", 1)[-1] for name in unmerged.model.peft_config["default"].target_modules})
     print(f"LoRA r={unmerged.model.peft_config['default'].r} on {', '.join(adapted)}")
-    path = write_json(options.output, {"settings": vars(options), "lora_target_modules": adapted, "rows": rows})
+    print(f"Test accuracy on {accuracy['texts']} tweets: merged {accuracy['merged']:.4f}, merged int8 "
+          f"{accuracy['merged int8']:.4f}; same label for {accuracy['agreement']:.2%} of them")  # fmt: skip
+    payload = {"settings": vars(options), "lora_target_modules": adapted, "rows": rows, "accuracy": accuracy}
+    path = write_json(options.output, payload)
     print(f"\nWrote {path}")
     return rows
 

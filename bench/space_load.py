@@ -2,6 +2,7 @@
 
     python bench/space_load.py                              # 20 clients for 30 s, a bert-tiny LoRA job training
     python bench/space_load.py --clients 4 --seconds 5      # a quick look
+    python bench/space_load.py --quantize int8              # the Space serving int8 models (FT_PLUGIN_SPACE_QUANTIZE)
 
 The Space runs in this process on 127.0.0.1 only (a free port). Steps: train the job once alone (the reference),
 then start the same job again and, while it trains, let `--clients` clients call /predict in a closed loop (each
@@ -126,10 +127,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--without_training", action="store_true", help="Only the users: what the Space serves with no job training."
     )
+    parser.add_argument("--quantize", choices=["int8"], default=None, help="Serve int8 models (the Space variable).")
     args = parser.parse_args(argv)
 
     from gradio_client import Client
 
+    if args.quantize:
+        os.environ["FT_PLUGIN_SPACE_QUANTIZE"] = args.quantize
     runs = Path(tempfile.mkdtemp(prefix="ft-plugin-space-load-"))
     app = load_app(runs)
     port = free_port()
@@ -196,7 +200,12 @@ def main(argv: list[str] | None = None) -> dict:
         )
         payload["training_alone"] = {"seconds": alone["train seconds"], "metrics": final_metrics(alone)}
         payload["training_under_load"] = {"seconds": loaded["train seconds"], "metrics": final_metrics(loaded)}
-    print("wrote", write_json("space_load-without-training" if args.without_training else "space_load", payload))
+    name = (
+        "space_load"
+        + ("-without-training" if args.without_training else "")
+        + (f"-{args.quantize}" if args.quantize else "")
+    )
+    print("wrote", write_json(name, payload))
     return payload
 
 

@@ -34,7 +34,7 @@ from ft_plugin.data import (
     read_file,
 )
 from ft_plugin.errors import FtPluginError
-from ft_plugin.inference import MicroBatcher, TextClassifier
+from ft_plugin.inference import QUANTIZATIONS, MicroBatcher, TextClassifier, quantize_int8
 from ft_plugin.jobs import FAILED, FINISHED, JobRunner, TrainingJob
 from ft_plugin.methods import METHODS, parse_method
 from ft_plugin.models import DEFAULT_MODEL, PACKAGED_MODELS, load_base_model
@@ -48,6 +48,9 @@ AUTO_BASE, NO_ADAPTER = "auto", "none"
 MAX_CHARS = 10_000  # longer texts are cut before tokenising (the model reads 128 tokens anyway)
 EVAL_SAMPLES = 500  # validation/test texts per run: enough for a stable accuracy, quick on CPU
 MODEL_CACHE_SIZE = 3
+QUANTIZE = os.environ.get("FT_PLUGIN_SPACE_QUANTIZE") or None  # "int8": faster CPU serving (ft-plugin space --quantize)
+if QUANTIZE not in (None, *QUANTIZATIONS):
+    raise SystemExit(f"FT_PLUGIN_SPACE_QUANTIZE={QUANTIZE!r} is not a quantization: set it to int8, or unset it.")
 PREDICT_BATCH_SIZE = 32  # concurrent /predict calls classified in one forward pass
 # Training runs in its own process, in the background: lowest CPU priority and half the cores, so that users'
 # /predict calls stay fast while a job trains (bench/space_load.py, 20 users on 2 cores: p95 1.17-1.23 s with a
@@ -218,9 +221,10 @@ def get_batcher(base: str, adapter: str, request: gr.Request | None) -> MicroBat
             return _models[key]
         if adapter == NO_ADAPTER:
             model, tokenizer = load_base_model(None if base == AUTO_BASE else base, embedded_data().labels)
-            classifier = TextClassifier(model=model.eval(), tokenizer=tokenizer)
+            classifier = TextClassifier(model=quantize_int8(model) if QUANTIZE else model.eval(), tokenizer=tokenizer)
         else:  # a result folder or Hub id; LoRA-like adapters are merged into the base for speed
-            classifier = TextClassifier.from_pretrained(adapter, None if base == AUTO_BASE else base)
+            chosen_base = None if base == AUTO_BASE else base
+            classifier = TextClassifier.from_pretrained(adapter, chosen_base, quantize=QUANTIZE)
         _models[key] = MicroBatcher(classifier, max_batch_size=PREDICT_BATCH_SIZE)
         while len(_models) > MODEL_CACHE_SIZE:
             _models.popitem(last=False)[1].close()

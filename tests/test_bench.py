@@ -34,7 +34,8 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
                         "--methods", "lora", "--profile", "--variant", "no-attn-dropout=--attention_dropout 0"]),
         ("methods", ["--methods", "lora", "adapter", "--seeds", "1", "--max_train_samples", "32",
                      "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32"]),
-        ("inference", ["--repeats", "3", "--max_seq_length", "32", "--lora_flags=--target_modules all-linear"]),
+        ("inference", ["--repeats", "3", "--max_seq_length", "32", "--accuracy_samples", "40",
+                       "--lora_flags=--target_modules all-linear"]),
         ("work_scaling", ["--lengths", "16", "32", "--sizes", "32", "--batch_sizes", "4", "--batch_size", "4",
                           "--batch_length", "32", "--steps", "2", "--warmup", "1"]),
         ("evaluation", ["--max_eval_samples", "24", "--batch_size", "4", "--max_seq_length", "32", "--repeats", "1"]),
@@ -78,8 +79,9 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
         assert len({round(row["eval_loss"], 4) for row in payload["rows"]}) == 1
         assert by_order["ft-plugin (longest first)"]["padding_share"] <= by_order["dataset order"]["padding_share"]
     if script == "inference":
-        models = {"unmerged (PeftModel)", "merged", "exported merged", "Space /predict (gradio_client)"}
+        models = {"unmerged (PeftModel)", "merged", "exported merged", "merged int8", "Space /predict (gradio_client)"}
         assert {row["model"] for row in payload["rows"]} == models
+        assert payload["accuracy"]["texts"] == 40 and 0 <= payload["accuracy"]["merged int8"] <= 1
         assert all(0 < row["p50_ms"] <= row["p95_ms"] for row in payload["rows"])
         assert {"query", "key", "value", "dense"} <= set(payload["lora_target_modules"])  # --lora_flags reached it
 

@@ -139,3 +139,31 @@ def test_report_to_tensorboard_writes_event_files(tiny_model_dir, tiny_csv, tmp_
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(out.rglob("events.out.tfevents.*")), "tensorboard event files are written"
+
+
+def test_int8_quantized_prediction_agrees_with_full_precision(trained, tiny_csv):
+    """`--quantize int8` swaps every linear layer for a dynamically quantized one and keeps the predictions."""
+    from torch import nn
+
+    from ft_plugin.inference import TextClassifier
+
+    full = TextClassifier.from_pretrained(trained)
+    int8 = TextClassifier.from_pretrained(trained, quantize="int8")
+    assert not any(type(module) is nn.Linear for module in int8.model.modules())
+    assert any(type(module) is nn.Linear for module in full.model.modules())
+    texts = [row[0] for row in csv.reader(tiny_csv.open())][1:]
+    assert (int8.predict_proba(texts).argmax(-1) == full.predict_proba(texts).argmax(-1)).float().mean() > 0.95
+
+    result = ft_plugin("evaluate", "--adapter", str(trained), "--test_file", str(tiny_csv), "--quantize", "int8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout[result.stdout.index("{") :])["accuracy"] > 0.9
+
+
+def test_int8_quantization_of_an_unmerged_adapter_is_refused_in_one_line(trained):
+    from ft_plugin import ModelError
+    from ft_plugin.inference import TextClassifier
+
+    with pytest.raises(ModelError, match="needs the adapter merged"):
+        TextClassifier.from_pretrained(trained, merge=False, quantize="int8")
+    with pytest.raises(ModelError, match="Unknown quantization 'int4'"):
+        TextClassifier.from_pretrained(trained, quantize="int4")

@@ -338,3 +338,18 @@ def test_a_killed_training_process_fails_its_job_not_the_app(tiny_model_dir, tin
     assert job.error == "the training process ended unexpectedly (exit code -9)" and not job.has_result
     follow_up = runner.submit(TrainingJob({**options, "num_train_epochs": 1, "output_dir": str(tmp_path / "next")}))
     assert follow_up.wait(120) and follow_up.state == "finished", follow_up.error
+
+
+def test_space_serves_int8_models_when_its_variable_asks_and_refuses_an_unknown_value(tmp_path, monkeypatch):
+    from torch import nn
+
+    monkeypatch.setenv("FT_PLUGIN_SPACE_QUANTIZE", "int8")
+    app = load_app(tmp_path / "int8_runs")
+    classifier = app.get_classifier(app.AUTO_BASE, app.NO_ADAPTER, None)
+    assert not any(type(module) is nn.Linear for module in classifier.model.modules())
+    (prediction,) = classifier.predict(["The flight was delayed three hours and nobody told us why"])
+    assert set(prediction) == LABELS and sum(prediction.values()) == pytest.approx(1.0, abs=1e-4)
+
+    monkeypatch.setenv("FT_PLUGIN_SPACE_QUANTIZE", "int4")
+    with pytest.raises(SystemExit, match="FT_PLUGIN_SPACE_QUANTIZE='int4' is not a quantization"):
+        load_app(tmp_path / "int4_runs")
