@@ -34,6 +34,7 @@ import torch
 from transformers import TrainerCallback
 
 from .errors import FtPluginError, MethodError
+from .memory import PeakRSS
 
 logger = logging.getLogger(__name__)
 
@@ -260,22 +261,22 @@ class JobCallback(TrainerCallback):
 
     def __init__(self, report: Any, cancel: Any, max_minutes: float | None, started: float) -> None:
         self.report, self.cancel, self.max_minutes, self.started = report, cancel, max_minutes, started
-        self.process = psutil.Process()
-        self.baseline_rss = self.process.memory_info().rss
+        # GPU: peak allocated memory; CPU: the peak resident memory added since the job began, sampled every 20 ms
+        # (read at step ends only, it would miss the activations, which are freed by then).
+        self.rss = None if torch.cuda.is_available() else PeakRSS().start()
+        self.baseline_rss = self.rss.peak if self.rss else 0
         self.peak_memory_mb = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.report({"max_steps": state.max_steps, "phase": "training"})
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self.rss is not None:
+            self.rss.stop()
         self.report({"phase": "evaluating and saving"})
 
     def on_step_end(self, args, state, control, **kwargs):
-        # GPU: peak allocated memory; CPU: resident memory added since the job began.
-        if torch.cuda.is_available():
-            memory = torch.cuda.max_memory_allocated()
-        else:
-            memory = self.process.memory_info().rss - self.baseline_rss
+        memory = self.rss.peak - self.baseline_rss if self.rss else torch.cuda.max_memory_allocated()
         self.peak_memory_mb = max(self.peak_memory_mb, memory / 2**20)
         report = {"step": state.global_step, "peak_memory_mb": self.peak_memory_mb}
         if self.cancel.is_set():

@@ -14,7 +14,6 @@ import csv
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -25,6 +24,7 @@ from transformers import TrainerCallback
 
 from .data import DataArguments
 from .errors import FtPluginError, MethodError
+from .memory import PeakRSS
 from .methods import apply_method, count_parameters, parse_method
 
 logger = logging.getLogger(__name__)
@@ -99,35 +99,6 @@ def compatible_methods(methods: list[str], base_model, method_args) -> tuple[lis
         else:
             kept.append(method)
     return kept, dropped
-
-
-class PeakRSS:
-    """The process's largest resident memory (MB) between `start()` and `stop()`, sampled by a thread that sleeps
-    `interval` seconds between reads. On the CPU, `ru_maxrss` only ever grows, so in a sweep it would carry one
-    trial's peak into every later trial."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        import psutil  # an accelerate dependency
-
-        self.interval, self.peak = interval, 0
-        self._process, self._stop, self._thread = psutil.Process(), threading.Event(), None
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def start(self) -> PeakRSS:
-        self.peak = self._process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True, name="ft-plugin-peak-rss")
-        self._thread.start()
-        return self
-
-    def stop(self) -> float:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-        return self.peak / 2**20
 
 
 class TrialRecorder(TrainerCallback):

@@ -66,7 +66,7 @@ def test_peak_rss_is_the_peak_of_its_own_window():
     """Each trial's CPU memory is its own peak: `ru_maxrss` would carry an earlier trial's peak into later ones."""
     import torch
 
-    from ft_plugin.search import PeakRSS
+    from ft_plugin.memory import PeakRSS
 
     first = PeakRSS(interval=0.005).start()
     before = first.peak / 2**20

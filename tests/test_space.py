@@ -353,3 +353,23 @@ def test_space_serves_int8_models_when_its_variable_asks_and_refuses_an_unknown_
     monkeypatch.setenv("FT_PLUGIN_SPACE_QUANTIZE", "int4")
     with pytest.raises(SystemExit, match="FT_PLUGIN_SPACE_QUANTIZE='int4' is not a quantization"):
         load_app(tmp_path / "int4_runs")
+
+
+def test_a_jobs_peak_memory_includes_what_was_freed_before_the_step_ended():
+    """The Space's memory column: activations live during a step and are freed before `on_step_end`, so reading the
+    resident memory only there would miss them."""
+    import threading
+
+    import torch
+
+    from ft_plugin.jobs import JobCallback
+
+    reports: list[dict] = []
+    callback = JobCallback(reports.append, threading.Event(), None, time.time())
+    callback.rss.interval = 0.005
+    big = torch.ones(50 * 2**20)  # 200 MB written during the "step"
+    time.sleep(0.05)
+    del big
+    callback.on_step_end(None, type("State", (), {"global_step": 1})(), type("Control", (), {})())
+    callback.on_train_end(None, None, None)
+    assert reports[0]["step"] == 1 and reports[0]["peak_memory_mb"] > 150
