@@ -117,10 +117,12 @@ def test_apply_accepts_short_and_prefixed_option_names(tiny_model_dir):
     assert short.peft_config["default"].r == 4
 
 
-@pytest.mark.parametrize("method", ["lora", "ia3", "bitfit"])
-def test_all_linear_adapts_every_linear_layer_but_the_head(tiny_model_dir, method):
-    """PEFT's `target_modules="all-linear"` shorthand works from the command line's list form too."""
-    model, _ = _build(tiny_model_dir, method, {"target_modules": ["all-linear"]})
+@pytest.mark.parametrize("method,spelling", [("lora", "all-linear"), ("ia3", "all-linear"), ("bitfit", "all-linear"),
+                                            ("lora", "ALL_LINEAR")])  # fmt: skip
+def test_all_linear_adapts_every_linear_layer_but_the_head(tiny_model_dir, method, spelling):
+    """PEFT's `target_modules="all-linear"` shorthand works from the command line's list form too, and so does the
+    underscore spelling of a flag-like name."""
+    model, _ = _build(tiny_model_dir, method, {"target_modules": [spelling]})
     adapted = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "base_layer")}
     assert adapted == {"query", "key", "value", "dense"}  # the head is trained whole, not adapted
 

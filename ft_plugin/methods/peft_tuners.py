@@ -150,7 +150,7 @@ def _common(config) -> dict:
 
 def _targets(config, default=None) -> dict:
     targets = config.target_modules or default
-    if targets and [t.lower() for t in targets] == [ALL_LINEAR]:  # PEFT's shorthand is a string, not a name
+    if targets and [t.lower().replace("_", "-") for t in targets] == [ALL_LINEAR]:  # PEFT's shorthand, a string
         return {"target_modules": ALL_LINEAR}
     return {"target_modules": list(targets)} if targets else {}
 
@@ -238,7 +238,7 @@ def peft_apply(make_config: Callable[[object, nn.Module], peft.PeftConfig]):
             first = str(error).strip().splitlines()[0]
             raise MethodError(
                 f"{type(peft_config).__name__} cannot be applied to this model: {first} Pass --target_modules "
-                f"with names of its linear layers: {', '.join(linear_layer_names(model))}."
+                f"with names of its linear layers: {', '.join(linear_layer_names(model))} (or all-linear)."
             ) from error
         if getattr(peft_config, "tokenizer_name_or_path", None):  # the saved config names the base as it is shared
             wrapped.peft_config["default"].tokenizer_name_or_path = model.name_or_path
