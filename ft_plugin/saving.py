@@ -43,9 +43,10 @@ def save_result(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
     """Save a model returned by `apply_method` (and trained) so that `load` and, where possible, plain
     peft/transformers can load it. Returns the folder.
 
-    Atomic for loaders: the files are written to a temporary folder beside them, the old result's record and
-    weights are removed, then the new files are renamed in with the weights and `ft_plugin_config.json` last,
-    so a crash at any point never leaves a folder that loads (a mix of two results, or a partial one).
+    Atomic for loaders: the files are written to a temporary folder beside them, the old result's files that the
+    new one replaces are moved aside into `.previous-result/`, then the new files are renamed in, weights last,
+    so a crash at any point never leaves a folder that loads (a mix of two results, or a partial one). An error
+    while moving in puts the previous result back; after a kill it waits in `.previous-result/`.
     """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -56,7 +57,7 @@ def save_result(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
     except OSError as error:
         raise ModelError(
             f"Could not save the result in '{output}' ({error.strerror or error}): free disk space or choose a "
-            "writable --output_dir; no partial result was left."
+            "writable --output_dir; no partial result was left (a previous result there is back in place)."
         ) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -67,29 +68,72 @@ def save_result(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
 RESULT_MARKERS = (FT_PLUGIN_CONFIG, "adapter_config.json", DELTA_WEIGHTS, "model.safetensors")
 
 
+PREVIOUS_RESULT = ".previous-result"  # the replaced result's files while a new result moves in
+
+
 def has_result(folder: str | os.PathLike) -> bool:
-    """True if `folder` holds a saved result (what `--overwrite_output_dir` must be given to replace)."""
-    return any((Path(folder) / name).is_file() for name in RESULT_MARKERS)
+    """True if `folder` holds a saved result, or the previous result of an interrupted save (what
+    `--overwrite_output_dir` must be given to replace)."""
+    folder = Path(folder)
+    return (folder / PREVIOUS_RESULT).is_dir() or any((folder / name).is_file() for name in RESULT_MARKERS)
 
 
 def _is_weights(name: str) -> bool:
     return name.endswith((".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json"))
 
 
+def _loading_files(output: Path) -> list[Path]:
+    """The files that make `output` load: the record and the weights."""
+    return [output / FT_PLUGIN_CONFIG, *(f for f in output.iterdir() if f.is_file() and _is_weights(f.name))]
+
+
 def _move_in(staging: Path, output: Path) -> None:
-    """Rename the staged files into `output`, weight indexes and weights last: the folder loads only once the
-    last weights file has landed (a crash before leaves a record without weights, which `load` refuses)."""
-    for stale in [output / FT_PLUGIN_CONFIG, *(f for f in output.iterdir() if f.is_file() and _is_weights(f.name))]:
-        stale.unlink(missing_ok=True)  # the old result stops loading before any new file lands
+    """Move the files the new result replaces into `.previous-result/` (the old result stops loading before any
+    new file lands), rename the staged files in, weight indexes and weights last (the folder loads only once the
+    last weights file has landed), then drop the previous result. An error on the way puts it back."""
     for leftover in output.glob(".saving-*"):  # staging folders of an earlier crashed save
         if leftover != staging:
             shutil.rmtree(leftover, ignore_errors=True)
+    previous = output / PREVIOUS_RESULT
+    if previous.is_dir():  # an earlier save was killed mid-way: its previous result is the last complete one
+        for stale in _loading_files(output):
+            stale.unlink(missing_ok=True)
+    else:
+        previous.mkdir()
+        for old in {*_loading_files(output), *(output / f.name for f in staging.iterdir())}:
+            if old.is_file():
+                os.replace(old, previous / old.name)
     staged = sorted(staging.iterdir(), key=lambda f: (_is_weights(f.name), not f.name.endswith(".index.json")))
-    for file in staged:
-        target = output / file.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(file, target)
+    try:
+        for file in staged:
+            target = output / file.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(file, target)
+    except OSError:
+        _restore_previous(output)
+        raise
+    shutil.rmtree(previous)
+
+
+def _restore_previous(output: Path) -> None:
+    """Put `.previous-result/` back in place of a new result that did not finish moving in."""
+    previous = output / PREVIOUS_RESULT
+    for partial in _loading_files(output):
+        partial.unlink(missing_ok=True)
+    for old in previous.iterdir():
+        os.replace(old, output / old.name)
+    previous.rmdir()
+
+
+def interrupted_save_hint(folder: Path) -> str:
+    """What to say about a folder that does not load because a save into it was killed, or '' if none was."""
+    if not (folder / PREVIOUS_RESULT).is_dir():
+        return ""
+    return (
+        f" A save into it was interrupted; the previous result is kept in '{folder / PREVIOUS_RESULT}': move its "
+        "files back to use it, or train again."
+    )
 
 
 def _write_result(model: nn.Module, output: Path, tokenizer=None, extra: dict | None = None) -> None:
@@ -164,6 +208,7 @@ def read_record(folder: Path) -> dict[str, Any]:
         return {"method": None, "save_format": "full", "base_model": str(folder)}
     raise ModelError(
         f"'{folder}' is not an ft-plugin result: it has no {FT_PLUGIN_CONFIG}, adapter_config.json or config.json."
+        + interrupted_save_hint(folder)
     )
 
 
@@ -228,7 +273,7 @@ def check_weights(folder: Path, layout: str, allow_pickle: bool = False) -> None
     if not safetensors and not pickled:
         raise ModelError(
             f"'{folder}' has no weights file ({stem}.safetensors): the result is incomplete (an interrupted save or "
-            "download?); train or download it again."
+            "download?); train or download it again." + interrupted_save_hint(folder)
         )
     for file in safetensors:
         try:

@@ -169,31 +169,56 @@ def lora_model(tiny_model_dir):
     return apply_method(base, "lora"), tokenizer
 
 
+def first_weight(model):
+    return next(p for name, p in model.named_parameters() if "lora_A" in name).detach().clone()
+
+
+class Killed(BaseException):
+    """The process dying mid-way: no `except OSError` (nor `except Exception`) runs."""
+
+
 @pytest.mark.parametrize("failing_file", ["adapter_model.safetensors", "tokenizer.json"])
-def test_a_crash_while_saving_never_leaves_a_folder_that_loads(lora_model, tmp_path, monkeypatch, failing_file):
+@pytest.mark.parametrize("failure", ["error", "kill"])
+def test_a_crash_while_saving_never_leaves_a_folder_that_loads_nor_loses_the_previous_result(
+    lora_model, tmp_path, monkeypatch, failing_file, failure
+):
+    import torch
+
     from ft_plugin import saving
 
     model, tokenizer = lora_model
     out = tmp_path / "result"
     saving.save_result(model, out, tokenizer)
-    assert saving.load(out) is not None  # the first result loads
+    first = first_weight(saving.load(out))  # the first result loads
+    with torch.no_grad():
+        next(p for name, p in model.named_parameters() if "lora_A" in name).add_(1.0)  # a different second result
 
-    real_replace = os.replace
+    real_replace, crashed = os.replace, []
 
-    def crash_on(source, target):  # the process "dies" when this file would land
-        if Path(target).name == failing_file:
-            raise OSError(28, "No space left on device")
+    def crash_on(source, target):  # the save fails (or the process dies) when this file would first land
+        if Path(target).name == failing_file and Path(source).parent.name.startswith(".saving-") and not crashed:
+            crashed.append(target)
+            raise OSError(28, "No space left on device") if failure == "error" else Killed()
         real_replace(source, target)
 
     monkeypatch.setattr(saving.os, "replace", crash_on)
-    with pytest.raises(ModelError, match="No space left on device.*no partial result"):
-        saving.save_result(model, out, tokenizer)
-    monkeypatch.undo()
-    with pytest.raises(ModelError, match="no weights file"):
-        saving.load(out)  # neither the old result nor a half-new one
+    if failure == "error":
+        with pytest.raises(ModelError, match="No space left on device.*previous result there is back in place"):
+            saving.save_result(model, out, tokenizer)
+        monkeypatch.undo()
+        torch.testing.assert_close(first_weight(saving.load(out)), first)  # rolled back to the first result
+    else:
+        with pytest.raises(Killed):
+            saving.save_result(model, out, tokenizer)
+        monkeypatch.undo()
+        with pytest.raises(ModelError, match=r"interrupted; the previous result is kept in '.*\.previous-result'"):
+            saving.load(out)  # neither the old result nor a half-new one ...
+        torch.testing.assert_close(first_weight(saving.load(out / ".previous-result")), first)  # ... but kept
+        assert saving.has_result(out)  # so a new run still needs --overwrite_output_dir
     assert not list(out.glob(".saving-*")), "the staging folder is cleaned up"
-    saving.save_result(model, out, tokenizer)  # saving again repairs it
-    assert saving.load(out) is not None
+    saving.save_result(model, out, tokenizer)  # saving again completes, and drops the previous result
+    assert not (out / ".previous-result").exists()
+    assert not torch.equal(first_weight(saving.load(out)), first)
 
 
 def test_the_length_grouped_shuffle_is_a_function_of_seed_and_epoch_even_under_a_skip():
