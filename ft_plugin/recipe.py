@@ -216,21 +216,11 @@ def build_trainer(
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = data.tokenize(tokenizer, data_args.max_seq_length)
     check_batches(len(tokenized["train"]), training_args.per_device_train_batch_size, training_args.world_size)
-    if "adalora" in model_args.method.split("+"):
+    adalora = "adalora" in model_args.method.split("+")
+    if adalora:
         method_args.adalora_total_step = total_training_steps(training_args, len(tokenized["train"]))
     model = apply_method(model, model_args.method, method_args)
     logger.info("%s: %s", model_args.method, trainable_report(model))
-    callbacks = list(callbacks or [])
-    if model_args.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience))
-    if "adalora" in model_args.method.split("+"):
-        callbacks.append(AdaLoraCallback())
-        if training_args.load_best_model_at_end:  # the Trainer would fail loading it with a size mismatch
-            logger.warning(
-                "AdaLoRA reallocates its ranks during training, so an earlier best checkpoint does not fit the final "
-                "model: --load_best_model_at_end is off for this run (the final model is kept and evaluated)."
-            )
-            training_args.load_best_model_at_end = False
     # --- hub (issue 4): ft-plugin pushes the saved result folder itself, at the end of `train_and_save`, so the
     # Trainer must not create the repo at init nor push checkpoints: an offline run still trains and saves.
     # Reliability (issue 9): the Trainer pickles its arguments into every checkpoint's `training_args.bin`, so it
@@ -238,6 +228,17 @@ def build_trainer(
     trainer_args = copy.copy(training_args)
     trainer_args.push_to_hub, trainer_args.hub_token = False, None
     # --- end hub
+    callbacks = list(callbacks or [])
+    if model_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience))
+    if adalora:
+        callbacks.append(AdaLoraCallback())
+        if trainer_args.load_best_model_at_end:  # the Trainer would fail loading it with a size mismatch
+            logger.warning(
+                "AdaLoRA reallocates its ranks during training, so an earlier best checkpoint does not fit the final "
+                "model: --load_best_model_at_end is off for this run (the final model is kept and evaluated)."
+            )
+            trainer_args.load_best_model_at_end = False  # the caller's arguments stay as they were
     trainer = classification_trainer(trainer_args, tokenized, tokenizer, callbacks, model=model)
     trainer.ft_data = data
     trainer.ft_test_dataset = tokenized["test"]
