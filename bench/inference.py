@@ -9,9 +9,9 @@ Single-text and batch-of-32 latency, p50 and p95 over `--repeats` calls after wa
 run on the same texts (real tweets from the embedded test split), the models taking turns call by call. The int8
 row is the merged model with dynamically quantized linear layers (`--quantize int8`); its cost is reported as test
 accuracy beside the merged model's and the share of texts where the two predict the same label. The small LoRA run
-trains in a separate process, so the measuring process is like a serving one (only loading and predicting). The Space row is one
-`gradio_client` user calling /predict on the Space launched in this process on 127.0.0.1 (HTTP and Gradio's queue
-included; the Space merges the adapter). Writes bench/results/inference.json.
+trains in a separate process, so the measuring process is like a serving one (only loading and predicting). The
+Space row is one `gradio_client` user calling /predict on the Space launched in this process on 127.0.0.1 (HTTP and
+Gradio's queue included; the Space merges the adapter). Writes bench/results/inference.json.
 """
 
 from __future__ import annotations
