@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from bench._common import print_table, run_fresh, write_json  # noqa: E402
 from ft_plugin.data import DataArguments, load_data  # noqa: E402
 from ft_plugin.inference import TextClassifier, quantize_int8  # noqa: E402
+from ft_plugin.metrics import classification_metrics  # noqa: E402
 
 
 def train_small_lora(model_name_or_path: str | None, max_seq_length: int, lora_flags: str = "") -> str:
@@ -87,13 +88,13 @@ def latencies(classifiers: dict[str, TextClassifier], texts: list[str], batch: i
 
 
 def int8_accuracy(merged: TextClassifier, int8: TextClassifier, texts: list[str], labels: list[int]) -> dict:
-    """Test accuracy of the merged model and of its int8 version, and how often they predict the same label."""
-    predicted = {name: classifier.predict_proba(texts, batch_size=64).argmax(-1) for name, classifier in
+    """Test accuracy of the merged model and of its int8 version (as `ft-plugin evaluate` computes it), and how
+    often the two predict the same label."""
+    predicted = {name: classifier.predict_proba(texts, batch_size=64).argmax(-1).tolist() for name, classifier in
                  (("merged", merged), ("merged int8", int8))}  # fmt: skip
-    gold = torch.tensor(labels)
     return {
-        **{name: (labels_ == gold).float().mean().item() for name, labels_ in predicted.items()},
-        "agreement": (predicted["merged"] == predicted["merged int8"]).float().mean().item(),
+        **{name: classification_metrics(labels_, labels)["accuracy"] for name, labels_ in predicted.items()},
+        "agreement": statistics.mean(a == b for a, b in zip(predicted["merged"], predicted["merged int8"])),
         "texts": len(texts),
     }
 

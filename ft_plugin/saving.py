@@ -66,8 +66,6 @@ def save_result(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
 
 # -- atomic saving (issue 9) -------------------------------------------------------------------------------------
 RESULT_MARKERS = (FT_PLUGIN_CONFIG, "adapter_config.json", DELTA_WEIGHTS, "model.safetensors")
-
-
 PREVIOUS_RESULT = ".previous-result"  # the replaced result's files while a new result moves in
 
 
