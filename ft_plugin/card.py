@@ -38,9 +38,12 @@ HYPERPARAMETERS = (
 )  # fmt: skip
 
 
-def hyperparameters(training_args) -> dict[str, Any]:
-    """The training hyper-parameters worth recording in the result (and showing on the card)."""
+def hyperparameters(training_args, labels: list[str] | None = None, class_weights=None) -> dict[str, Any]:
+    """The training hyper-parameters worth recording in the result (and showing on the card), with the loss's class
+    weights (`--class_weights`) when there are any."""
     values = {name: getattr(training_args, name, None) for name in HYPERPARAMETERS}
+    if class_weights is not None:
+        values["class_weights"] = {label: round(w, 4) for label, w in zip(labels, class_weights.tolist())}
     return {k: (v.value if hasattr(v, "value") else v) for k, v in values.items() if v is not None}
 
 

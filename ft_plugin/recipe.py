@@ -39,7 +39,7 @@ from .methods import METHODS, apply_method, count_parameters, parse_method, trai
 from .methods.compose import configs_from_arguments
 from .models import load_base_model
 from .saving import save_result
-from .trainer import classification_trainer
+from .trainer import class_weights_for, classification_trainer, parse_class_weights
 
 logger = logging.getLogger("ft_plugin")
 
@@ -74,6 +74,13 @@ class ModelArguments:
         metadata={
             "help": "Dropout on attention probabilities (default: the model's config); 0 trains faster and "
             "lighter on CPU."
+        },
+    )
+    class_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "Weight the loss per class for imbalanced data: balanced (n / (classes x count), as "
+            "scikit-learn), or label=weight pairs, e.g. negative=1,positive=3 (labels not named: 1)."
         },
     )
     # -- reliability (issue 9): transformers 5's TrainingArguments has no such flag; run_glue's meaning
@@ -176,6 +183,7 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
         raise MethodError(f"--learning_rate must be positive, got {training_args.learning_rate}.")
     if model_args.attention_dropout is not None and not 0 <= model_args.attention_dropout < 1:
         raise FtPluginError(f"--attention_dropout must be in [0, 1), got {model_args.attention_dropout}.")
+    parse_class_weights(model_args.class_weights)  # a malformed value fails now; label names are checked on the data
     configs_from_arguments(specs, method_args)  # bad method options (--lora_r 0) fail now, before data and model load
     return model_args, data_args, method_args, training_args
 
@@ -195,6 +203,15 @@ def total_training_steps(training_args: TrainingArguments, train_size: int) -> i
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     per_step *= max(1, training_args.world_size)
     return max(1, math.ceil(train_size / per_step) * math.ceil(training_args.num_train_epochs))
+
+
+def train_class_weights(model_args: ModelArguments, data: TextClassificationData, tokenized) -> torch.Tensor | None:
+    """The loss weights `--class_weights` asks for, from the training split's label counts (logged), or None."""
+    weights = class_weights_for(model_args.class_weights, data.labels, tokenized["train"]["labels"][:])
+    if weights is not None:
+        named = (f"{label} {weight:.3g}" for label, weight in zip(data.labels, weights.tolist()))
+        logger.info("Class weights: %s", ", ".join(named))
+    return weights
 
 
 def build_trainer(
@@ -239,7 +256,9 @@ def build_trainer(
                 "model: --load_best_model_at_end is off for this run (the final model is kept and evaluated)."
             )
             trainer_args.load_best_model_at_end = False  # the caller's arguments stay as they were
-    trainer = classification_trainer(trainer_args, tokenized, tokenizer, callbacks, model=model)
+    class_weights = train_class_weights(model_args, data, tokenized)
+    trainer = classification_trainer(trainer_args, tokenized, tokenizer, callbacks, class_weights, model=model)
+    trainer.ft_class_weights = class_weights
     trainer.ft_data = data
     trainer.ft_test_dataset = tokenized["test"]
     trainer.ft_max_seq_length = data_args.max_seq_length
@@ -266,6 +285,7 @@ def train_and_save(trainer: Trainer, resume_from_checkpoint: str | bool | None =
     trainer.save_metrics("test", test_metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
+        run_hyperparameters = hyperparameters(args, trainer.ft_data.labels, getattr(trainer, "ft_class_weights", None))
         save_result(
             trainer.accelerator.unwrap_model(trainer.model),
             args.output_dir,
@@ -275,7 +295,7 @@ def train_and_save(trainer: Trainer, resume_from_checkpoint: str | bool | None =
                 "max_seq_length": trainer.ft_max_seq_length,
                 "train_seconds": round(time.perf_counter() - started, 2),
                 "ft_plugin_version": _version(),
-                "hyperparameters": hyperparameters(args),  # hub (issue 4): shown on the model card
+                "hyperparameters": run_hyperparameters,  # hub (issue 4): shown on the model card
                 "hardware": hardware(args.world_size),
             },
         )

@@ -161,7 +161,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     Returns `{"best": row, "rows": [...], "outputs": {name: path}}`.
     """
     from .data import load_data
-    from .recipe import load_base
+    from .recipe import load_base, train_class_weights
     from .trainer import classification_trainer
 
     try:
@@ -222,7 +222,8 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
         return apply_method(copy.deepcopy(base), method, replace(method_args, **method_params(method, trial)))
 
     recorder = TrialRecorder()
-    trainer = classification_trainer(training_args, tokenized, tokenizer, [recorder], model_init=model_init)
+    weights = train_class_weights(model_args, data, tokenized)
+    trainer = classification_trainer(training_args, tokenized, tokenizer, [recorder], weights, model_init=model_init)
     recorder.trainer = trainer
     finished = _finished_trials(sweep_args.study_name, storage)
     remaining = sweep_args.n_trials - finished
@@ -361,7 +362,8 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> str:
 
 # Flags copied from the sweep's own run into the best recipe, when they differ from their defaults.
 RECIPE_DATA_AND_MODEL_FLAGS = (
-    "model_name_or_path", "trust_remote_code", "allow_pickle", *(f.name for f in fields(DataArguments))
+    "model_name_or_path", "trust_remote_code", "allow_pickle", "load_in_4bit", "attention_dropout", "class_weights",
+    *(f.name for f in fields(DataArguments)),
 )  # fmt: skip
 RECIPE_TRAINING_FLAGS = (
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "weight_decay",
@@ -412,7 +414,7 @@ def write_best_recipe(best, model_args, data_args, method_args, training_args, o
 FORWARDED_FLAGS = (
     "model_name_or_path", "dataset_name", "train_file", "validation_file", "test_file", "text_column",
     "label_column", "max_train_samples", "max_eval_samples", "max_seq_length", "num_train_epochs",
-    "per_device_train_batch_size", "target_modules", "output_dir",
+    "per_device_train_batch_size", "target_modules", "class_weights", "output_dir",
 )  # fmt: skip
 
 

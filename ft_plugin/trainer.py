@@ -1,5 +1,6 @@
 """The `Trainer` every recipe, sweep and Space job uses: a `transformers.Trainer` with dynamic padding,
-accuracy/macro-F1, evaluation in order of length, and a resume that replays the interrupted epoch's shuffle exactly.
+accuracy/macro-F1, evaluation in order of length, a resume that replays the interrupted epoch's shuffle exactly, and
+an optional class-weighted loss (`--class_weights`) passed as the Trainer's own `compute_loss_func`.
 
 Evaluation and prediction run the texts longest first, so each batch pads only to texts of its own length (the
 order changes no metric; `predict` returns its outputs in the dataset's order). With `group_by_length`,
@@ -18,14 +19,21 @@ transformers 5.23 / accelerate 1.15 break that, and both are fixed here:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Sampler
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PredictionOutput
 
+from .errors import DataError, FtPluginError
 from .metrics import compute_metrics
+
+CLASS_WEIGHTS_HINT = "use balanced, or label=weight pairs with positive weights, e.g. negative=1,neutral=1,positive=2"
 
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
@@ -121,11 +129,67 @@ class ClassificationTrainer(Trainer):
         )
 
 
-def classification_trainer(training_args, tokenized, tokenizer, callbacks, **model_or_init) -> ClassificationTrainer:
+def parse_class_weights(value: str | None) -> str | dict[str, float] | None:
+    """`--class_weights` as None, `"balanced"` or `{label: weight}`; a one-line error for anything else."""
+    if value is None or value.strip().lower() in ("", "none"):
+        return None
+    if value.strip().lower() == "balanced":
+        return "balanced"
+    weights = {}
+    for item in value.split(","):
+        label, equals, number = item.rpartition("=")
+        try:
+            weight = float(number)
+        except ValueError:
+            weight = math.nan
+        if not equals or not label.strip() or not (weight > 0 and math.isfinite(weight)):
+            raise FtPluginError(f"--class_weights {value!r} is not understood: {CLASS_WEIGHTS_HINT}.")
+        weights[label.strip()] = weight
+    return weights
+
+
+def class_weights_for(value: str | None, labels: list[str], train_label_ids: Sequence[int]) -> torch.Tensor | None:
+    """One loss weight per label (in label-id order) for `--class_weights`, or None. `balanced` is scikit-learn's
+    `n_samples / (n_classes * count)`, whose mean over the training examples is 1; named weights leave the labels
+    they do not name at 1."""
+    spec = parse_class_weights(value)
+    if spec is None:
+        return None
+    if spec == "balanced":
+        counts = np.bincount(np.asarray(train_label_ids, dtype=np.int64), minlength=len(labels))
+        weights = len(train_label_ids) / (len(labels) * np.maximum(counts, 1))
+    else:
+        unknown = sorted(set(spec) - set(labels))
+        if unknown:
+            raise DataError(f"--class_weights names labels the data does not have: {unknown}; its labels are {labels}.")
+        weights = [spec.get(label, 1.0) for label in labels]
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class WeightedCrossEntropy:
+    """Class-weighted cross-entropy for `Trainer(compute_loss_func=...)`: each example's loss times its class's
+    weight, summed and divided by the number of examples in the whole accumulated batch when the Trainer passes it
+    (so gradient accumulation and several processes give the loss of the full batch), else averaged."""
+
+    def __init__(self, weights: torch.Tensor, label_smoothing: float = 0.0):
+        self.weights, self.label_smoothing = weights, label_smoothing
+
+    def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        losses = F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=self.label_smoothing)
+        weighted = losses * self.weights.to(logits.device)[labels]
+        return weighted.sum() / num_items_in_batch if num_items_in_batch is not None else weighted.mean()
+
+
+def classification_trainer(
+    training_args, tokenized, tokenizer, callbacks, class_weights: torch.Tensor | None = None, **model_or_init
+) -> ClassificationTrainer:
     """A `ClassificationTrainer` on tokenised train/validation splits with dynamic padding and accuracy/macro-F1.
 
-    `model_or_init` is `model=...` or `model_init=...` (sweeps). Shared by recipes, sweeps and Space jobs.
+    `model_or_init` is `model=...` or `model_init=...` (sweeps); `class_weights` (one per label) weights the loss.
+    Shared by recipes, sweeps and Space jobs.
     """
+    loss = None if class_weights is None else WeightedCrossEntropy(class_weights, training_args.label_smoothing_factor)
     return ClassificationTrainer(
         args=training_args,
         train_dataset=tokenized["train"],
@@ -133,6 +197,7 @@ def classification_trainer(training_args, tokenized, tokenizer, callbacks, **mod
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
         compute_metrics=compute_metrics,
+        compute_loss_func=loss,
         callbacks=callbacks,
         **model_or_init,
     )

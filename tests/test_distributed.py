@@ -278,3 +278,19 @@ def test_load_in_4bit_without_bitsandbytes_is_one_line(monkeypatch, capsys, tiny
     assert exit_.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("ft-plugin: error: --load_in_4bit needs bitsandbytes") and "ft-plugin[qlora]" in error
+
+
+def test_class_weighted_loss_under_two_processes_with_accumulation_matches_one_process(
+    one_process, tiny_model_dir, tiny_csv, tmp_path
+):
+    """`--class_weights`' loss divides by the examples of the whole step (both processes, both micro-batches)."""
+    weights = ["--class_weights", "positive=3,negative=0.5"]
+    reference = tmp_path / "one"
+    run([sys.executable, "recipes/lora_bert.py", *recipe_args(tiny_model_dir, tiny_csv, reference, 16), *weights],
+        tmp_path)  # fmt: skip
+    out = tmp_path / "out"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args = recipe_args(tiny_model_dir, tiny_csv, out, per_device=4, accumulation=2)
+    result = run([*launcher, "recipes/lora_bert.py", *args, *weights], tmp_path, watch=out)
+    assert_same_as_one_process(out, reference, result, tmp_path)
+    assert results(out)["train_loss"] != pytest.approx(results(one_process)["train_loss"], abs=1e-3)  # it weighs

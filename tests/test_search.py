@@ -33,7 +33,7 @@ def test_three_trial_sweep_writes_leaderboard_plot_and_a_runnable_recipe_then_re
     import optuna
 
     out = tmp_path / "sweep"
-    assert main(sweep_argv(tiny_model_dir, tiny_csv, out, "--n_trials", "3")) == 0
+    assert main(sweep_argv(tiny_model_dir, tiny_csv, out, "--n_trials", "3", "--class_weights", "balanced")) == 0
     rows = json.loads((out / "leaderboard.json").read_text())
     assert len(rows) == 3 and {row["method"] for row in rows} <= {"lora", "bitfit", "adapter"}
     for row in rows:
@@ -44,6 +44,7 @@ def test_three_trial_sweep_writes_leaderboard_plot_and_a_runnable_recipe_then_re
     best = next(row for row in rows if row["state"] == "COMPLETE")
     recipe = (out / "best_recipe.yaml").read_text()
     assert f"method: {best['method']}" in recipe and "accelerate launch" in recipe
+    assert "class_weights: balanced" in recipe  # the sweep's own model flags carry over
     assert all(row["peak_memory_mb"] > 0 for row in rows)
     # The recipe runs as the file says, under `accelerate launch` with the shipped CPU config.
     done = subprocess.run(
@@ -54,6 +55,7 @@ def test_three_trial_sweep_writes_leaderboard_plot_and_a_runnable_recipe_then_re
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "best" / "ft_plugin_config.json").read_text())
     assert record["method"] == best["method"]  # the file's method wins over the recipe's own
+    assert set(record["hyperparameters"]["class_weights"]) == {"negative", "neutral", "positive"}
 
     # Resuming with a larger total continues the same study in the same SQLite file.
     assert main(sweep_argv(tiny_model_dir, tiny_csv, out, "--n_trials", "4")) == 0
