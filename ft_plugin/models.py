@@ -167,8 +167,9 @@ def load_base_model(
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "Some weights were newly initialized" is expected: the head is new
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
                 resolved.path,
+                output_loading_info=True,
                 num_labels=len(labels),
                 id2label=id2label,
                 label2id={label: i for i, label in id2label.items()},
@@ -181,6 +182,12 @@ def load_base_model(
             hf_logging.set_verbosity(verbosity)
     except (OSError, ValueError) as error:
         raise ModelError(_load_failure(resolved, error)) from error
+    model.ft_plugin_new_modules = new_encoder_modules(model, loading["missing_keys"])
+    if model.ft_plugin_new_modules:
+        logging.getLogger(__name__).info(
+            "%s's checkpoint lacks %s: trained and saved with the classification head (else every load would draw "
+            "them at random).", resolved.name, ", ".join(model.ft_plugin_new_modules),
+        )  # fmt: skip
     if load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
@@ -192,6 +199,13 @@ def load_base_model(
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def new_encoder_modules(model, missing_keys) -> list[str]:
+    """Modules of the base encoder whose weights the checkpoint lacks, e.g. BERT's pooler in a masked-LM checkpoint
+    (bert-tiny): newly initialised like the head, so they are trained and saved with it (PEFT's `modules_to_save`)."""
+    prefix = f"{model.base_model_prefix}."
+    return sorted({key.rsplit(".", 1)[0] for key in missing_keys if key.startswith(prefix)})
 
 
 # The config's name for the dropout on attention probabilities: BERT/RoBERTa/ELECTRA, DistilBERT/Llama/Qwen, GPT-2.

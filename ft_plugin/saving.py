@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,8 @@ from torch import nn
 
 from .errors import ModelError
 from .methods import METHODS, apply_method, parse_method
+
+logger = logging.getLogger("ft_plugin")
 
 FT_PLUGIN_CONFIG = "ft_plugin_config.json"
 DELTA_WEIGHTS = "delta_model.safetensors"
@@ -313,7 +316,15 @@ def _load_delta(base: nn.Module, folder: Path, record: dict) -> nn.Module:
         raise ModelError(f"'{folder}' lacks {DELTA_WEIGHTS}: the result is incomplete; train or download it again.")
     weights = load_file(weights_file)
     expected = set(trained_state_dict(model))
-    missing = sorted(expected - set(weights))
+    new_modules = tuple(f"{module}." for module in getattr(base, "ft_plugin_new_modules", None) or ())
+    missing = sorted(name for name in expected - set(weights) if not name.startswith(new_modules))
+    if expected - set(weights) - set(missing):  # a result saved before ft-plugin trained and saved them
+        logger.warning(
+            "'%s' predates saving %s, which its base checkpoint lacks: they are drawn at random on each load, so "
+            "its predictions vary; train it again for a reproducible result.",
+            weights_file,
+            ", ".join(m.rstrip(".") for m in new_modules),
+        )
     if missing:
         raise ModelError(
             f"'{weights_file}' lacks {len(missing)} trained weights (e.g. {missing[0]}): it does not match."

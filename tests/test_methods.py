@@ -165,3 +165,41 @@ def test_bad_method_input_is_one_clear_error(tiny_model_dir, method, options, me
         _build(tiny_model_dir, method, options)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny BERT saved as a masked-LM checkpoint: no pooler weights, like bert-tiny (SPLADE)."""
+    import shutil
+
+    from transformers import BertConfig, BertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("tiny-mlm")
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        if (tiny_model_dir / name).is_file():
+            shutil.copy(tiny_model_dir / name, folder / name)
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig.from_pretrained(tiny_model_dir)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("method,options,markers", MATRIX, ids=IDS)
+def test_a_checkpoint_without_pooler_trains_and_saves_it_so_every_load_predicts_the_same(
+    tiny_mlm_dir, tmp_path, method, options, markers
+):
+    """The pooler such a checkpoint lacks is drawn at random at each load: it must be trained and saved like the head
+    (else `predict` gave other probabilities on every call)."""
+    model, tokenizer = _build(tiny_mlm_dir, method, options)
+    assert any("pooler" in name for name, p in model.named_parameters() if p.requires_grad)
+    save_result(model, tmp_path, tokenizer)
+    inputs = {k: v for k, v in _batch(tokenizer).items() if k != "labels"}
+    with torch.no_grad():
+        expected = model.eval()(**inputs).logits
+        for seed in (1, 2):  # the loads draw different random poolers, which the saved one must replace
+            torch.manual_seed(seed)
+            torch.testing.assert_close(ft_plugin.load(tmp_path)(**inputs).logits, expected, rtol=1e-4, atol=1e-5)
+        if (tmp_path / "adapter_config.json").is_file():  # plain peft restores it too (`modules_to_save`)
+            from peft import AutoPeftModelForSequenceClassification
+
+            plain = AutoPeftModelForSequenceClassification.from_pretrained(tmp_path, num_labels=len(LABELS)).eval()
+            torch.testing.assert_close(plain(**inputs).logits, expected, rtol=1e-4, atol=1e-5)

@@ -39,12 +39,14 @@ def configs_from_arguments(specs: list[MethodSpec], arguments: Any = None, **ove
 
 
 def head_parameter_names(model: nn.Module) -> set[str]:
-    """The classification head: PEFT's `modules_to_save` copy, or whatever lies outside the base encoder."""
+    """The classification head: PEFT's `modules_to_save` copy, or whatever lies outside the base encoder, plus the
+    encoder modules the checkpoint lacked (`models.new_encoder_modules`: new like the head, e.g. BERT's pooler)."""
     names = [name for name, _ in model.named_parameters()]
     if isinstance(model, peft.PeftModel):
         return {name for name in names if ".modules_to_save." in name}
     prefix = getattr(model, "base_model_prefix", "") + "."
-    return {name for name in names if not name.startswith(prefix)}
+    new = tuple(f"{module}." for module in getattr(model, "ft_plugin_new_modules", None) or ())
+    return {name for name in names if not name.startswith(prefix) or name.startswith(new)}
 
 
 def apply_method(model: nn.Module, method: str, arguments: Any = None, **overrides: Any) -> nn.Module:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import MethodError
 from .base import MethodConfig, VirtualTokensMixin, parameters_containing
+from .peft_tuners import sequence_classification
 from .registry import MethodSpec, register_method
 
 
@@ -72,9 +73,10 @@ class IntrinsicPromptEmbedding(nn.Module):
 def add_intrinsic_prompt(model: nn.Module, config: IntrinsicPromptArguments, combined: bool) -> nn.Module:
     """Wrap with PEFT prompt tuning, then swap its prompt table for the low-dimensional parameterisation."""
     word_embeddings = model.get_input_embeddings()
-    peft_model = peft.get_peft_model(
-        model, peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_CLS, num_virtual_tokens=config.num_virtual_tokens)
+    prompt_config = peft.PromptTuningConfig(
+        num_virtual_tokens=config.num_virtual_tokens, **sequence_classification(model)
     )
+    peft_model = peft.get_peft_model(model, prompt_config)
     prompt = IntrinsicPromptEmbedding(word_embeddings, config).to(word_embeddings.weight.device)
     peft_model.prompt_encoder[peft_model.active_adapter].embedding = prompt
     return peft_model

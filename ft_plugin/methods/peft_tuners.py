@@ -144,8 +144,11 @@ class PTuningArguments(VirtualTokensMixin, MethodConfig):
 ALL_LINEAR = "all-linear"  # every linear layer but the output one (peft.tuners.tuners_utils)
 
 
-def _common(config) -> dict:
-    return {"task_type": TaskType.SEQ_CLS}
+def sequence_classification(model: nn.Module) -> dict:
+    """PEFT options every config here shares: the task, and as `modules_to_save` (beside the head PEFT adds) the
+    base modules the checkpoint lacked (`models.new_encoder_modules`), which must be trained and saved too."""
+    new = list(getattr(model, "ft_plugin_new_modules", None) or [])
+    return {"task_type": TaskType.SEQ_CLS, **({"modules_to_save": new} if new else {})}
 
 
 def _targets(config, default=None) -> dict:
@@ -158,7 +161,7 @@ def _targets(config, default=None) -> dict:
 def _lora(config: LoraArguments, model: nn.Module) -> peft.PeftConfig:
     return peft.LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        **_targets(config), **_common(config),
+        **_targets(config), **sequence_classification(model),
     )  # fmt: skip
 
 
@@ -173,7 +176,7 @@ def _adalora(config: AdaLoraArguments, model: nn.Module) -> peft.PeftConfig:
     return peft.AdaLoraConfig(
         init_r=config.adalora_init_r, target_r=config.adalora_target_r, total_step=total,
         tinit=int(config.adalora_tinit * total), tfinal=int(config.adalora_tfinal * total),
-        **_targets(config), **_common(config),
+        **_targets(config), **sequence_classification(model),
     )  # fmt: skip
 
 
@@ -181,11 +184,11 @@ def _ia3(config: IA3Arguments, model: nn.Module) -> peft.PeftConfig:
     targets = _targets(config)
     if targets and targets["target_modules"] != ALL_LINEAR:  # feed-forward modules: a subset of the targets
         targets["feedforward_modules"] = [t for t in targets["target_modules"] if "output" in t or "fc" in t]
-    return peft.IA3Config(**targets, **_common(config))
+    return peft.IA3Config(**targets, **sequence_classification(model))
 
 
 def _bitfit(config: BitFitArguments, model: nn.Module) -> peft.PeftConfig:
-    return peft.BeftConfig(**_targets(config, BitFitArguments.default_targets), **_common(config))
+    return peft.BeftConfig(**_targets(config, BitFitArguments.default_targets), **sequence_classification(model))
 
 
 def _word_embedding_size(model: nn.Module) -> int:
@@ -195,7 +198,7 @@ def _word_embedding_size(model: nn.Module) -> int:
 def _prefix(config: PrefixArguments, model: nn.Module) -> peft.PeftConfig:
     return peft.PrefixTuningConfig(
         num_virtual_tokens=config.num_virtual_tokens, prefix_projection=config.prefix_projection,
-        encoder_hidden_size=config.prefix_encoder_hidden_size, **_common(config),
+        encoder_hidden_size=config.prefix_encoder_hidden_size, **sequence_classification(model),
     )  # fmt: skip
 
 
@@ -209,13 +212,15 @@ def _prompt(config: PromptArguments, model: nn.Module) -> peft.PeftConfig:
             # a model built from a config has no name (resolving "" would give the embedded default's tokenizer)
             "tokenizer_name_or_path": resolve_model(model.name_or_path).path if model.name_or_path else "",
         }
-    return peft.PromptTuningConfig(num_virtual_tokens=config.num_virtual_tokens, **init, **_common(config))
+    return peft.PromptTuningConfig(
+        num_virtual_tokens=config.num_virtual_tokens, **init, **sequence_classification(model)
+    )
 
 
 def _ptuning(config: PTuningArguments, model: nn.Module) -> peft.PeftConfig:
     return peft.PromptEncoderConfig(
         num_virtual_tokens=config.num_virtual_tokens, encoder_hidden_size=config.ptuning_encoder_hidden_size,
-        **_common(config),
+        **sequence_classification(model),
     )  # fmt: skip
 
 
