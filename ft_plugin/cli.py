@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import sys
+from pathlib import Path
 
 from .errors import FtPluginError
 
@@ -89,6 +90,19 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input_file", default=None, help="csv/jsonl/... with a text column.")
     parser.add_argument("--text_column", default=None)
     parser.add_argument("--output_file", default="predictions.csv", help="Where --input_file predictions go.")
+    parser.add_argument("--overwrite_output_file", action="store_true", help="Replace an existing --output_file.")
+
+
+def check_output_file(input_file: str, output_file: str, overwrite: bool) -> None:
+    """Before any work: never write predictions over the input, nor over a file without --overwrite_output_file."""
+    output = Path(output_file)
+    if output.exists() and output.resolve() == Path(input_file).resolve():
+        raise FtPluginError(f"--output_file '{output_file}' is the input file: choose another --output_file.")
+    if output.exists() and not overwrite:
+        raise FtPluginError(
+            f"--output_file '{output_file}' already exists: pass --overwrite_output_file to replace it, or choose "
+            "another --output_file."
+        )
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -98,6 +112,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     if not args.texts and not args.input_file:
         raise FtPluginError("Give texts to classify, or --input_file with a text column.")
+    if args.input_file:
+        check_output_file(args.input_file, args.output_file, args.overwrite_output_file)
     classifier = TextClassifier.from_pretrained(args.adapter, allow_pickle=args.allow_pickle, quantize=args.quantize)
     if args.texts:
         for text, scores in zip(args.texts, classifier.predict(args.texts)):

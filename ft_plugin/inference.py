@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import DataError, ModelError
 from .saving import load, read_record, resolve_result
 
 QUANTIZATIONS = ("int8",)
+PREDICTED_LABEL = "predicted_label"  # the column `predict_frame` adds (beside one `score_<label>` per label)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -105,10 +106,17 @@ class TextClassifier:
         return [dict(zip(self.labels, row.tolist())) for row in probabilities]
 
     def predict_frame(self, frame, text_column: str = "text", batch_size: int = 32):
-        """A copy of a pandas DataFrame with `label` and one `score_<label>` column per label added."""
+        """A copy of a pandas DataFrame with `predicted_label` and one `score_<label>` column per label added; its
+        own columns (e.g. a gold `label`) are kept as they are."""
+        added = [PREDICTED_LABEL, *(f"score_{label}" for label in self.labels)]
+        clashing = [column for column in added if column in frame.columns]
+        if clashing:
+            raise DataError(
+                f"The input already has column(s) {clashing}, which predictions would replace: rename them."
+            )
         probabilities = self.predict_proba(frame[text_column].tolist(), batch_size)
         frame = frame.copy()
-        frame["label"] = [self.labels[i] for i in probabilities.argmax(-1).tolist()]
+        frame[PREDICTED_LABEL] = [self.labels[i] for i in probabilities.argmax(-1).tolist()]
         for i, label in enumerate(self.labels):
             frame[f"score_{label}"] = probabilities[:, i].numpy().round(4)
         return frame

@@ -66,13 +66,35 @@ def test_predict_texts_and_file(trained, tmp_path):
     assert abs(sum(first["scores"].values()) - 1) < 1e-3
 
     inputs = tmp_path / "in.csv"
-    inputs.write_text("id,text\n1,love great thanks\n2,hate terrible bad\n")
+    inputs.write_text("id,text,label\n1,love great thanks,gold-a\n2,hate terrible bad,gold-b\n")
     output = tmp_path / "preds.csv"
     result = ft_plugin("predict", "--adapter", str(trained), "--input_file", str(inputs), "--output_file", str(output))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader(output.open()))
-    assert [row["label"] for row in rows] == ["positive", "negative"] and rows[0]["id"] == "1"
+    assert [row["predicted_label"] for row in rows] == ["positive", "negative"] and rows[0]["id"] == "1"
+    assert [row["label"] for row in rows] == ["gold-a", "gold-b"]  # the input's own labels are kept
     assert {"score_negative", "score_neutral", "score_positive"} <= set(rows[0])
+
+
+def test_predict_never_writes_over_its_input_nor_an_existing_file_unasked(trained, tmp_path):
+    inputs = tmp_path / "in.csv"
+    inputs.write_text("text,label\nlove great thanks,positive\n")
+    original = inputs.read_text()
+    result = ft_plugin("predict", "--adapter", str(trained), "--input_file", str(inputs), "--output_file", str(inputs))
+    assert result.returncode == 2 and "is the input file: choose another --output_file" in result.stderr
+    assert inputs.read_text() == original
+    output = tmp_path / "preds.csv"
+    output.write_text("keep me\n")
+    argv = ["predict", "--adapter", str(trained), "--input_file", str(inputs), "--output_file", str(output)]
+    result = ft_plugin(*argv)
+    assert result.returncode == 2 and "already exists: pass --overwrite_output_file" in result.stderr
+    assert output.read_text() == "keep me\n"
+    assert ft_plugin(*argv, "--overwrite_output_file").returncode == 0
+    assert "predicted_label" in output.read_text()
+    clashing = tmp_path / "clash.csv"
+    clashing.write_text("text,predicted_label\nlove great thanks,x\n")
+    result = ft_plugin("predict", "--adapter", str(trained), "--input_file", str(clashing), "--output_file", str(tmp_path / "c.csv"))  # fmt: skip
+    assert result.returncode == 2 and "already has column(s) ['predicted_label']" in result.stderr
 
 
 def test_evaluate_on_a_labelled_file(trained, tiny_csv):
