@@ -113,7 +113,8 @@ def requested_method(argv: list[str], method: str | None) -> str:
 
     if "--method" not in argv:
         return method or ModelArguments.method
-    chosen, _ = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    parser = HfArgumentParser(ModelArguments, add_help=False)  # --help is the recipe's whole parser's
+    chosen, _ = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     return chosen.method
 
 
@@ -203,7 +204,8 @@ def resolve_auto(argv: list[str], method: str | None = None) -> tuple[list[str],
 
     from .recipe import check_output_dir, parse_args
 
-    auto, rest = HfArgumentParser(AutoArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    parser = HfArgumentParser(AutoArguments, add_help=False)
+    auto, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     rest = _without_method(rest)
     if "--output_dir" not in rest and not any(a.startswith("--output_dir=") for a in rest):
         rest += ["--output_dir", "outputs/auto"]

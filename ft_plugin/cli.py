@@ -192,13 +192,14 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", required=True, help="The folder to write (with a README.md model card).")
     parser.add_argument("--merged", action="store_true", help="Merge the adapter: a plain transformers model.")
     parser.add_argument("--repo_id", default=None, help="The repo id the card's usage snippet should name.")
+    parser.add_argument("--overwrite", action="store_true", help="Write into a --to folder that is not empty.")
 
 
 def _export(args: argparse.Namespace) -> int:
     """Write what a push would upload into a folder; with --merged, a model `transformers.pipeline` runs."""
     from .hub import export_result
 
-    target = export_result(args.output_dir, args.to, repo_id=args.repo_id, merged=args.merged)
+    target = export_result(args.output_dir, args.to, repo_id=args.repo_id, merged=args.merged, overwrite=args.overwrite)
     print(f"Exported {args.output_dir} to {target}")
     return 0
 
@@ -259,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["--debug", "train"]:  # the global flag, which the recipe reads among its own
+        argv = ["train", "--debug", *argv[2:]]
     if argv and argv[0] == "train":  # all of the recipe's flags, parsed by HfArgumentParser
         from .recipe import main as train_main
 

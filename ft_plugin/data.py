@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,10 +198,13 @@ def _load_files(args: DataArguments) -> DatasetDict:
         raise DataError("--train_file, --validation_file and --test_file must all be the same file type.")
     builder = builders.pop()
     kwargs = {"delimiter": "\t"} if all(p.lower().endswith(".tsv") for p in files.values()) else {}
-    try:
-        return datasets.load_dataset(builder, data_files=files, **kwargs)
-    except Exception as error:  # datasets raises many types for malformed files
-        raise DataError(f"Could not read {', '.join(files.values())} as {builder}: {_first_line(error)}") from error
+    loaded = {}
+    for split, path in files.items():  # one by one: the files may have other columns besides the ones used
+        try:
+            loaded[split] = datasets.load_dataset(builder, data_files={split: path}, split=split, **kwargs)
+        except Exception as error:  # datasets raises many types for malformed files
+            raise DataError(f"Could not read {path} as {builder}: {_first_line(error)}") from error
+    return DatasetDict(loaded)
 
 
 def _load_hub(args: DataArguments) -> DatasetDict:
@@ -244,6 +248,10 @@ def _normalise_columns(raw: DatasetDict, args: DataArguments) -> tuple[DatasetDi
         pair = "sentence2"
     if pair is not None:
         _pick_column(columns, pair, PAIR_COLUMN_CANDIDATES, "Text pair", "--text_pair_column")
+    if text == label:
+        raise DataError(
+            f"Column '{text}' is both the text and the label column: pass --text_column and --label_column."
+        )
     mapping = {text: "text", label: "label", **({pair: "text_pair"} if pair else {})}
     normalised = {}
     for split, dataset in raw.items():
@@ -253,12 +261,22 @@ def _normalise_columns(raw: DatasetDict, args: DataArguments) -> tuple[DatasetDi
         dataset = dataset.select_columns(list(mapping)).rename_columns(
             {old: new for old, new in mapping.items() if old != new}
         )
+        for column, flag in (("text", "--text_column"), ("text_pair", "--text_pair_column")):
+            kind = getattr(dataset.features.get(column), "dtype", "string")
+            if kind not in ("string", "large_string", "null"):
+                original = next(old for old, new in mapping.items() if new == column)
+                raise DataError(
+                    f"{column.replace('_', ' ').capitalize()} column '{original}' holds {kind} values, not text: "
+                    f"pass {flag} with the column of texts."
+                )
         normalised[split] = _clean_rows(dataset, split)
     return DatasetDict(normalised), pair is not None
 
 
 def _clean_rows(dataset: Dataset, split: str) -> Dataset:
     """Drop rows without a label (with a warning); turn missing texts into empty strings."""
+    if getattr(dataset.features.get("label"), "dtype", None) in ("string", "large_string"):  # " pos" is "pos"
+        dataset = dataset.map(lambda batch: {"label": [v.strip() if v else v for v in batch["label"]]}, batched=True)
     before = len(dataset)
     dataset = dataset.filter(lambda label: label is not None and label == label and label != "", input_columns="label")
     if len(dataset) < before:
@@ -280,6 +298,11 @@ def _label_names(train: Dataset) -> list[str]:
         raise DataError(
             f"The training data has only one label ({values}): classification needs at least two. "
             "Check --label_column and the file."
+        )
+    if len(values) > 10 and len(values) > len(train) / 2:  # mostly one row per "class": a score or an id column
+        raise DataError(
+            f"The label column has {len(values)} different values in {len(train)} training rows: it does not look "
+            "like class labels (a score, an id?). Pass --label_column with the column of classes."
         )
     return (
         [str(v) for v in sorted(values)]
@@ -310,6 +333,11 @@ def _carve(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datas
     from sklearn.model_selection import train_test_split
 
     labels = np.asarray(dataset["label"][:])
+    if len(labels) - math.ceil(len(labels) * fraction) < 2:  # scikit-learn's count of held-out rows
+        raise DataError(
+            f"The training data has only {len(labels)} rows, too few to carve {fraction:.0%} off for validation and "
+            "test: add rows, or pass --validation_file and --test_file."
+        )
     counts = np.bincount(labels)
     counts = counts[counts > 0]
     stratify = labels if counts.min() >= 2 and len(labels) * fraction >= len(counts) else None

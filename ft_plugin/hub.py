@@ -73,15 +73,18 @@ def export_result(
     repo_id: str | None = None,
     revision: str | None = None,
     merged: bool = False,
+    overwrite: bool = False,
 ) -> Path:
-    """Write what a push uploads into `target_dir`: the result's files (or a merged standalone model) and the
-    model card `README.md`. `output_dir` is only read."""
+    """Write what a push uploads into `target_dir`: copies of the result's files (or a merged standalone model)
+    and the model card `README.md`. `output_dir` is only read; a `target_dir` that is not empty needs `overwrite`."""
     from .card import is_hub_id, render_card
 
     folder, target = Path(output_dir), Path(target_dir)
     record = check_result(folder)
     if target.resolve() == folder.resolve():
         raise HubError(f"Export to a folder other than the result '{folder}' itself (--to).")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise HubError(f"--to '{target}' is not empty: choose a new or empty folder, or pass --overwrite.")
     target.mkdir(parents=True, exist_ok=True)
     if merged and record["save_format"] != "full":
         _write_merged(folder, target, record)
@@ -93,18 +96,9 @@ def export_result(
             )
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.suffix in PUSHED_SUFFIXES:
-                _link_or_copy(path, target / path.name)
+                shutil.copy2(path, target / path.name)  # a copy: editing the export leaves the result as it was
     render_card(target, repo_id=repo_id, revision=revision).save(target / "README.md")
     return target
-
-
-def _link_or_copy(source: Path, destination: Path) -> None:
-    """A hard link where possible (no second copy of big weights), else a copy."""
-    destination.unlink(missing_ok=True)
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copy2(source, destination)
 
 
 def _write_merged(folder: Path, target: Path, record: dict) -> None:

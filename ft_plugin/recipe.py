@@ -30,7 +30,7 @@ from transformers import (
     set_seed,
 )
 
-from .card import hardware, hyperparameters
+from .card import hardware, hyperparameters, render_card
 from .data import DataArguments, TextClassificationData, load_data
 from .distributed import check_batches, check_launch
 from .errors import FtPluginError, MethodError
@@ -155,6 +155,18 @@ def expand_config_file(argv: list[str]) -> list[str]:
     return argv
 
 
+def check_training_budget(training_args: TrainingArguments) -> None:
+    """One-line errors for batch and budget flags that would otherwise fail deep in the Trainer or train nothing."""
+    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, flag) < 1:
+            raise FtPluginError(f"--{flag} must be at least 1, got {getattr(training_args, flag)}.")
+    if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        raise FtPluginError(
+            f"--num_train_epochs {training_args.num_train_epochs} trains nothing: give a positive number of epochs "
+            "(or --max_steps); to evaluate a result, use ft-plugin evaluate."
+        )
+
+
 def parse_args(argv: list[str] | None = None, method: str | None = None):
     """Parse run_glue-style flags (or a YAML/JSON config file first) into the four argument dataclasses.
 
@@ -169,7 +181,8 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
             argv.insert(i + 1, "true")
     # --- end hub
     parser = HfArgumentParser((ModelArguments, DataArguments, MethodArguments, TrainingArguments))
-    chosen, _ = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    pre_parser = HfArgumentParser(ModelArguments, add_help=False)  # --help is for the full parser below
+    chosen, _ = pre_parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     method = chosen.method if "--method" in argv or method is None else method
     specs = parse_method(method)
     parser.set_defaults(
@@ -181,6 +194,7 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(argv)
     if training_args.learning_rate <= 0:
         raise MethodError(f"--learning_rate must be positive, got {training_args.learning_rate}.")
+    check_training_budget(training_args)
     if model_args.attention_dropout is not None and not 0 <= model_args.attention_dropout < 1:
         raise FtPluginError(f"--attention_dropout must be in [0, 1), got {model_args.attention_dropout}.")
     parse_class_weights(model_args.class_weights)  # a malformed value fails now; label names are checked on the data
@@ -214,6 +228,21 @@ def train_class_weights(model_args: ModelArguments, data: TextClassificationData
     return weights
 
 
+def fitting_max_seq_length(max_seq_length: int, model, tokenizer) -> int:
+    """`--max_seq_length`, lowered (with a warning, as run_glue does) to what the model's positions allow."""
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limit = min((n for n in limits if isinstance(n, int) and 0 < n < 1_000_000), default=None)
+    if limit is not None and max_seq_length > limit:
+        logger.warning(
+            "--max_seq_length %d is larger than the model's maximum length (%d): using %d.",
+            max_seq_length,
+            limit,
+            limit,
+        )
+        return limit
+    return max_seq_length
+
+
 def build_trainer(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -230,8 +259,9 @@ def build_trainer(
         data = data or load_data(data_args)
     set_seed(training_args.seed)  # before the new head and the delta weights are initialised (as run_glue does)
     model, tokenizer = load_base(model_args, data.labels)
+    max_seq_length = fitting_max_seq_length(data_args.max_seq_length, model, tokenizer)
     with training_args.main_process_first(desc="tokenizing"):
-        tokenized = data.tokenize(tokenizer, data_args.max_seq_length)
+        tokenized = data.tokenize(tokenizer, max_seq_length)
     check_batches(len(tokenized["train"]), training_args.per_device_train_batch_size, training_args.world_size)
     adalora = "adalora" in model_args.method.split("+")
     if adalora:
@@ -261,7 +291,7 @@ def build_trainer(
     trainer.ft_class_weights = class_weights
     trainer.ft_data = data
     trainer.ft_test_dataset = tokenized["test"]
-    trainer.ft_max_seq_length = data_args.max_seq_length
+    trainer.ft_max_seq_length = max_seq_length
     trainer.ft_push_to_hub = training_args.push_to_hub  # hub (issue 4)
     trainer.ft_hub_token = training_args.hub_token
     return trainer
@@ -299,9 +329,19 @@ def train_and_save(trainer: Trainer, resume_from_checkpoint: str | bool | None =
                 "hardware": hardware(args.world_size),
             },
         )
+        write_model_card(args.output_dir)
         if getattr(trainer, "ft_push_to_hub", False):  # hub (issue 4): only the main process pushes
             push_after_training(args, token=getattr(trainer, "ft_hub_token", None))
     return {**train_metrics, **eval_metrics, **test_metrics}
+
+
+def write_model_card(output_dir: str) -> None:
+    """The result's README.md: ft-plugin's model card (results, labels, usage, training), in place of the blank
+    template `save_pretrained` leaves; `push`/`export` write it again with the repo id."""
+    try:
+        render_card(output_dir).save(Path(output_dir) / "README.md")
+    except (OSError, ValueError, KeyError) as error:  # the result itself is saved: say so, do not fail the run
+        logger.warning("Could not write the model card %s/README.md: %s", output_dir, error)
 
 
 # -- reliability (issue 9): output folder checks before training ------------------------------------------------
@@ -324,6 +364,19 @@ def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
+# What a run (or an interrupted one, or `--method auto`'s race) leaves in its --output_dir besides the result.
+RUN_ARTEFACTS = ("runs", "auto-race", "auto_race.json", *(f"{split}_results.json" for split in ("all", "train", "eval", "test")))  # fmt: skip
+
+
+def foreign_files(output: Path) -> list[str]:
+    """Names in `output` that no run wrote: not a checkpoint, hidden staging folder or run artefact."""
+    if not output.is_dir():
+        return []
+    return sorted(
+        name for name in os.listdir(output) if not name.startswith(("checkpoint-", ".")) and name not in RUN_ARTEFACTS
+    )
+
+
 def check_output_dir(training_args: TrainingArguments, overwrite_output_dir: bool = False) -> str | bool | None:
     """Before any work: refuse to overwrite a result, check the folder is writable, find a checkpoint to resume.
 
@@ -337,6 +390,13 @@ def check_output_dir(training_args: TrainingArguments, overwrite_output_dir: boo
         raise FtPluginError(
             f"--output_dir '{output}' already holds a trained result: pass --overwrite_output_dir to replace it, "
             "or choose another --output_dir."
+        )
+    others = foreign_files(output)
+    if others and not overwrite_output_dir:  # run_glue's rule: a run does not mix its files into someone else's
+        raise FtPluginError(
+            f"--output_dir '{output}' is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): "
+            "choose a new or empty --output_dir, or pass --overwrite_output_dir to write into it (files with a "
+            "result's names are replaced)."
         )
     try:
         if training_args.should_save:  # only the main process writes the folder, so only it needs to probe it
@@ -416,3 +476,20 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
             raise
         print(f"ft-plugin: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on, not where Python was
+        if debug:
+            raise
+        print(f"\nft-plugin: interrupted. {interrupted_state(argv)}", file=sys.stderr)  # below a progress bar
+        raise SystemExit(130) from None
+
+
+def interrupted_state(argv: list[str]) -> str:
+    """What an interrupted run left in its --output_dir, and how to go on from there."""
+    try:
+        output_dir = parse_args(argv)[3].output_dir
+    except (FtPluginError, ValueError, SystemExit):
+        return "Nothing was trained."
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint is None:
+        return f"No checkpoint was saved in '{output_dir}' yet: run the same command to start again."
+    return f"The last checkpoint is '{checkpoint}': run the same command to resume from it."

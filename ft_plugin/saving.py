@@ -236,6 +236,13 @@ def load(
     if record["save_format"] == "full":
         model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=not allow_pickle)
         return model.eval()
+    if not (folder / "config.json").is_file():
+        checkpoint = folder.name.startswith("checkpoint-")
+        raise ModelError(
+            f"'{folder}' has no config.json (the labels and base model settings): "
+            + ("it is a training checkpoint, not a result: load the run's --output_dir, or continue training with "
+               "--resume_from_checkpoint." if checkpoint else "load a result folder that ft-plugin saved.")
+        )  # fmt: skip
     config = AutoConfig.from_pretrained(folder)
     labels = [config.id2label[i] for i in range(config.num_labels)]
     base, _ = load_base_model(model_name_or_path or record["base_model"], labels, allow_pickle=allow_pickle)

@@ -161,7 +161,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     Returns `{"best": row, "rows": [...], "outputs": {name: path}}`.
     """
     from .data import load_data
-    from .recipe import load_base, train_class_weights
+    from .recipe import fitting_max_seq_length, load_base, train_class_weights
     from .trainer import classification_trainer
 
     try:
@@ -190,7 +190,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
             f"No method of --methods {sweep_args.methods} can be applied to {base.name_or_path} "
             f"({'; '.join(f'{m}: {r}' for m, r in dropped.items())}): choose other methods."
         )
-    tokenized = data.tokenize(tokenizer, data_args.max_seq_length)
+    tokenized = data.tokenize(tokenizer, fitting_max_seq_length(data_args.max_seq_length, base, tokenizer))
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     steps_per_epoch = max(1, math.ceil(len(tokenized["train"]) / batch))
     max_epochs = max(1, math.ceil(training_args.num_train_epochs))

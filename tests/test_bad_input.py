@@ -57,6 +57,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "missing_labels.csv": _csv(ROWS).encode() + b"no label here,\nnor here,\n",
         "empty_texts.csv": _csv(ROWS).encode() + b",positive\n,negative\n",
         "long_texts.csv": _csv(ROWS).encode() + (" ".join(["great"] * 300) + ",positive\n").encode() * 2,
+        "two_rows.csv": _csv(ROWS[:2]).encode(),
+        "extra_column.csv": _csv(
+            [(f"{t},x{i}", label) for i, (t, label) in enumerate(ROWS)], "text,note,label"
+        ).encode(),
+        "renamed_label.csv": _csv(ROWS, "text,class_name").encode(),
+        "score_labels.csv": _csv([(t, f"0.{i:03d}") for i, (t, _) in enumerate(ROWS)]).encode(),
+        "spaced_labels.csv": _csv(
+            [(t, [f" {label}", f"{label} ", label][i % 3]) for i, (t, label) in enumerate(ROWS)]
+        ).encode(),  # fmt: skip
     }
     for name, content in contents.items():
         (folder / name).write_bytes(content)
@@ -101,6 +110,38 @@ TRAIN_ERRORS = {
         "already holds a trained result: pass --overwrite_output_dir",
     ),
     "unwritable --output_dir": (lambda f: ["--output_dir", str(f["a_file"] / "out")], "is not writable"),
+    "batch size 0": (
+        lambda f: ["--per_device_train_batch_size", "0"],
+        "--per_device_train_batch_size must be at least 1, got 0",
+    ),  # fmt: skip
+    "zero epochs": (
+        lambda f: ["--num_train_epochs", "0", "--max_steps", "-1"],
+        "--num_train_epochs 0.0 trains nothing",
+    ),  # fmt: skip
+    "a numeric text column": (
+        lambda f: ["--train_file", str(f["int_labels.csv"]), "--text_column", "label", "--label_column", "text"],
+        "Text column 'label' holds int64 values, not text: pass --text_column with the column of texts",
+    ),
+    "text and label the same column": (
+        lambda f: ["--text_column", "text", "--label_column", "text"],
+        "Column 'text' is both the text and the label column",
+    ),
+    "too few rows to carve splits": (
+        lambda f: ["--train_file", str(f["two_rows.csv"])],
+        "only 2 rows, too few to carve 10% off for validation and test: add rows, or pass --validation_file",
+    ),
+    "a score column as labels": (
+        lambda f: ["--train_file", str(f["score_labels.csv"])],
+        "The label column has 60 different values in 60 training rows: it does not look like class labels",
+    ),
+    "a validation file without the label column": (
+        lambda f: ["--validation_file", str(f["renamed_label.csv"])],
+        "The validation split lacks column(s) ['label']; its columns are ['text', 'class_name']",
+    ),
+    "--output_dir holding other files": (
+        lambda f: ["--output_dir", str(f["a_file"].parent)],
+        "is not empty (a_file, bom.csv, columns.json, ...): choose a new or empty --output_dir, or pass",
+    ),
 }
 
 
@@ -139,6 +180,7 @@ DATA_WARNINGS = {
     "missing labels in some rows": ("missing_labels.csv", "Dropped 2 train rows without a label", None),
     "empty texts": ("empty_texts.csv", "Dropped 2 train rows with an empty text", None),
     "--max_train_samples larger than the data": ("crlf.csv", "exceeds the 48 train rows: using all", None),
+    "labels with spaces around them": ("spaced_labels.csv", None, ["negative", "neutral", "positive"]),
 }
 
 
@@ -316,3 +358,42 @@ def test_too_little_disk_space_is_an_error_before_training(train_argv, monkeypat
         train_main(train_argv([]))
     assert exit_info.value.code == 2
     assert "Not enough disk space" in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_folder_of_the_users_files_is_left_alone_unless_overwrite_is_given(train_argv, tmp_path, capsys):
+    """run_glue's rule: a non-empty --output_dir that holds no result is refused (its README.md and config.json
+    would have been replaced by the result's); --overwrite_output_dir writes into it and keeps the other files."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"mine": true}')
+    (folder / "notes.txt").write_text("my notes")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(train_argv(["--output_dir", str(folder)]))
+    assert exit_info.value.code == 2 and "is not empty (config.json, notes.txt)" in _one_error_line(capsys.readouterr().err)  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "notes.txt"]
+    assert (folder / "config.json").read_text() == '{"mine": true}'
+    train_main(train_argv(["--output_dir", str(folder), "--overwrite_output_dir"]))
+    assert (folder / "notes.txt").read_text() == "my notes" and (folder / "ft_plugin_config.json").is_file()
+
+
+def test_a_max_seq_length_beyond_the_model_is_lowered_with_a_warning(train_argv, tmp_path, caplog):
+    """run_glue's rule: the tiny model has 64 positions; 1000 would fail in the forward pass."""
+    with caplog.at_level(logging.WARNING, logger="ft_plugin"):
+        train_main(train_argv(["--max_seq_length", "1000", "--output_dir", str(tmp_path / "long")]))
+    assert "--max_seq_length 1000 is larger than the model's maximum length (64): using 64" in caplog.text
+    assert json.loads((tmp_path / "long" / "ft_plugin_config.json").read_text())["max_seq_length"] == 64
+
+
+def test_a_training_checkpoint_is_not_mistaken_for_a_result(saved_lora, tmp_path, capsys):
+    import shutil
+
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    shutil.copytree(saved_lora, checkpoint)
+    (checkpoint / "config.json").unlink()  # what a PEFT run's Trainer checkpoint lacks
+    assert cli_main(["predict", "--adapter", str(checkpoint), "hello"]) == 2
+    assert "it is a training checkpoint, not a result: load the run's --output_dir" in capsys.readouterr().err
+
+
+def test_a_validation_file_may_have_other_columns_than_the_train_file(files):
+    data = load_data(DataArguments(train_file=str(files["crlf.csv"]), validation_file=str(files["extra_column.csv"])))
+    assert len(data.splits["validation"]) == len(ROWS) and data.splits["validation"].column_names == ["text", "label"]

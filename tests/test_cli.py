@@ -189,3 +189,21 @@ def test_int8_quantization_of_an_unmerged_adapter_is_refused_in_one_line(trained
         TextClassifier.from_pretrained(trained, merge=False, quantize="int8")
     with pytest.raises(ModelError, match="Unknown quantization 'int4'"):
         TextClassifier.from_pretrained(trained, quantize="int4")
+
+
+def test_train_help_lists_every_recipe_flag_and_debug_before_train_shows_the_traceback(tiny_model_dir):
+    result = ft_plugin("train", "--help")
+    assert result.returncode == 0
+    for flag in ("--train_file", "--lora_r", "--class_weights", "--learning_rate", "--per_device_train_batch_size"):
+        assert flag in result.stdout, flag
+    from ft_plugin.cli import main
+    from ft_plugin.errors import MethodError
+
+    with pytest.raises(MethodError, match="Unknown method 'lorra'"):  # the global flag reaches the recipe
+        main(["--debug", "train", "--method", "lorra", "--model_name_or_path", str(tiny_model_dir)])
+
+
+def test_the_result_folder_holds_ft_plugins_model_card(trained):
+    card = (trained / "README.md").read_text()
+    assert card.startswith("---\n") and "## Results" in card and "## How to use" in card
+    assert "More Information Needed" not in card  # not the blank template save_pretrained writes

@@ -374,6 +374,17 @@ def test_card_of_the_embedded_default_and_local_base_models(tiny_model_dir, tmp_
     exported = export_result(tmp_path / "default", tmp_path / "export", repo_id="me/lora")
     assert (exported / "README.md").is_file() and (exported / "adapter_model.safetensors").is_file()
     assert 'repo = "me/lora"' in (exported / "README.md").read_text()
+    # copies, not links: editing the export in place leaves the result as it was
+    (exported / "adapter_config.json").write_text("{}")
+    assert (tmp_path / "default" / "adapter_config.json").read_text() != "{}"
+    # a folder that is not empty is refused unless asked (the user's files there stay)
+    with pytest.raises(
+        HubError, match="--to '.*export' is not empty: choose a new or empty folder, or pass --overwrite"
+    ):
+        export_result(tmp_path / "default", exported)
+    assert (exported / "adapter_config.json").read_text() == "{}"
+    export_result(tmp_path / "default", exported, overwrite=True)
+    assert (exported / "adapter_config.json").read_text() != "{}"
 
 
 def test_recipe_hub_flags_and_the_trainer_never_pushes_itself(tiny_model_dir, tiny_csv, tmp_path):

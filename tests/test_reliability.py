@@ -250,3 +250,22 @@ def test_the_length_grouped_shuffle_is_a_function_of_seed_and_epoch_even_under_a
     assert list(resumed.batch_sampler) == epoch_2[3:]
     sampler.set_epoch(3)
     assert list(fresh.batch_sampler) != epoch_2
+
+
+def test_ctrl_c_prints_one_line_naming_the_checkpoint_to_resume_from(driver, tiny_model_dir, tiny_csv, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        _command(driver, tiny_model_dir, tiny_csv, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env=_env(),
+    )  # fmt: skip
+    for line in process.stdout:
+        if f"ft-test step {KILL_AT}" in line:  # after checkpoint-15
+            process.send_signal(signal.SIGINT)
+            break
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    expected = (
+        f"ft-plugin: interrupted. The last checkpoint is '{out / f'checkpoint-{SAVE_STEPS}'}': run the same command"
+    )
+    assert [line for line in stderr.splitlines() if line.startswith("ft-plugin:")] == [f"{expected} to resume from it."]
