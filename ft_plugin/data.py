@@ -369,13 +369,12 @@ def load_data(args: DataArguments | None = None) -> TextClassificationData:
         share = args.validation_split_percentage / (100 - (0 if args.test_file else args.test_split_percentage))
         train, splits["validation"] = _carve(train, share, args.split_seed)
     splits["train"] = train
-    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_predict_samples}
-    for split, limit in limits.items():
+    limits = {"train": ("max_train_samples", args.max_train_samples), "validation": ("max_eval_samples", args.max_eval_samples),
+              "test": ("max_predict_samples", args.max_predict_samples)}  # fmt: skip
+    for split, (flag, limit) in limits.items():
         if limit is not None:
             if limit > len(splits[split]):
-                logger.warning(
-                    "--max_*_samples %d exceeds the %d %s rows: using all.", limit, len(splits[split]), split
-                )
+                logger.warning("--%s %d exceeds the %d %s rows: using all.", flag, limit, len(splits[split]), split)
             splits[split] = splits[split].shuffle(seed=args.split_seed).select(range(min(limit, len(splits[split]))))
     return TextClassificationData(splits=DatasetDict(splits), labels=labels, source=source, has_pairs=has_pairs)
 

@@ -195,6 +195,11 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     if training_args.learning_rate <= 0:
         raise MethodError(f"--learning_rate must be positive, got {training_args.learning_rate}.")
     check_training_budget(training_args)
+    if {"--do_eval", "--do_predict"} & set(argv) and "--do_train" not in argv:
+        raise FtPluginError(
+            "A recipe always trains, then evaluates and tests (run_glue's --do_train --do_eval --do_predict): to "
+            "evaluate or predict with an existing result, use ft-plugin evaluate/predict --adapter DIR."
+        )
     if model_args.attention_dropout is not None and not 0 <= model_args.attention_dropout < 1:
         raise FtPluginError(f"--attention_dropout must be in [0, 1), got {model_args.attention_dropout}.")
     parse_class_weights(model_args.class_weights)  # a malformed value fails now; label names are checked on the data
@@ -365,7 +370,10 @@ def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
 
 
 # What a run (or an interrupted one, or `--method auto`'s race) leaves in its --output_dir besides the result.
-RUN_ARTEFACTS = ("runs", "auto-race", "auto_race.json", *(f"{split}_results.json" for split in ("all", "train", "eval", "test")))  # fmt: skip
+RUN_ARTEFACTS = (
+    "runs", "auto-race", "auto_race.json", "all_results.json", "train_results.json", "eval_results.json",
+    "test_results.json",
+)  # fmt: skip
 
 
 def foreign_files(output: Path) -> list[str]:
@@ -479,17 +487,18 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
     except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on, not where Python was
         if debug:
             raise
-        print(f"\nft-plugin: interrupted. {interrupted_state(argv)}", file=sys.stderr)  # below a progress bar
+        print(f"\nft-plugin: interrupted. {interrupted_state(argv, method)}", file=sys.stderr)  # below a progress bar
         raise SystemExit(130) from None
 
 
-def interrupted_state(argv: list[str]) -> str:
+def interrupted_state(argv: list[str], method: str | None = None) -> str:
     """What an interrupted run left in its --output_dir, and how to go on from there."""
     try:
-        output_dir = parse_args(argv)[3].output_dir
+        output_dir = parse_args(argv, method)[3].output_dir
     except (FtPluginError, ValueError, SystemExit):
         return "Nothing was trained."
     checkpoint = last_checkpoint(output_dir)
     if checkpoint is None:
         return f"No checkpoint was saved in '{output_dir}' yet: run the same command to start again."
-    return f"The last checkpoint is '{checkpoint}': run the same command to resume from it."
+    how = "without --overwrite_output_dir" if "--overwrite_output_dir" in argv else "the same command"
+    return f"The last checkpoint is '{checkpoint}': run {how} to resume from it."

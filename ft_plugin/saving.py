@@ -105,16 +105,25 @@ def _move_in(staging: Path, output: Path) -> None:
             if old.is_file():
                 os.replace(old, previous / old.name)
     staged = sorted(staging.iterdir(), key=lambda f: (_is_weights(f.name), not f.name.endswith(".index.json")))
+    mode = 0o666 & ~_umask()  # what a plain open() gives; some writers (safetensors via a temp file) leave 0600
     try:
         for file in staged:
             target = output / file.name
             if target.is_dir():
                 shutil.rmtree(target)
+            if file.is_file():
+                os.chmod(file, mode)
             os.replace(file, target)
     except OSError:
         _restore_previous(output)
         raise
     shutil.rmtree(previous)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _restore_previous(output: Path) -> None:
@@ -324,7 +333,7 @@ def _load_delta(base: nn.Module, folder: Path, record: dict) -> nn.Module:
     weights = load_file(weights_file)
     expected = set(trained_state_dict(model))
     new_modules = tuple(f"{module}." for module in getattr(base, "ft_plugin_new_modules", None) or ())
-    missing = sorted(name for name in expected - set(weights) if not name.startswith(new_modules))
+    missing = sorted(name for name in expected - set(weights) if not any(m in name for m in new_modules))
     if expected - set(weights) - set(missing):  # a result saved before ft-plugin trained and saved them
         logger.warning(
             "'%s' predates saving %s, which its base checkpoint lacks: they are drawn at random on each load, so "

@@ -110,6 +110,7 @@ TRAIN_ERRORS = {
         "already holds a trained result: pass --overwrite_output_dir",
     ),
     "unwritable --output_dir": (lambda f: ["--output_dir", str(f["a_file"] / "out")], "is not writable"),
+    "--do_eval without --do_train": (lambda f: ["--do_eval"], "A recipe always trains, then evaluates and tests"),
     "batch size 0": (
         lambda f: ["--per_device_train_batch_size", "0"],
         "--per_device_train_batch_size must be at least 1, got 0",
@@ -179,7 +180,11 @@ DATA_WARNINGS = {
     "integer labels": ("int_labels.csv", None, ["0", "1", "2"]),
     "missing labels in some rows": ("missing_labels.csv", "Dropped 2 train rows without a label", None),
     "empty texts": ("empty_texts.csv", "Dropped 2 train rows with an empty text", None),
-    "--max_train_samples larger than the data": ("crlf.csv", "exceeds the 48 train rows: using all", None),
+    "--max_train_samples larger than the data": (
+        "crlf.csv",
+        "--max_train_samples 1000 exceeds the 48 train rows: using all",
+        None,
+    ),
     "labels with spaces around them": ("spaced_labels.csv", None, ["negative", "neutral", "positive"]),
 }
 

@@ -203,3 +203,27 @@ def test_a_checkpoint_without_pooler_trains_and_saves_it_so_every_load_predicts_
 
             plain = AutoPeftModelForSequenceClassification.from_pretrained(tmp_path, num_labels=len(LABELS)).eval()
             torch.testing.assert_close(plain(**inputs).logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_result_saved_before_the_pooler_was_kept_still_loads_with_a_warning(tiny_mlm_dir, tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    model, tokenizer = _build(tiny_mlm_dir, "adapter+prefix+lora", {"num_virtual_tokens": 4})
+    save_result(model, tmp_path, tokenizer)
+    weights = load_file(tmp_path / "delta_model.safetensors")
+    save_file({k: v for k, v in weights.items() if "pooler" not in k}, tmp_path / "delta_model.safetensors")
+    assert ft_plugin.load(tmp_path) is not None
+    assert "predates saving bert.pooler.dense" in caplog.text and "train it again" in caplog.text
+
+
+def test_saved_files_get_the_permissions_of_a_plain_open(tiny_model_dir, tmp_path):
+    """safetensors writes through a private temporary file (0600): others sharing the machine could not read it."""
+    import os
+
+    model, tokenizer = _build(tiny_model_dir, "lora", {"r": 4})
+    save_result(model, tmp_path / "result", tokenizer)
+    (tmp_path / "plain").write_text("")
+    expected = (tmp_path / "plain").stat().st_mode & 0o777
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "result").iterdir() if path.is_file()}
+    assert modes and all(mode == expected for mode in modes.values()), (oct(expected), modes)
+    assert os.access(tmp_path / "result" / "adapter_model.safetensors", os.R_OK)
