@@ -335,7 +335,7 @@ def predict_file(
     adapter: str = NO_ADAPTER,
     request: gr.Request = None,
 ):
-    """Classify every row of a CSV/JSONL/... file: a predictions CSV (label + one score column per label)."""
+    """Classify every row of a CSV/JSONL/... file: a predictions CSV (its columns, predicted_label, score_<label>)."""
     if not path:
         raise gr.Error("Upload a csv, tsv, jsonl or parquet file with a text column first.")
     path = checked_upload(path, request)
