@@ -197,7 +197,7 @@ def _load_files(args: DataArguments) -> DatasetDict:
     if len(builders) > 1:
         raise DataError("--train_file, --validation_file and --test_file must all be the same file type.")
     builder = builders.pop()
-    kwargs = {"delimiter": "\t"} if all(p.lower().endswith(".tsv") for p in files.values()) else {}
+    kwargs = _reader_options(builder, all(p.lower().endswith(".tsv") for p in files.values()))
     loaded = {}
     for split, path in files.items():  # one by one: the files may have other columns besides the ones used
         try:
@@ -205,6 +205,14 @@ def _load_files(args: DataArguments) -> DatasetDict:
         except Exception as error:  # datasets raises many types for malformed files
             raise DataError(f"Could not read {path} as {builder}: {_first_line(error)}") from error
     return DatasetDict(loaded)
+
+
+def _reader_options(builder: str, tab_separated: bool) -> dict:
+    """CSV/TSV reading: only an empty cell is missing (pandas would also read "None", "N/A", "null", "NA" as missing,
+    dropping such texts and labels); tabs for .tsv."""
+    if builder != "csv":
+        return {}
+    return {"keep_default_na": False, "na_values": [""], **({"delimiter": "\t"} if tab_separated else {})}
 
 
 def _load_hub(args: DataArguments) -> DatasetDict:
@@ -382,7 +390,7 @@ def load_data(args: DataArguments | None = None) -> TextClassificationData:
 def read_file(path: str) -> Dataset:
     """One local csv/tsv/json/jsonl/parquet file as a `Dataset`, with the same checks as training files."""
     builder = _check_file(path)
-    kwargs = {"delimiter": "\t"} if path.lower().endswith(".tsv") else {}
+    kwargs = _reader_options(builder, path.lower().endswith(".tsv"))
     try:
         return datasets.load_dataset(builder, data_files=path, split="train", **kwargs)
     except Exception as error:

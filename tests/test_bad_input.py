@@ -402,3 +402,16 @@ def test_a_training_checkpoint_is_not_mistaken_for_a_result(saved_lora, tmp_path
 def test_a_validation_file_may_have_other_columns_than_the_train_file(files):
     data = load_data(DataArguments(train_file=str(files["crlf.csv"]), validation_file=str(files["extra_column.csv"])))
     assert len(data.splits["validation"]) == len(ROWS) and data.splits["validation"].column_names == ["text", "label"]
+
+
+def test_words_pandas_reads_as_missing_are_kept_as_texts_and_labels(tmp_path, caplog):
+    """Only an empty cell is missing: a class called "None" and a text "N/A" are data (pandas' defaults drop both)."""
+    rows = [(text, "None" if label == "neutral" else label) for text, label in ROWS] + [("N/A", "positive")] * 3
+    path = tmp_path / "na_words.csv"
+    path.write_text(_csv(rows) + "no label here,\n")
+    with caplog.at_level(logging.WARNING, logger="ft_plugin"):
+        data = load_data(DataArguments(train_file=str(path)))
+    assert data.labels == ["None", "negative", "positive"]
+    assert sum(len(split) for split in data.splits.values()) == len(rows)  # only the empty label is dropped
+    assert "N/A" in [text for split in data.splits.values() for text in split["text"]]
+    assert "Dropped 1 train rows without a label" in caplog.text
