@@ -96,9 +96,11 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 def check_output_file(input_file: str, output_file: str, overwrite: bool) -> None:
     """Before any work: never write predictions over the input, nor over a file without --overwrite_output_file."""
     output = Path(output_file)
-    if output.exists() and output.resolve() == Path(input_file).resolve():
+    if not output.exists():
+        return
+    if output.resolve() == Path(input_file).resolve():
         raise FtPluginError(f"--output_file '{output_file}' is the input file: choose another --output_file.")
-    if output.exists() and not overwrite:
+    if not overwrite:
         raise FtPluginError(
             f"--output_file '{output_file}' already exists: pass --overwrite_output_file to replace it, or choose "
             "another --output_file."

@@ -282,17 +282,20 @@ def _normalise_columns(raw: DatasetDict, args: DataArguments) -> tuple[DatasetDi
 
 
 def _clean_rows(dataset: Dataset, split: str) -> Dataset:
-    """Drop rows without a label (with a warning); turn missing texts into empty strings."""
-    if getattr(dataset.features.get("label"), "dtype", None) in ("string", "large_string"):  # " pos" is "pos"
-        dataset = dataset.map(lambda batch: {"label": [v.strip() if v else v for v in batch["label"]]}, batched=True)
+    """Strip labels (" pos" is "pos") and turn missing texts into empty strings, in one pass; then drop rows without
+    a label or with an empty text (with a warning each)."""
+    text_columns = [c for c in ("text", "text_pair") if c in dataset.column_names]
+    dataset = dataset.map(
+        lambda batch: {
+            "label": [v.strip() if isinstance(v, str) else v for v in batch["label"]],
+            **{c: ["" if v is None else str(v) for v in batch[c]] for c in text_columns},
+        },
+        batched=True,
+    )
     before = len(dataset)
     dataset = dataset.filter(lambda label: label is not None and label == label and label != "", input_columns="label")
     if len(dataset) < before:
         logger.warning("Dropped %d %s rows without a label.", before - len(dataset), split)
-    text_columns = [c for c in ("text", "text_pair") if c in dataset.column_names]
-    dataset = dataset.map(
-        lambda batch: {c: ["" if v is None else str(v) for v in batch[c]] for c in text_columns}, batched=True
-    )
     before = len(dataset)
     dataset = dataset.filter(lambda text: bool(text.strip()), input_columns="text")  # nothing to learn from
     if len(dataset) < before:
@@ -377,9 +380,9 @@ def load_data(args: DataArguments | None = None) -> TextClassificationData:
         share = args.validation_split_percentage / (100 - (0 if args.test_file else args.test_split_percentage))
         train, splits["validation"] = _carve(train, share, args.split_seed)
     splits["train"] = train
-    limits = {"train": ("max_train_samples", args.max_train_samples), "validation": ("max_eval_samples", args.max_eval_samples),
-              "test": ("max_predict_samples", args.max_predict_samples)}  # fmt: skip
-    for split, (flag, limit) in limits.items():
+    limit_flags = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
+    for split, flag in limit_flags.items():
+        limit = getattr(args, flag)
         if limit is not None:
             if limit > len(splits[split]):
                 logger.warning("--%s %d exceeds the %d %s rows: using all.", flag, limit, len(splits[split]), split)

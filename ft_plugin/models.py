@@ -208,6 +208,11 @@ def new_encoder_modules(model, missing_keys) -> list[str]:
     return sorted({key.rsplit(".", 1)[0] for key in missing_keys if key.startswith(prefix)})
 
 
+def in_new_modules(parameter_name: str, modules: list[str]) -> bool:
+    """Whether a parameter (named plainly or inside PEFT's wrappers) belongs to one of `new_encoder_modules`."""
+    return any(f"{module}." in parameter_name for module in modules)
+
+
 # The config's name for the dropout on attention probabilities: BERT/RoBERTa/ELECTRA, DistilBERT/Llama/Qwen, GPT-2.
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
 

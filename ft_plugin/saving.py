@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import ModelError
 from .methods import METHODS, apply_method, parse_method
+from .models import in_new_modules
 
 logger = logging.getLogger("ft_plugin")
 
@@ -332,14 +333,14 @@ def _load_delta(base: nn.Module, folder: Path, record: dict) -> nn.Module:
         raise ModelError(f"'{folder}' lacks {DELTA_WEIGHTS}: the result is incomplete; train or download it again.")
     weights = load_file(weights_file)
     expected = set(trained_state_dict(model))
-    new_modules = tuple(f"{module}." for module in getattr(base, "ft_plugin_new_modules", None) or ())
-    missing = sorted(name for name in expected - set(weights) if not any(m in name for m in new_modules))
+    new_modules = getattr(base, "ft_plugin_new_modules", None) or []
+    missing = sorted(name for name in expected - set(weights) if not in_new_modules(name, new_modules))
     if expected - set(weights) - set(missing):  # a result saved before ft-plugin trained and saved them
         logger.warning(
             "'%s' predates saving %s, which its base checkpoint lacks: they are drawn at random on each load, so "
             "its predictions vary; train it again for a reproducible result.",
             weights_file,
-            ", ".join(m.rstrip(".") for m in new_modules),
+            ", ".join(new_modules),
         )
     if missing:
         raise ModelError(

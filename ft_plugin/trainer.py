@@ -33,8 +33,6 @@ from transformers.trainer_utils import PredictionOutput
 from .errors import DataError, FtPluginError
 from .metrics import compute_metrics
 
-CLASS_WEIGHTS_HINT = "use balanced, or label=weight pairs with positive weights, e.g. negative=1,neutral=1,positive=2"
-
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """`LengthGroupedSampler` whose order for epoch k depends only on `seed + k`."""
@@ -143,7 +141,10 @@ def parse_class_weights(value: str | None) -> str | dict[str, float] | None:
         except ValueError:
             weight = math.nan
         if not equals or not label.strip() or not (weight > 0 and math.isfinite(weight)):
-            raise FtPluginError(f"--class_weights {value!r} is not understood: {CLASS_WEIGHTS_HINT}.")
+            raise FtPluginError(
+                f"--class_weights {value!r} is not understood: use balanced, or label=weight pairs with positive "
+                "weights, e.g. negative=1,neutral=1,positive=2."
+            )
         weights[label.strip()] = weight
     return weights
 

@@ -11,6 +11,7 @@ import peft
 from torch import nn
 
 from ..errors import MethodError
+from ..models import in_new_modules
 from .registry import MethodSpec, parse_method
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,8 @@ def head_parameter_names(model: nn.Module) -> set[str]:
     if isinstance(model, peft.PeftModel):
         return {name for name in names if ".modules_to_save." in name}
     prefix = getattr(model, "base_model_prefix", "") + "."
-    new = tuple(f"{module}." for module in getattr(model, "ft_plugin_new_modules", None) or ())
-    return {name for name in names if not name.startswith(prefix) or name.startswith(new)}
+    new = getattr(model, "ft_plugin_new_modules", None) or []
+    return {name for name in names if not name.startswith(prefix) or in_new_modules(name, new)}
 
 
 def apply_method(model: nn.Module, method: str, arguments: Any = None, **overrides: Any) -> nn.Module:
