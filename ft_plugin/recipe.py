@@ -446,6 +446,14 @@ def check_free_space(trainer: Trainer) -> None:
 # -- end reliability ---------------------------------------------------------------------------------------------
 
 
+# flags that transformers 5 rejects with a message that does not say what to do instead
+ARGUMENT_HINTS = {
+    "--logging_dir": "transformers 5 removed --logging_dir: set the TENSORBOARD_LOGGING_DIR environment variable "
+    "instead. ",
+    "--bf16": "On a machine without a GPU, add --use_cpu true to train in bf16 on the CPU. ",
+}
+
+
 def _version() -> str:
     from . import __version__
 
@@ -474,7 +482,9 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
             if isinstance(error, FtPluginError):
                 raise
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise MethodError(f"Invalid arguments: {first} (see --help).") from error
+            given = {arg.split("=")[0] for arg in argv}
+            hints = [hint for flag, hint in ARGUMENT_HINTS.items() if flag in given and flag[2:] in str(error)]
+            raise MethodError(f"Invalid arguments: {first} {' '.join(hints)}(see --help).") from error
         resume = check_output_dir(training_args, model_args.overwrite_output_dir)
         trainer = build_trainer(model_args, data_args, method_args, training_args, data=data)
         check_free_space(trainer)

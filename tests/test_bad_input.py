@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ft_plugin.cli import main as cli_main
 from ft_plugin.data import DataArguments, load_data
@@ -105,6 +106,10 @@ TRAIN_ERRORS = {
     ),
     "incompatible combination": (lambda f: ["--method", "lora+dora"], "cannot be combined"),
     "unknown flag": (lambda f: ["--lora_rank", "8"], "Invalid arguments"),
+    "--logging_dir, removed in transformers 5": (
+        lambda f: ["--logging_dir=runs"],
+        "transformers 5 removed --logging_dir: set the TENSORBOARD_LOGGING_DIR environment variable instead",
+    ),
     "result already in --output_dir": (
         lambda f: ["--output_dir", str(f["existing_result"])],
         "already holds a trained result: pass --overwrite_output_dir",
@@ -171,6 +176,14 @@ def test_training_error_is_one_line_with_exit_status_2(case, files, train_argv, 
         train_main(train_argv(extra(files)))
     assert exit_info.value.code == 2
     assert expected in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 on a GPU is valid")
+def test_bf16_without_a_gpu_says_to_add_use_cpu(files, train_argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(train_argv(["--bf16", "true"]))
+    assert exit_info.value.code == 2
+    assert "add --use_cpu true to train in bf16 on the CPU" in _one_error_line(capsys.readouterr().err)
 
 
 # case -> (file, expected warning or None, labels)
