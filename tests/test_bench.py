@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from ft_plugin.select import SCORERS
@@ -112,3 +113,21 @@ def test_scaling_benchmark_launches_one_and_two_processes_with_the_shipped_confi
     assert "--config_file accelerate_configs/cpu.yaml --num_processes 1" in rows[0]["command"]
     assert "--config_file accelerate_configs/cpu_ddp.yaml --num_processes 2" in rows[1]["command"]
     assert all(row["samples_per_second"] > 0 and row["train_seconds"] > 0 for row in rows)
+
+
+def test_bbc_headlines_are_deduplicated_and_split_once_stratified(tmp_path):
+    from bench.selection import bbcnews_files
+
+    source = tmp_path / "data"
+    for topic in ("business", "sports"):
+        (source / topic).mkdir(parents=True)
+        for i in range(40):
+            (source / topic / f"{i:03}.txt").write_text(f"{topic} headline {i}\n\nThe article's body.\n")
+    (source / "sports" / "900.txt").write_text("sports headline 1\n\nThe same story, filed twice.\n")
+    files = bbcnews_files(tmp_path / "csv", source)
+    splits = {name: pd.read_csv(path) for name, path in files.items()}
+    assert {name: len(rows) for name, rows in splits.items()} == {"train_file": 52, "validation_file": 8, "test_file": 20}
+    texts = [text for rows in splits.values() for text in rows["text"]]
+    assert len(texts) == len(set(texts)) == 80  # the repeated headline once, every headline in one split only
+    assert all((rows["label"].value_counts() == len(rows) // 2).all() for rows in splits.values())  # stratified
+    assert not any("body" in text for text in texts)  # the headline, not the article
