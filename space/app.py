@@ -57,6 +57,10 @@ PREDICT_BATCH_SIZE = 32  # concurrent /predict calls classified in one forward p
 # 2-thread job, 0.97-1.22 s with these settings; bench/README.md).
 TRAIN_NICENESS = 19
 TRAIN_THREADS = max(1, (os.cpu_count() or 2) // 2)
+# ... and predictions use the other cores: torch's default (a thread per core) made each forward pass compete with
+# the web server's event loop and the job for every core (20 users on 2 cores: p95 1.15-1.29 s with 2 threads,
+# 0.87-0.90 s with 1, and the job trained twice as fast; bench/README.md).
+SERVE_THREADS = max(1, (os.cpu_count() or 2) - TRAIN_THREADS)
 
 RUNNER = JobRunner()
 
@@ -777,6 +781,9 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
 
 def launch(extra_base_models: list[str] | None = None, **kwargs) -> gr.Blocks:
     """Build and launch the Space (keyword arguments go to `Blocks.launch`)."""
+    import torch
+
+    torch.set_num_threads(SERVE_THREADS)  # the Space's process only serves: training runs in a child process
     demo = build_demo(extra_base_models)
     demo.queue(default_concurrency_limit=2)
     kwargs.setdefault("max_file_size", f"{MAX_UPLOAD_MB:g}mb")  # Gradio refuses bigger uploads before saving them

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -51,6 +52,7 @@ def space(tmp_path_factory, tiny_model_dir):
     """(app module, URL) of the Space running in this process."""
     app = load_app(tmp_path_factory.mktemp("space_runs"))
     port = free_port()
+    threads = torch.get_num_threads()
     demo = app.launch(
         [str(tiny_model_dir)], server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
     )
@@ -59,6 +61,12 @@ def space(tmp_path_factory, tiny_model_dir):
         job.cancel()
         job.wait(60)
     demo.close()
+    torch.set_num_threads(threads)  # launch() set the serving threads for this whole process
+
+
+def test_predictions_leave_the_training_jobs_cores_to_it(space):
+    app, _ = space
+    assert torch.get_num_threads() == app.SERVE_THREADS == max(1, (os.cpu_count() or 2) - app.TRAIN_THREADS)
 
 
 @pytest.fixture(scope="module")
