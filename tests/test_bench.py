@@ -126,7 +126,11 @@ def test_bbc_headlines_are_deduplicated_and_split_once_stratified(tmp_path):
     (source / "sports" / "900.txt").write_text("sports headline 1\n\nThe same story, filed twice.\n")
     files = bbcnews_files(tmp_path / "csv", source)
     splits = {name: pd.read_csv(path) for name, path in files.items()}
-    assert {name: len(rows) for name, rows in splits.items()} == {"train_file": 52, "validation_file": 8, "test_file": 20}
+    assert {name: len(rows) for name, rows in splits.items()} == {
+        "train_file": 52,
+        "validation_file": 8,
+        "test_file": 20,
+    }
     texts = [text for rows in splits.values() for text in rows["text"]]
     assert len(texts) == len(set(texts)) == 80  # the repeated headline once, every headline in one split only
     assert all((rows["label"].value_counts() == len(rows) // 2).all() for rows in splits.values())  # stratified
