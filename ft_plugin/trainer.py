@@ -19,12 +19,14 @@ transformers 5.23 / accelerate 1.15 break that, and both are fixed here:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import PeftModel
 from torch.utils.data import Sampler
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -93,6 +95,11 @@ class ClassificationTrainer(Trainer):
         # multiplies the loss by the number of processes and skips the division by gradient_accumulation_steps.
         self.model_accepts_loss_kwargs = False
         self.add_callback(ResumeEpochCallback())
+        if isinstance(self.model, PeftModel):
+            # PEFT's checkpoint saves default to save_embedding_layers="auto", which asks the Hub for the base's
+            # config.json whenever its name is a Hub id (the embedded default's is): a network call at every
+            # checkpoint, a warning offline. No method here changes the embeddings (the result is saved the same way).
+            self.model.save_pretrained = functools.partial(self.model.save_pretrained, save_embedding_layers=False)
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)

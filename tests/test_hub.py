@@ -397,3 +397,21 @@ def test_recipe_hub_flags_and_the_trainer_never_pushes_itself(tiny_model_dir, ti
     trainer = build_trainer(model_args, data_args, method_args, training_args)  # no Hub here: must not connect
     assert trainer.ft_push_to_hub and not trainer.args.push_to_hub and trainer.hub_model_id is None
     assert training_args.push_to_hub  # the caller's arguments are left as given
+
+
+def test_checkpoints_of_a_base_named_by_hub_id_never_ask_the_hub(tiny_model_dir, tiny_csv, tmp_path, monkeypatch):
+    import peft.utils.save_and_load
+
+    from ft_plugin.recipe import build_trainer, parse_args
+
+    def no_hub(repo_id, filename, **kwargs):
+        raise AssertionError(f"asked the Hub for {filename} of {repo_id}")
+
+    monkeypatch.setattr(peft.utils.save_and_load, "check_file_exists_on_hf_hub", no_hub)
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--output_dir",
+            str(tmp_path / "out"), "--max_steps", "1", "--report_to", "none"]  # fmt: skip
+    trainer = build_trainer(*parse_args(argv, method="lora"))
+    trainer.model.peft_config["default"].base_model_name_or_path = "someone/base-on-the-hub"  # as the embedded default
+    trainer.train()  # saves checkpoint-1
+    saved = json.loads((tmp_path / "out" / "checkpoint-1" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "someone/base-on-the-hub"
