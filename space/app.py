@@ -24,6 +24,7 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+import torch
 
 from ft_plugin.data import (
     LABEL_COLUMN_CANDIDATES,
@@ -781,8 +782,6 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
 
 def launch(extra_base_models: list[str] | None = None, **kwargs) -> gr.Blocks:
     """Build and launch the Space (keyword arguments go to `Blocks.launch`)."""
-    import torch
-
     torch.set_num_threads(SERVE_THREADS)  # the Space's process only serves: training runs in a child process
     demo = build_demo(extra_base_models)
     demo.queue(default_concurrency_limit=2)
