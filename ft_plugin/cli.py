@@ -5,7 +5,7 @@ ft-plugin train --method lora [run_glue-style flags]      (same flags as the rec
 ft-plugin evaluate --adapter DIR [--test_file F] [--quantize int8]
 ft-plugin predict --adapter DIR "some text" ... | --input_file F [--output_file P] [--quantize int8]
 ft-plugin setup                                              (register the embedded model in the HF cache)
-ft-plugin space [--port 7860] [--share] [--quantize int8]    (the Gradio Space, from a source checkout)
+ft-plugin space [--port 7860] [--share] [--quantize int8] [--push_as_owner]    (the Gradio Space, from a source checkout)
 ft-plugin push DIR --repo_id user/name [--private] [--revision B] [--merged]
 ft-plugin export DIR --to OUT [--merged]                     (what a push uploads, or a merged standalone model)
 ft-plugin select-model --candidates minilm-l6 bert-tiny [--scorer all] [--verify 2]
@@ -144,6 +144,11 @@ def _space_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="Port (default: Gradio's, 7860 or the next free).")
     parser.add_argument("--share", action="store_true", help="Also create a temporary public gradio.live link.")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="Serve int8 linear layers (faster on CPU).")
+    parser.add_argument(
+        "--push_as_owner",
+        action="store_true",
+        help="Let the Push tab use this machine's Hub login when no token is given (only for a Space you alone use).",
+    )
 
 
 def _space(args: argparse.Namespace) -> int:
@@ -159,6 +164,8 @@ def _space(args: argparse.Namespace) -> int:
         )
     if args.quantize:  # read by the app at import, like the Space variable of the same name
         os.environ["FT_PLUGIN_SPACE_QUANTIZE"] = args.quantize
+    if args.push_as_owner:
+        os.environ["FT_PLUGIN_SPACE_OWNER_PUSH"] = "1"
     spec = importlib.util.spec_from_file_location("ft_plugin_space_app", app_file)
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)

@@ -98,7 +98,7 @@ class TextClassifier:
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` before truncation (special tokens included): more than `max_length` are cut."""
         with self._tokenizer_lock:
-            return len(self.tokenizer(text, truncation=False)["input_ids"])
+            return len(self.tokenizer(text, truncation=False, verbose=False)["input_ids"])  # no "too long" log
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[dict[str, float]]:
         """One `{label: probability}` mapping per text."""

@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import transformers
@@ -167,6 +167,12 @@ def check_training_budget(training_args: TrainingArguments) -> None:
         )
 
 
+def _raise_argument_error(message: str) -> NoReturn:
+    """argparse's `error` for the recipe parsers: a ValueError (which `main` prints on one line and a job or the
+    Space reports) instead of printing usage and exiting, e.g. for `--lora_r abc`."""
+    raise ValueError(message)
+
+
 def parse_args(argv: list[str] | None = None, method: str | None = None):
     """Parse run_glue-style flags (or a YAML/JSON config file first) into the four argument dataclasses.
 
@@ -182,6 +188,7 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     # --- end hub
     parser = HfArgumentParser((ModelArguments, DataArguments, MethodArguments, TrainingArguments))
     pre_parser = HfArgumentParser(ModelArguments, add_help=False)  # --help is for the full parser below
+    parser.error = pre_parser.error = _raise_argument_error  # a library call must not exit the process
     chosen, _ = pre_parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     method = chosen.method if "--method" in argv or method is None else method
     specs = parse_method(method)

@@ -67,6 +67,18 @@ RUNNER = JobRunner()
 
 # -- security (issue 9): upload limits, per-session folders, names that cannot reach other users' files ----------
 MAX_UPLOAD_MB = float(os.environ.get("FT_PLUGIN_SPACE_MAX_UPLOAD_MB", "50"))
+MAX_FILE_ROWS = int(os.environ.get("FT_PLUGIN_SPACE_MAX_FILE_ROWS", "10000"))  # rows /predict_file classifies
+MAX_TRAIN_MINUTES = float(os.environ.get("FT_PLUGIN_SPACE_MAX_MINUTES", "30"))  # the one training slot is shared
+MAX_BATCH_SIZE = 256  # a job's memory grows with its batch; the Space's own process shares the machine
+# Pushes use the visitor's token (typed, or their Hugging Face sign-in); the server's own login only when its
+# owner allows it (FT_PLUGIN_SPACE_OWNER_PUSH=1, `ft-plugin space --push_as_owner`: a Space on your own machine).
+OWNER_PUSH = os.environ.get("FT_PLUGIN_SPACE_OWNER_PUSH") == "1"
+# /train options a visitor may set besides the method's own hyper-parameters: knobs that neither load nor write
+# anything. Paths, base models, remote code, output folders, logging and Hub flags stay the Space's.
+TRAINING_OPTIONS = (
+    "seed", "warmup_ratio", "weight_decay", "lr_scheduler_type", "max_seq_length", "gradient_accumulation_steps",
+    "max_grad_norm", "label_smoothing_factor", "attention_dropout", "class_weights", "early_stopping_patience",
+)  # fmt: skip
 SESSIONS_DIR = Path(tempfile.gettempdir()) / "ft-plugin-space-sessions"  # one private folder per browser session
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _extra_bases: set[str] = set()  # local base model folders offered at launch
@@ -78,10 +90,15 @@ def owner_id(request: gr.Request | None) -> str:
     return hashlib.sha256(session.encode()).hexdigest()[:32]
 
 
-def session_dir(request: gr.Request | None) -> Path:
-    """This session's own temporary folder for uploads and predictions (removed when the session ends)."""
+def session_dir(request: gr.Request | None, create: bool = True) -> Path:
+    """This session's own temporary folder for uploads and predictions (removed when the session ends).
+
+    `create=False` for work that finishes later: a session that ended meanwhile is not brought back to life."""
     folder = SESSIONS_DIR / owner_id(request)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    elif not folder.is_dir():
+        raise gr.Error("This session has ended: reload the page.")
     return folder
 
 
@@ -102,9 +119,13 @@ def cleanup_session(request: gr.Request) -> None:
 
 
 def checked_upload(path: str | None, request: gr.Request | None) -> str | None:
-    """A size-checked copy of an uploaded file in the session's folder, under a safe name."""
+    """A size-checked copy of an uploaded file in the session's folder, under a safe name.
+
+    Only files that Gradio received as uploads are accepted: an API call can name any server path as a file."""
     if not path:
         return None
+    if not _inside(Path(path), [Path(gr.utils.get_upload_folder())]):
+        raise gr.Error("Upload the file first: the Space reads only files uploaded to it.")
     size_mb = os.path.getsize(path) / 2**20
     if size_mb > MAX_UPLOAD_MB:
         raise gr.Error(f"The file is {size_mb:.0f} MB: the limit is {MAX_UPLOAD_MB:g} MB. Upload a smaller sample.")
@@ -146,6 +167,28 @@ def checked_base(base: str) -> str:
     raise gr.Error("Choose a base model from the list, or give a Hub repo id such as 'username/name'.")
 
 
+def checked_options(options: dict | None, method: str) -> dict:
+    """The /train options a visitor may set: the method's hyper-parameters and `TRAINING_OPTIONS`, with plain
+    values (a number, a word, or a list of words such as target modules), never another flag."""
+    allowed = [f.name for f in _option_fields(method)] + list(TRAINING_OPTIONS)
+    for key, value in (options or {}).items():
+        if key not in allowed:
+            raise gr.Error(f"Option '{key}' cannot be set in the Space: the options are {', '.join(allowed)}.")
+        values = value if isinstance(value, list) else [value]
+        plain = all(v is None or isinstance(v, (bool, int, float, str)) for v in values)
+        if not plain or any(isinstance(v, str) and v.startswith("-") and not _is_number(v) for v in values):
+            raise gr.Error(f"Option '{key}' has an invalid value {value!r}: give a number, a word or a list of words.")
+    return dict(options or {})
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 # -- end security ------------------------------------------------------------------------------------------------
 # (base, adapter) -> the loaded classifier behind a micro-batcher: concurrent /predict calls share forward passes
 _models: "OrderedDict[tuple[str, str], MicroBatcher]" = OrderedDict()
@@ -155,7 +198,7 @@ _models_lock = threading.Lock()
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers: user errors become gr.Error, never tracebacks
 # ---------------------------------------------------------------------------------------------------------------
-def _message(error: Exception) -> str:
+def _message(error: BaseException) -> str:
     if isinstance(error, FtPluginError):
         return str(error)
     logger.exception("Unexpected error")
@@ -173,7 +216,7 @@ def friendly(fn):
                 yield from fn(*args, **kwargs)
             except gr.Error:
                 raise
-            except Exception as error:
+            except (Exception, SystemExit) as error:  # a library's exit must not stop the server
                 raise gr.Error(_message(error)) from None
 
         return generator
@@ -184,7 +227,7 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             raise gr.Error(_message(error)) from None
 
     return wrapper
@@ -345,9 +388,14 @@ def predict_file(
         raise gr.Error("Upload a csv, tsv, jsonl or parquet file with a text column first.")
     path = checked_upload(path, request)
     frame = load_text_file(path, text_column or None).to_pandas()
+    if len(frame) > MAX_FILE_ROWS:
+        raise gr.Error(
+            f"The file has {len(frame):,} rows: the Space classifies up to {MAX_FILE_ROWS:,} at a time. Split it, "
+            "or run `ft-plugin predict --input_file` on your own machine."
+        )
     classifier = get_classifier(base, adapter, request)
     frame = classifier.predict_frame(frame)
-    output = session_dir(request) / f"{Path(path).stem}_predictions.csv"
+    output = session_dir(request, create=False) / f"{Path(path).stem}_predictions.csv"
     frame.to_csv(output, index=False)
     return str(output), frame.head(20)
 
@@ -445,6 +493,9 @@ def _curve(job: TrainingJob) -> pd.DataFrame | None:
     return frame.drop_duplicates(["step", "series"], keep="last")
 
 
+WAITING_HTML = '<div class="job-status"><span>Queued: waiting for another user\'s job to finish.</span></div>'
+
+
 @friendly
 def train(
     train_file: str | None,
@@ -460,11 +511,23 @@ def train(
     options: dict | None,
     request: gr.Request = None,
 ):
-    """Start a training job and stream its progress; the finished adapter appears in the Predict tab."""
+    """Start a training job and stream its progress; the finished adapter appears in the Predict tab.
+
+    Waits while another session's job trains; a client that leaves (closes the tab) cancels its own job, which
+    keeps the model trained so far, so that the shared training slot is not held for nobody."""
     base = checked_base((base or AUTO_BASE).strip())
     train_file = checked_upload(train_file, request)
-    if "output_dir" in (options or {}):
-        raise gr.Error("'output_dir' cannot be set here: the Space names each run's folder itself.")
+    options = checked_options(options, method)
+    for label, value in (("Learning rate", learning_rate), ("Epochs", epochs), ("Batch size", batch_size)):
+        if value is None:
+            raise gr.Error(f"{label} is empty: give a number.")
+    if not 1 <= int(batch_size) <= MAX_BATCH_SIZE:
+        raise gr.Error(f"Batch size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}.")
+    if max_minutes and max_minutes > MAX_TRAIN_MINUTES:
+        raise gr.Error(f"Max minutes is at most {MAX_TRAIN_MINUTES:g} here (one job trains at a time).")
+    while RUNNER.current is not None:  # another session's job (gradio runs one /train at a time)
+        yield WAITING_HTML, None, None
+        time.sleep(1.0)
     name = _run_name(method, request)
     job = TrainingJob(
         {
@@ -479,7 +542,6 @@ def train(
             "max_train_samples": int(max_samples) if max_samples else None,
             "max_eval_samples": EVAL_SAMPLES,
             "max_predict_samples": EVAL_SAMPLES,
-            "output_dir": str(runs_dir(request) / name),
             # a live curve: log every 5% of the steps, evaluate every 25%; the result folder is the checkpoint
             "logging_first_step": True,
             "logging_steps": 0.05,
@@ -487,18 +549,23 @@ def train(
             "eval_steps": 0.25,
             "save_strategy": "no",
             "load_best_model_at_end": False,
-            **(options or {}),
+            **options,
+            "output_dir": str(runs_dir(request) / name),
         },
-        max_minutes=max_minutes or None,
+        max_minutes=max_minutes or MAX_TRAIN_MINUTES,
         name=name,
         owner=owner_id(request),
         niceness=TRAIN_NICENESS,
         threads=TRAIN_THREADS,
     )
     RUNNER.submit(job)
-    while job.is_alive():
-        yield _status_html(job), _curve(job), job.summary()
-        time.sleep(1.0)
+    try:
+        while job.is_alive():
+            yield _status_html(job), _curve(job), job.summary()
+            time.sleep(1.0)
+    except GeneratorExit:  # the client left: stop after the current step (the model so far is still saved)
+        job.cancel()
+        raise
     yield _status_html(job), _curve(job), job.summary()
     if job.state == FAILED:
         raise gr.Error(f"Training '{job.name}' failed: {job.error}")
@@ -571,6 +638,11 @@ def push(
     except ImportError:
         raise gr.Error("This ft-plugin has no Hub support (ft_plugin.hub): upgrade ft-plugin to push.") from None
     token = (token or "").strip() or (oauth_token.token if oauth_token is not None else None)
+    if token is None and not OWNER_PUSH:  # never the Space's own login on behalf of a visitor
+        raise gr.Error(
+            "Paste a Hugging Face token with write access (or sign in with Hugging Face): the Space pushes only with "
+            "yours."
+        )
     url = push_result(result, repo_id.strip(), token=token, private=bool(private))
     return f"Pushed to [{url}]({url})"
 
@@ -694,7 +766,7 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
                             options_code = gr.Code(
                                 on_method_change(default_method)[1],
                                 language="json",
-                                label="Options (the recipe flags)",
+                                label="Options (the method's hyper-parameters, as recipe flags)",
                                 interactive=True,
                                 lines=6,
                             )

@@ -106,6 +106,10 @@ TRAIN_ERRORS = {
     ),
     "incompatible combination": (lambda f: ["--method", "lora+dora"], "cannot be combined"),
     "unknown flag": (lambda f: ["--lora_rank", "8"], "Invalid arguments"),
+    "a flag value of the wrong type": (
+        lambda f: ["--lora_r", "abc"],  # argparse printed its usage and exited; now one line like the rest
+        "Invalid arguments: argument --lora_r/--lora-r: invalid int value: 'abc' (see --help).",
+    ),
     "--logging_dir, removed in transformers 5": (
         lambda f: ["--logging_dir=runs"],
         "transformers 5 removed --logging_dir: set the TENSORBOARD_LOGGING_DIR environment variable instead",

@@ -12,6 +12,7 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
@@ -190,6 +191,56 @@ def test_cancel_keeps_the_model_trained_so_far_and_a_second_job_waits(space, cli
     assert client.predict(api_name="/cancel") == "No training job of yours is running."
 
 
+def test_a_client_that_leaves_cancels_its_job_and_the_next_users_job_waits_then_trains(space, tiny_model_dir, tiny_csv):
+    app, url = space
+    leaving, waiting = Client(url, verbose=False), Client(url, verbose=False)
+    left = train(leaving, tiny_csv, str(tiny_model_dir), epochs=200, max_samples=32, batch_size=4)
+    deadline = time.time() + 120
+    while (app.RUNNER.current is None or app.RUNNER.current.step < 2) and time.time() < deadline:
+        time.sleep(0.2)
+    abandoned = app.RUNNER.current
+    assert abandoned is not None and abandoned.owner == app.owner_id(SessionOf(leaving))
+    queued = train(waiting, tiny_csv, str(tiny_model_dir), epochs=1, max_samples=32)
+    left.cancel()  # what closing the browser tab does to the running /train event
+    _, _, summary = queued.result(timeout=240)  # waited for the abandoned job to stop, then trained
+    assert summary["state"] == "finished" and app.RUNNER.jobs[-1].owner == app.owner_id(SessionOf(waiting))
+    assert abandoned.state == "cancelled" and abandoned.step < abandoned.max_steps  # stopped, not trained on
+    assert abandoned.has_result  # the model trained so far was still saved, as with Cancel
+
+
+def test_train_options_and_file_paths_cannot_reach_beyond_the_space(space, client, tiny_model_dir, tiny_csv, tmp_path):
+    outside = tmp_path / "outside"
+    refused = "cannot be set in the Space"
+    for options, message in [
+        ({"output_dir": str(outside)}, refused),
+        ({"output-dir": str(outside)}, refused),  # argparse's spelling with a dash
+        ({"output_di": str(outside)}, refused),  # and its prefix abbreviation
+        ({"model_name_or_path": str(tmp_path), "trust_remote_code": True}, refused),  # would run uploaded code
+        ({"train_file": str(tiny_csv)}, refused),  # would read any file on the server
+        ({"push_to_hub": True, "hub_model_id": "someone/else"}, refused),  # would push with the Space's login
+        ({"target_modules": ["query", "--output_dir", str(outside)]}, "invalid value"),  # a flag smuggled in a list
+        ({"lora_r": {"nested": 1}}, "invalid value"),
+        ({"lora_r": "abc"}, "Invalid training options: argument --lora_r"),  # argparse used to exit the server
+    ]:
+        with pytest.raises(AppError, match=message):
+            train(client, tiny_csv, str(tiny_model_dir), options=options).result(timeout=60)
+    with pytest.raises(AppError, match="Batch size must be between 1 and"):
+        train(client, tiny_csv, str(tiny_model_dir), batch_size=10**6).result(timeout=60)
+    with pytest.raises(AppError, match="Max minutes is at most"):
+        train(client, tiny_csv, str(tiny_model_dir), max_minutes=10**7).result(timeout=60)
+    assert not outside.exists()
+    assert scores(client.predict("still serving after all that", api_name="/predict"))
+
+    # a file on the server that nobody uploaded, named by its path in a raw API call (gradio_client would upload it)
+    secret = tmp_path / "secret.csv"
+    secret.write_text("text,label\nsk-SECRET-123,a\n")
+    endpoint = f"{space[1]}gradio_api/call/predict_file"
+    named_by_path = {"path": str(secret), "meta": {"_type": "gradio.FileData"}}
+    event = httpx.post(endpoint, json={"data": [named_by_path, "text", "auto", "none"]}).json()["event_id"]
+    answer = httpx.get(f"{endpoint}/{event}", timeout=60).text
+    assert "event: error" in answer and "SECRET" not in answer
+
+
 def test_bad_inputs_are_readable_errors(space, client, tiny_model_dir, tiny_csv, tmp_path, monkeypatch):
     app, _ = space
     with pytest.raises(AppError, match="text is empty"):
@@ -223,7 +274,7 @@ def test_bad_inputs_are_readable_errors(space, client, tiny_model_dir, tiny_csv,
     assert all(job.has_result for job in app.RUNNER.jobs if job.state in ("finished", "cancelled"))
 
 
-def test_predict_file_writes_a_predictions_csv(client, tiny_csv):
+def test_predict_file_writes_a_predictions_csv(space, client, tiny_csv, monkeypatch):
     import pandas as pd
 
     output, preview = client.predict(handle_file(str(tiny_csv)), "text", api_name="/predict_file")
@@ -231,6 +282,9 @@ def test_predict_file_writes_a_predictions_csv(client, tiny_csv):
     assert len(frame) == 240 and {"text", "predicted_label", *(f"score_{label}" for label in LABELS)} <= set(frame.columns)  # fmt: skip
     assert set(frame["predicted_label"]) <= LABELS
     assert "predicted_label" in preview["headers"]
+    monkeypatch.setattr(space[0], "MAX_FILE_ROWS", 100)
+    with pytest.raises(AppError, match="The file has 240 rows: the Space classifies up to 100 at a time"):
+        client.predict(handle_file(str(tiny_csv)), "text", api_name="/predict_file")
 
 
 def test_result_list_survives_a_folder_vanishing_while_it_is_scanned(space, tmp_path, monkeypatch):
@@ -288,6 +342,14 @@ def test_push_calls_the_hub_helper_and_shows_its_errors(space, client, monkeypat
         with pytest.raises(AppError, match="Give the repo id as 'username/name'"):
             client.predict(str(result), bad, "hf_secret", False, api_name="/push")
     assert len(calls) == 2  # none of those reached the Hub helper
+
+    monkeypatch.setenv("HF_TOKEN", "hf_the_space_owners")  # the server's own login is never a visitor's
+    with pytest.raises(AppError, match="Paste a Hugging Face token with write access"):
+        client.predict(str(result), "alice/tweets-lora", "", False, api_name="/push")
+    assert len(calls) == 2
+    monkeypatch.setattr(app, "OWNER_PUSH", True)  # `ft-plugin space --push_as_owner`: a Space of one's own
+    client.predict(str(result), "alice/tweets-lora", "", False, api_name="/push")
+    assert calls[-1] == (str(result), "alice/tweets-lora", None, False)  # push_result falls back to the login
 
     monkeypatch.setitem(sys.modules, "ft_plugin.hub", None)  # an ft-plugin without Hub support
     with pytest.raises(AppError, match="no Hub support"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,16 +44,25 @@ class Session:
 def test_uploads_are_size_limited_and_copied_to_the_sessions_own_folder(app, tiny_csv, tmp_path, monkeypatch):
     import gradio as gr
 
-    copy = Path(app.checked_upload(str(tiny_csv), Session()))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # where Gradio saves what it receives
+    uploaded = Path(gr.utils.get_upload_folder()) / "0123abcd" / tiny_csv.name
+    uploaded.parent.mkdir(parents=True)
+    shutil.copyfile(tiny_csv, uploaded)
+    copy = Path(app.checked_upload(str(uploaded), Session()))
     folder = app.session_dir(Session())
     assert copy.parent == folder and folder.parent == app.SESSIONS_DIR and copy.read_bytes() == tiny_csv.read_bytes()
+    with pytest.raises(gr.Error, match="Upload the file first"):  # a server path that was never uploaded
+        app.checked_upload(str(tiny_csv), Session())
     for trick in ("../abc123", "abc123/..", "ABC123", ""):  # no other session id reaches this folder
         other = type("Other", (), {"session_hash": trick})()
         assert app.session_dir(other) != folder and app.session_dir(other).parent == app.SESSIONS_DIR
     monkeypatch.setattr(app, "MAX_UPLOAD_MB", tiny_csv.stat().st_size / 2**20 / 2)
     with pytest.raises(gr.Error, match="the limit is"):
-        app.checked_upload(str(tiny_csv), Session())
+        app.checked_upload(str(uploaded), Session())
     app.cleanup_session(Session())
+    assert not folder.exists()
+    with pytest.raises(gr.Error, match="session has ended"):  # work finishing late does not bring it back
+        app.session_dir(Session(), create=False)
     assert not folder.exists()
 
 
