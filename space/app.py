@@ -190,8 +190,8 @@ def _is_number(text: str) -> bool:
 
 
 # -- end security ------------------------------------------------------------------------------------------------
-# (base, adapter) -> the loaded classifier behind a micro-batcher: concurrent /predict calls share forward passes
-_models: "OrderedDict[tuple[str, str], MicroBatcher]" = OrderedDict()
+# (base, adapter, its folder's mtime) -> the loaded classifier behind a micro-batcher: concurrent /predict calls share forward passes
+_models: "OrderedDict[tuple[str, str, float], MicroBatcher]" = OrderedDict()
 _models_lock = threading.Lock()
 
 
@@ -262,7 +262,7 @@ def get_batcher(base: str, adapter: str, request: gr.Request | None) -> MicroBat
     """The cached classifier for a base and an adapter choice, behind its micro-batcher (loaded on first use)."""
     base = checked_base((base or AUTO_BASE).strip())
     adapter = checked_adapter((adapter or NO_ADAPTER).strip(), request)
-    key = (base, adapter)
+    key = (base, adapter, _mtime(Path(adapter)))  # a result saved again in the same folder is loaded again
     with _models_lock:  # one load at a time; predictions on loaded models stay concurrent
         if key in _models:
             _models.move_to_end(key)

@@ -150,6 +150,11 @@ def test_train_then_predict_with_the_new_adapter(space, client, tiny_model_dir, 
 
     expected = TextClassifier.from_pretrained(output_dir).predict([text])[0]
     assert from_space == pytest.approx(expected, abs=1e-5)
+    loaded = app.get_batcher("auto", str(output_dir), SessionOf(client))  # loaded once, then served from the cache
+    assert app.get_batcher("auto", str(output_dir), SessionOf(client)) is loaded
+    later = time.time() + 10
+    os.utime(output_dir, (later, later))  # a result saved again in this folder (its files are renamed in)
+    assert app.get_batcher("auto", str(output_dir), SessionOf(client)) is not loaded
 
     # the same adapter on a base model of another shape is refused in one readable line
     with pytest.raises(AppError, match="different base model"):
