@@ -227,3 +227,18 @@ def test_saved_files_get_the_permissions_of_a_plain_open(tiny_model_dir, tmp_pat
     modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "result").iterdir() if path.is_file()}
     assert modes and all(mode == expected for mode in modes.values()), (oct(expected), modes)
     assert os.access(tmp_path / "result" / "adapter_model.safetensors", os.R_OK)
+
+
+@pytest.mark.parametrize("first,second", [("lora", "freeze"), ("lora", "adapter"), ("adapter", "lora")])
+def test_a_result_of_another_layout_saved_over_one_replaces_it_whole(tiny_model_dir, tmp_path, first, second):
+    """`--overwrite_output_dir` with another method: the PEFT files of the old result used to stay (LoRA's
+    adapter_config.json beside a full model), so the folder no longer loaded, not even with transformers."""
+    old_model, tokenizer = _build(tiny_model_dir, first, {})
+    save_result(old_model, tmp_path, tokenizer)
+    model, tokenizer = _build(tiny_model_dir, second, {})
+    save_result(model, tmp_path, tokenizer)
+    written = {path.name for path in tmp_path.iterdir()}
+    assert ("adapter_config.json" in written) == (second == "lora"), written
+    inputs = {k: v for k, v in _batch(tokenizer).items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(ft_plugin.load(tmp_path)(**inputs).logits, model.eval()(**inputs).logits)
