@@ -61,10 +61,28 @@ class IntrinsicPromptEmbedding(nn.Module):
         else:
             self.register_buffer("projection", projection, persistent=False)
         self.intrinsic_z = nn.Parameter(torch.zeros(config.intrinsic_dim))
+        # what a loaded prompt holds beyond the subspace (zero unless the projection was trained), so that loading
+        # a checkpoint gives back its prompt exactly
+        self.register_buffer("residual", torch.zeros_like(self.start), persistent=False)
 
     @property
     def weight(self) -> Tensor:
-        return self.start + (self.intrinsic_z @ self.projection).view_as(self.start)
+        return self.start + (self.intrinsic_z @ self.projection).view_as(self.start) + self.residual
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Load PEFT's saved form, the projected prompt (`weight`: what checkpoints and results hold, e.g. for
+        `--resume_from_checkpoint` and `--load_best_model_at_end`): `z` is its least-squares coordinates in the
+        subspace (exact with the fixed projection), and what lies outside goes to `residual`."""
+        prompt = state_dict.pop(prefix + "weight", None)
+        if prompt is not None and prefix + "intrinsic_z" not in state_dict:
+            with torch.no_grad():
+                offset = (prompt.to(self.start) - self.start).reshape(-1, 1)
+                z = torch.linalg.lstsq(self.projection.T, offset).solution.reshape(-1)
+                self.residual.copy_((offset.reshape(-1) - z @ self.projection).view_as(self.start))
+            state_dict[prefix + "intrinsic_z"] = z
+            if isinstance(self.projection, nn.Parameter):
+                state_dict[prefix + "projection"] = self.projection.detach()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, indices: Tensor) -> Tensor:
         return self.weight[indices]
