@@ -13,6 +13,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 from datasets import Dataset, DatasetDict
@@ -315,26 +316,29 @@ def _label_names(train: Dataset) -> list[str]:
             f"The label column has {len(values)} different values in {len(train)} training rows: it does not look "
             "like class labels (a score, an id?). Pass --label_column with the column of classes."
         )
-    return (
-        [str(v) for v in sorted(values)]
-        if all(isinstance(v, (int, bool)) for v in values)
-        else sorted(map(str, values))
-    )
+    numbers = all(isinstance(v, (int, bool)) or isinstance(v, float) and v.is_integer() for v in values)
+    return [_label_name(v) for v in sorted(values)] if numbers else sorted(map(_label_name, values))
+
+
+def _label_name(value: Any) -> str:
+    """A label value's class name: 1.0 is "1", as in the other splits (an integer column with an empty cell is read
+    as floats)."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _encode_labels(splits: DatasetDict, labels: list[str]) -> DatasetDict:
     label2id = {label: i for i, label in enumerate(labels)}
     for split, dataset in splits.items():
-        unseen = sorted({str(v) for v in dataset["label"][:]} - set(label2id))
+        unseen = sorted({_label_name(v) for v in dataset["label"][:]} - set(label2id))
         if unseen:
             raise DataError(
-                f"The {split} split has labels never seen in training: {unseen[:5]}. "
+                f"The {split} split has labels never seen in training: {unseen[:5]} (training has {labels[:10]}). "
                 "Add examples of them to the training data or remove them."
             )
     features = next(iter(splits.values())).features.copy()
     features["label"] = datasets.ClassLabel(names=labels)
     return splits.map(
-        lambda batch: {"label": [label2id[str(v)] for v in batch["label"]]}, batched=True, features=features
+        lambda batch: {"label": [label2id[_label_name(v)] for v in batch["label"]]}, batched=True, features=features
     )
 
 

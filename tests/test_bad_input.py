@@ -53,6 +53,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "one_class.csv": _csv([(t, "positive") for t, _ in ROWS]).encode(),
         "unseen_test.csv": _csv([(t, "angry") for t, _ in ROWS[:6]] + ROWS[:6]).encode(),
         "int_labels.csv": _csv([(t, ["negative", "neutral", "positive"].index(label)) for t, label in ROWS]).encode(),
+        "int_labels_one_missing.csv": _csv(
+            [(t, ["negative", "neutral", "positive"].index(label) if i else "") for i, (t, label) in enumerate(ROWS)]
+        ).encode(),
         "int_labels.jsonl": _jsonl(ROWS, str_labels=False),
         "str_labels.jsonl": _jsonl(ROWS[:9], str_labels=True),
         "missing_labels.csv": _csv(ROWS).encode() + b"no label here,\nnor here,\n",
@@ -217,6 +220,15 @@ def test_odd_but_usable_data_loads_with_a_warning(case, files, caplog):
     if warning:
         assert warning in caplog.text
     assert all(text.strip() for split in data.splits.values() for text in split["text"])
+
+
+def test_integer_labels_with_an_empty_cell_still_match_the_other_splits(files):
+    """An empty cell makes pandas/Arrow read an integer column as floats (1.0): they are still the classes 0/1/2."""
+    data = load_data(
+        DataArguments(train_file=str(files["int_labels_one_missing.csv"]), test_file=str(files["int_labels.csv"]))
+    )
+    assert data.labels == ["0", "1", "2"]
+    assert len(data.splits["train"]) + len(data.splits["validation"]) == len(ROWS) - 1  # validation carved off
 
 
 def test_integer_labels_match_the_same_labels_written_as_strings(files):
