@@ -20,6 +20,20 @@ QUANTIZATIONS = ("int8",)
 PREDICTED_LABEL = "predicted_label"  # the column `predict_frame` adds (beside one `score_<label>` per label)
 
 
+def merge_tuner_layers(model: nn.Module) -> nn.Module:
+    """Merge the PEFT layers inside a model that is not a `PeftModel` into their base layers, as `merge_and_unload`
+    does for a `PeftModel` (a combination such as lora+bitfit loads as a transformers model holding PEFT's LoRA and
+    BEFT layers; left in place, int8 quantization swapped their inner weights and failed)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in reversed(list(model.named_modules())):  # innermost first: a layer may wrap another
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    return model
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """The model with every `nn.Linear` in int8 (PyTorch dynamic quantization): weights stored as int8, activations
     quantized per batch at run time. For CPU serving: about 2x faster on a small BERT here at a small accuracy cost
@@ -71,6 +85,8 @@ class TextClassifier:
         model = load(folder, model_name_or_path=model_name_or_path, allow_pickle=allow_pickle)
         if merge and hasattr(model, "merge_and_unload") and not model.active_peft_config.is_prompt_learning:
             model = model.merge_and_unload()
+        elif merge:  # a combination's result: its LoRA/IA3/BEFT layers sit inside a plain transformers model
+            model = merge_tuner_layers(model)
         if quantize == "int8":
             model = quantize_int8(model)
         max_length = read_record(folder).get("max_seq_length", 128)

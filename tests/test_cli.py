@@ -181,6 +181,34 @@ def test_int8_quantized_prediction_agrees_with_full_precision(trained, tiny_csv)
     assert json.loads(result.stdout[result.stdout.index("{") :])["accuracy"] > 0.9
 
 
+@pytest.mark.parametrize("method", ["lora+bitfit", "adapter+lora"])
+def test_a_combinations_result_merges_its_peft_layers_and_quantizes(method, tiny_model_dir, tmp_path):
+    """A combination loads as a transformers model holding PEFT's LoRA/BEFT layers: they are merged like a
+    PeftModel's (int8 quantization used to fail on them: 'function' object has no attribute 'dtype')."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    import ft_plugin as library
+    from ft_plugin.inference import TextClassifier
+    from ft_plugin.models import load_base_model
+
+    torch.manual_seed(0)
+    base, tokenizer = load_base_model(str(tiny_model_dir), ["negative", "neutral", "positive"])
+    model = library.apply(base, method)
+    with torch.no_grad():  # as if trained: LoRA's B starts at zero, which would make merging trivially exact
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter.normal_(0, 0.05)
+    library.save_result(model, tmp_path, tokenizer)
+    texts = ["great flight thanks", "the bag is lost again", "seat and gate"]
+    unmerged = TextClassifier.from_pretrained(tmp_path, merge=False)
+    merged = TextClassifier.from_pretrained(tmp_path)
+    assert any(isinstance(m, BaseTunerLayer) for m in unmerged.model.modules())
+    assert not any(isinstance(m, BaseTunerLayer) for m in merged.model.modules())
+    torch.testing.assert_close(merged.predict_proba(texts), unmerged.predict_proba(texts), rtol=1e-4, atol=1e-5)
+    int8 = TextClassifier.from_pretrained(tmp_path, quantize="int8")
+    assert (int8.predict_proba(texts) - unmerged.predict_proba(texts)).abs().max() < 0.05
+
+
 def test_int8_quantization_of_an_unmerged_adapter_is_refused_in_one_line(trained):
     from ft_plugin import ModelError
     from ft_plugin.inference import TextClassifier
