@@ -61,23 +61,26 @@ def _result_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _result_arguments(parser)
-    parser.add_argument("--test_file", default=None, help="Labelled file (default: the run's own test split).")
+    parser.add_argument(
+        "--test_file", default=None, help="Labelled file (default: the run's own test split, rebuilt from its record)."
+    )
     parser.add_argument("--text_column", default=None)
     parser.add_argument("--label_column", default=None)
     parser.add_argument("--batch_size", type=int, default=64)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    """Accuracy and macro-F1 of a result on a labelled file, or on the embedded test split."""
-    from .data import DataArguments, load_data, load_labelled_file
+    """Accuracy and macro-F1 of a result on a labelled file, or on the test split of the run that saved it."""
+    from .data import load_labelled_file, run_test_split
     from .inference import TextClassifier
     from .metrics import classification_metrics
+    from .saving import read_record, resolve_result
 
     classifier = TextClassifier.from_pretrained(args.adapter, allow_pickle=args.allow_pickle, quantize=args.quantize)
     if args.test_file:
         dataset = load_labelled_file(args.test_file, args.text_column, args.label_column, classifier.labels)
     else:
-        dataset = load_data(DataArguments()).splits["test"]
+        dataset = run_test_split(read_record(resolve_result(args.adapter)), classifier.labels)
     probabilities = classifier.predict_proba(dataset["text"][:], args.batch_size)
     metrics = classification_metrics(probabilities.argmax(-1).tolist(), dataset["label"][:])
     print(json.dumps({**metrics, "examples": len(dataset)}, indent=2))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +302,31 @@ def _clean_rows(dataset: Dataset, split: str) -> Dataset:
     if len(dataset) < before:
         logger.warning("Dropped %d %s rows with an empty text.", before - len(dataset), split)
     return dataset
+
+
+def run_test_split(record: dict[str, Any], labels: list[str]) -> Dataset:
+    """The test split of the run that saved a result, rebuilt from the data flags in its `ft_plugin_config.json`
+    (`ft-plugin evaluate` without --test_file). Refused, with the fix, where those data cannot be found again or
+    no longer have the result's labels."""
+    flags = record.get("data")
+    if flags is None:  # saved before the flags were recorded: only the embedded default can be rebuilt
+        if record.get("dataset") not in (None, EMBEDDED_DATASET):
+            raise DataError(
+                f"This result was trained on '{record['dataset']}' and does not record its test split: pass "
+                "--test_file with labelled texts."
+            )
+        flags = {}
+    known = {f.name for f in fields(DataArguments)}
+    try:
+        data = load_data(DataArguments(**{key: value for key, value in flags.items() if key in known}))
+    except DataError as error:
+        raise DataError(f"Could not load the run's test split again: {error} Or pass --test_file.") from None
+    if data.labels != labels:
+        raise DataError(
+            f"The run's data now has the labels {data.labels}, the result {labels}: pass --test_file with labelled "
+            "texts."
+        )
+    return data.splits["test"]
 
 
 def _label_names(train: Dataset) -> list[str]:

@@ -302,6 +302,7 @@ def build_trainer(
     trainer = classification_trainer(trainer_args, tokenized, tokenizer, callbacks, class_weights, model=model)
     trainer.ft_class_weights = class_weights
     trainer.ft_data = data
+    trainer.ft_data_arguments = {f.name: getattr(data_args, f.name) for f in fields(data_args)}  # in the record
     trainer.ft_test_dataset = tokenized["test"]
     trainer.ft_max_seq_length = max_seq_length
     trainer.ft_push_to_hub = training_args.push_to_hub  # hub (issue 4)
@@ -334,6 +335,7 @@ def train_and_save(trainer: Trainer, resume_from_checkpoint: str | bool | None =
             trainer.processing_class,
             extra={
                 "dataset": trainer.ft_data.source,
+                "data": getattr(trainer, "ft_data_arguments", None),  # `ft-plugin evaluate` rebuilds the test split
                 "max_seq_length": trainer.ft_max_seq_length,
                 "train_seconds": round(time.perf_counter() - started, 2),
                 "ft_plugin_version": _version(),

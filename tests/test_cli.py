@@ -104,6 +104,28 @@ def test_evaluate_on_a_labelled_file(trained, tiny_csv):
     assert metrics["examples"] == 240 and metrics["accuracy"] > 0.9
 
 
+def test_evaluate_without_a_file_scores_the_runs_own_test_split(trained, tiny_csv, tmp_path):
+    """Not the embedded tweets whatever the run trained on: the split is rebuilt from the result's record."""
+    import shutil
+
+    result = ft_plugin("evaluate", "--adapter", str(trained))
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(result.stdout[result.stdout.index("{") :])
+    recorded = json.loads((trained / "test_results.json").read_text())
+    assert metrics["examples"] == 24  # 10 % of the 240 rows of the run's file, carved as in training
+    assert metrics["accuracy"] == pytest.approx(recorded["test_accuracy"])
+
+    moved = tmp_path / "moved"  # the same result where its training file cannot be found again
+    shutil.copytree(trained, moved)
+    record = json.loads((moved / "ft_plugin_config.json").read_text())
+    record["data"]["train_file"] = str(tmp_path / "gone.csv")
+    (moved / "ft_plugin_config.json").write_text(json.dumps(record))
+    assert_one_error_line(ft_plugin("evaluate", "--adapter", str(moved)), "Or pass --test_file.")
+    del record["data"]  # saved before the data flags were recorded
+    (moved / "ft_plugin_config.json").write_text(json.dumps(record))
+    assert_one_error_line(ft_plugin("evaluate", "--adapter", str(moved)), "does not record its test split")
+
+
 def assert_one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
     """Exit status 2, exactly one `ft-plugin: error:` line naming the problem, no traceback."""
     assert result.returncode == 2, (result.stdout[-500:], result.stderr[-2000:])
