@@ -182,6 +182,10 @@ def load_base_model(
             hf_logging.set_verbosity(verbosity)
     except (OSError, ValueError) as error:
         raise ModelError(_load_failure(resolved, error)) from error
+    # transformers 5 saves a model under the names of the checkpoint it came from (bert-tiny's legacy LayerNorm.gamma/
+    # .beta), but the Trainer loads its own checkpoints (resume, load best) without renaming them back: those weights
+    # were silently left at their starting values. Saved under the names the model has, every load finds them.
+    model._weight_conversions = None
     model.ft_plugin_new_modules = new_encoder_modules(model, loading["missing_keys"])
     if model.ft_plugin_new_modules:
         logging.getLogger(__name__).info(

@@ -242,3 +242,24 @@ def test_a_result_of_another_layout_saved_over_one_replaces_it_whole(tiny_model_
     inputs = {k: v for k, v in _batch(tokenizer).items() if k != "labels"}
     with torch.no_grad():
         torch.testing.assert_close(ft_plugin.load(tmp_path)(**inputs).logits, model.eval()(**inputs).logits)
+
+
+def test_a_checkpoint_with_legacy_names_is_saved_under_the_models_own_names(tiny_model_dir, tmp_path):
+    """bert-tiny names its LayerNorms `gamma`/`beta`; transformers 5 saved models under those names again, but the
+    Trainer loads its checkpoints (resume, load best) without renaming, which left every LayerNorm untrained."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tiny_model_dir, legacy)
+    weights = load_file(legacy / "model.safetensors")
+    renamed = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in weights.items()}  # fmt: skip
+    assert renamed.keys() != weights.keys()
+    save_file(renamed, legacy / "model.safetensors", metadata={"format": "pt"})
+
+    model = ft_plugin.apply(load_base_model(str(legacy), LABELS)[0], "full")
+    model.save_pretrained(tmp_path / "checkpoint")  # what the Trainer does at each checkpoint
+    saved = load_file(tmp_path / "checkpoint" / "model.safetensors")
+    assert not [key for key in saved if key.endswith(("gamma", "beta"))]
+    model.load_state_dict(saved, strict=True)  # what the Trainer does on resume: every weight found
