@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -324,6 +325,43 @@ def _check_same_architecture(base_config, saved_config, folder: Path) -> None:
         )
 
 
+WRAPPED_WEIGHT = re.compile(r"^(.*)\.(?:original_module|modules_to_save\.([^.]+))\.(weight|bias)$")
+
+
+def _unwrapped_new_modules(weights: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Delta weights under today's names. Combinations no longer wrap a new module (bert-tiny's pooler) in a PEFT
+    copy per member; an earlier result holds those copies. The one its forward pass used is kept: the copy of its
+    only member with one (PEFT made that active), else the original module; under the module's own name
+    (`pooler.dense.weight`, or `pooler.dense.base_layer.weight` where a method now adapts the pooler too)."""
+    current, copies = {}, {}
+    for name, tensor in weights.items():
+        match = None if name in expected else WRAPPED_WEIGHT.match(name)
+        if match is None:
+            current[name] = tensor
+            continue
+        module, adapter, parameter = match.groups()
+        copies.setdefault(module, {}).setdefault(adapter or "original", {})[parameter] = tensor
+    for module, sources in copies.items():
+        members = [adapter for adapter in sources if adapter not in ("original", "default")]
+        used = sources[members[0]] if len(members) == 1 else sources.get("original", {})
+        for parameter, tensor in used.items():
+            name = next(
+                (n for n in (f"{module}.{parameter}", f"{module}.base_layer.{parameter}") if n in expected), None
+            )
+            if name is not None:
+                current[name] = tensor
+    return current
+
+
+def _tuner_parameter(name: str, model: nn.Module) -> bool:
+    """A PEFT tuner's own parameter (LoRA's, BEFT's...): missing from an earlier result, it stays at its initial
+    value, which leaves the layer as it was (PEFT initialises every tuner as the identity)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    parts = {part for m in model.modules() if isinstance(m, BaseTunerLayer) for part in m.adapter_layer_names}
+    return any(f".{part}." in name for part in parts)
+
+
 def _load_delta(base: nn.Module, folder: Path, record: dict) -> nn.Module:
     configs = record.get("method_configs", {})
     options = {key: value for config in configs.values() for key, value in config.items()}
@@ -335,11 +373,12 @@ def _load_delta(base: nn.Module, folder: Path, record: dict) -> nn.Module:
     weights_file = folder / DELTA_WEIGHTS
     if not weights_file.is_file():
         raise ModelError(f"'{folder}' lacks {DELTA_WEIGHTS}: the result is incomplete; train or download it again.")
-    weights = load_file(weights_file)
     expected = set(trained_state_dict(model))
+    weights = _unwrapped_new_modules(load_file(weights_file), expected)
     new_modules = getattr(base, "ft_plugin_new_modules", None) or []
     missing = sorted(name for name in expected - set(weights) if not in_new_modules(name, new_modules))
-    if expected - set(weights) - set(missing):  # a result saved before ft-plugin trained and saved them
+    unsaved = {name for name in expected - set(weights) - set(missing) if not _tuner_parameter(name, model)}
+    if unsaved:  # a result saved before ft-plugin trained and saved them
         logger.warning(
             "'%s' predates saving %s, which its base checkpoint lacks: they are drawn at random on each load, so "
             "its predictions vary; train it again for a reproducible result.",

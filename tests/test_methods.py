@@ -36,6 +36,7 @@ MATRIX = [
     ("freeze+lora", {"freeze_trainable_layers": 1}, ("layer.1.", "pooler", "lora_")),
     ("adapter+prefix+lora", {"num_virtual_tokens": 4}, ("bottleneck_adapter", "prompt_encoder", "lora_")),
     ("bitfit+adapter+intrinsic_prompt", {"num_virtual_tokens": 4}, ("beft_bias", "bottleneck_adapter", "intrinsic_z")),
+    ("prompt+lora+bitfit", {"num_virtual_tokens": 4, "lora_r": 4}, ("prompt_encoder", "lora_", "beft_bias")),
 ]
 IDS = [row[0] for row in MATRIX]
 
@@ -190,7 +191,8 @@ def test_a_checkpoint_without_pooler_trains_and_saves_it_so_every_load_predicts_
     """The pooler such a checkpoint lacks is drawn at random at each load: it must be trained and saved like the head
     (else `predict` gave other probabilities on every call)."""
     model, tokenizer = _build(tiny_mlm_dir, method, options)
-    assert any("pooler" in name for name, p in model.named_parameters() if p.requires_grad)
+    pooler = [n for n, p in model.named_parameters() if p.requires_grad and "pooler" in n and n.endswith(("weight", "bias"))]  # fmt: skip
+    assert len(pooler) == 2, pooler  # its weight and bias: one trained copy, the one the forward pass uses
     save_result(model, tmp_path, tokenizer)
     inputs = {k: v for k, v in _batch(tokenizer).items() if k != "labels"}
     with torch.no_grad():
@@ -263,3 +265,22 @@ def test_a_checkpoint_with_legacy_names_is_saved_under_the_models_own_names(tiny
     saved = load_file(tmp_path / "checkpoint" / "model.safetensors")
     assert not [key for key in saved if key.endswith(("gamma", "beta"))]
     model.load_state_dict(saved, strict=True)  # what the Trainer does on resume: every weight found
+
+
+def test_an_earlier_combinations_pooler_copies_load_as_the_copy_its_forward_pass_used():
+    """Combinations used to wrap a new module in a PEFT copy per member; the forward pass used the copy of the
+    only member with one (PEFT made it active), else the original (its several copies all inactive)."""
+    from ft_plugin.saving import _unwrapped_new_modules
+
+    def old_file(*adapters):
+        names = ["original_module", *(f"modules_to_save.{a}" for a in adapters)]
+        return {f"bert.pooler.dense.{n}.{p}": torch.full((1,), i) for i, n in enumerate(names) for p in ("weight", "bias")}  # fmt: skip
+
+    plain = {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+    adapted = {"bert.pooler.dense.base_layer.weight", "bert.pooler.dense.base_layer.bias"}  # e.g. BitFit on it
+    assert _unwrapped_new_modules(old_file("lora"), plain)["bert.pooler.dense.weight"].item() == 1  # the copy
+    assert _unwrapped_new_modules(old_file("lora", "default"), plain)["bert.pooler.dense.weight"].item() == 1
+    loaded = _unwrapped_new_modules(old_file("beft", "lora"), adapted)  # two members: the original
+    assert loaded.keys() == adapted and loaded["bert.pooler.dense.base_layer.bias"].item() == 0
+    today = {"bert.pooler.dense.weight": torch.ones(1)}  # a result of today is read as it is
+    assert _unwrapped_new_modules(today, plain) == today

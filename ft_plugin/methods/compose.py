@@ -43,10 +43,10 @@ def head_parameter_names(model: nn.Module) -> set[str]:
     """The classification head: PEFT's `modules_to_save` copy, or whatever lies outside the base encoder, plus the
     encoder modules the checkpoint lacked (`models.new_encoder_modules`: new like the head, e.g. BERT's pooler)."""
     names = [name for name, _ in model.named_parameters()]
-    if isinstance(model, peft.PeftModel):
-        return {name for name in names if ".modules_to_save." in name}
-    prefix = getattr(model, "base_model_prefix", "") + "."
     new = getattr(model, "ft_plugin_new_modules", None) or []
+    if isinstance(model, peft.PeftModel):  # new modules: PEFT's copy for a method alone, themselves in combinations
+        return {n for n in names if ".modules_to_save." in n or in_new_modules(n, new) and ".original_module." not in n}
+    prefix = getattr(model, "base_model_prefix", "") + "."
     return {name for name in names if not name.startswith(prefix) or in_new_modules(name, new)}
 
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import MethodError
 from .base import MethodConfig, VirtualTokensMixin, parameters_containing
-from .peft_tuners import sequence_classification
+from .peft_tuners import in_combination, sequence_classification
 from .registry import MethodSpec, register_method
 
 
@@ -94,6 +94,7 @@ def add_intrinsic_prompt(model: nn.Module, config: IntrinsicPromptArguments, com
     prompt_config = peft.PromptTuningConfig(
         num_virtual_tokens=config.num_virtual_tokens, **sequence_classification(model)
     )
+    prompt_config = in_combination(prompt_config, combined)
     peft_model = peft.get_peft_model(model, prompt_config)
     prompt = IntrinsicPromptEmbedding(word_embeddings, config).to(word_embeddings.weight.device)
     peft_model.prompt_encoder[peft_model.active_adapter].embedding = prompt

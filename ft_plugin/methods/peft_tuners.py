@@ -151,6 +151,14 @@ def sequence_classification(model: nn.Module) -> dict:
     return {"task_type": TaskType.SEQ_CLS, **({"modules_to_save": new} if new else {})}
 
 
+def in_combination(peft_config: peft.PeftConfig, combined: bool) -> peft.PeftConfig:
+    """A combination's member trains the new modules (bert-tiny's pooler) as themselves, not as a PEFT copy of its
+    own: with a copy per member none was in use once a prompt method wrapped the model (the pooler stayed random)."""
+    if combined:
+        peft_config.modules_to_save = None
+    return peft_config
+
+
 def _targets(config, default=None) -> dict:
     targets = config.target_modules or default
     if targets and [t.lower().replace("_", "-") for t in targets] == [ALL_LINEAR]:  # PEFT's shorthand, a string
@@ -233,7 +241,7 @@ def peft_apply(make_config: Callable[[object, nn.Module], peft.PeftConfig]):
     """`apply` for a PEFT method: wrap alone, inject in place inside a combination (prompt methods always wrap)."""
 
     def apply(model: nn.Module, config: object, combined: bool) -> nn.Module:
-        peft_config = make_config(config, model)
+        peft_config = in_combination(make_config(config, model), combined)
         try:
             if combined and not peft_config.is_prompt_learning:
                 adapter_name = type(peft_config).__name__.removesuffix("Config").lower()
