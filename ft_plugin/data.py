@@ -266,7 +266,12 @@ def _normalise_columns(raw: DatasetDict, args: DataArguments) -> tuple[DatasetDi
     for split, dataset in raw.items():
         missing = [column for column in mapping if column not in dataset.column_names]
         if missing:
-            raise DataError(f"The {split} split lacks column(s) {missing}; its columns are {dataset.column_names}.")
+            unlabelled = split == "test" and missing == [label]  # run_glue writes predictions for such a test set
+            hint = " To label unlabelled texts, train without --test_file, then run ft-plugin predict --input_file."
+            raise DataError(
+                f"The {split} split lacks column(s) {missing}; its columns are {dataset.column_names}."
+                + (hint if unlabelled else "")
+            )
         dataset = dataset.select_columns(list(mapping)).rename_columns(
             {old: new for old, new in mapping.items() if old != new}
         )

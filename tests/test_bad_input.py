@@ -53,6 +53,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "one_class.csv": _csv([(t, "positive") for t, _ in ROWS]).encode(),
         "unseen_test.csv": _csv([(t, "angry") for t, _ in ROWS[:6]] + ROWS[:6]).encode(),
         "int_labels.csv": _csv([(t, ["negative", "neutral", "positive"].index(label)) for t, label in ROWS]).encode(),
+        "texts_only.csv": ("text\n" + "".join(f"{text}\n" for text, _ in ROWS)).encode(),
         "int_labels_one_missing.csv": _csv(
             [(t, ["negative", "neutral", "positive"].index(label) if i else "") for i, (t, label) in enumerate(ROWS)]
         ).encode(),
@@ -108,6 +109,7 @@ TRAIN_ERRORS = {
         "Pass --target_modules with names of its linear layers",
     ),
     "incompatible combination": (lambda f: ["--method", "lora+dora"], "cannot be combined"),
+    "a combination with an empty part": (lambda f: ["--method", "lora+"], "has an empty part: name the methods"),
     "unknown flag": (lambda f: ["--lora_rank", "8"], "Invalid arguments"),
     "a flag value of the wrong type": (
         lambda f: ["--lora_r", "abc"],  # argparse printed its usage and exited; now one line like the rest
@@ -150,6 +152,10 @@ TRAIN_ERRORS = {
     "a validation file without the label column": (
         lambda f: ["--validation_file", str(f["renamed_label.csv"])],
         "The validation split lacks column(s) ['label']; its columns are ['text', 'class_name']",
+    ),
+    "an unlabelled --test_file (run_glue's test sets)": (
+        lambda f: ["--test_file", str(f["texts_only.csv"])],
+        "To label unlabelled texts, train without --test_file, then run ft-plugin predict --input_file.",
     ),
     "--output_dir holding other files": (
         lambda f: ["--output_dir", str(f["a_file"].parent)],

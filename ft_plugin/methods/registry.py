@@ -59,7 +59,10 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 def parse_method(method: str) -> list[MethodSpec]:
     """`"lora+bitfit"` -> the specs, checked for existence and compatibility."""
-    names = [part.strip() for part in method.split("+") if part.strip()]
+    names = [part.strip() for part in method.split("+")]
+    if "" in names and len(names) > 1:  # `lora+` would train plain LoRA
+        raise MethodError(f"Method '{method}' has an empty part: name the methods to combine, e.g. lora+bitfit.")
+    names = [name for name in names if name]
     unknown = [name for name in names if name not in METHODS]
     if not names or unknown:
         raise MethodError(
