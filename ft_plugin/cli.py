@@ -92,7 +92,9 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="Texts to classify.")
     parser.add_argument("--input_file", default=None, help="csv/jsonl/... with a text column.")
     parser.add_argument("--text_column", default=None)
-    parser.add_argument("--output_file", default="predictions.csv", help="Where --input_file predictions go.")
+    parser.add_argument(
+        "--output_file", default="predictions.csv", help="Where --input_file predictions go (.csv, .tsv, .jsonl, ...)."
+    )
     parser.add_argument("--overwrite_output_file", action="store_true", help="Replace an existing --output_file.")
 
 
@@ -112,12 +114,13 @@ def check_output_file(input_file: str, output_file: str, overwrite: bool) -> Non
 
 def _predict(args: argparse.Namespace) -> int:
     """Print the label and probabilities per text, or write a predictions CSV for --input_file."""
-    from .data import load_text_file
+    from .data import check_table_format, load_text_file, write_table
     from .inference import TextClassifier
 
     if not args.texts and not args.input_file:
         raise FtPluginError("Give texts to classify, or --input_file with a text column.")
     if args.input_file:
+        check_table_format(args.output_file)
         check_output_file(args.input_file, args.output_file, args.overwrite_output_file)
     classifier = TextClassifier.from_pretrained(args.adapter, allow_pickle=args.allow_pickle, quantize=args.quantize)
     if args.texts:
@@ -125,9 +128,9 @@ def _predict(args: argparse.Namespace) -> int:
             label = max(scores, key=scores.get)
             print(json.dumps({"text": text, "label": label, "scores": {k: round(v, 4) for k, v in scores.items()}}))
     if args.input_file:
-        frame = load_text_file(args.input_file, args.text_column).to_pandas()
-        frame = classifier.predict_frame(frame)
-        frame.to_csv(args.output_file, index=False)
+        texts, text_column = load_text_file(args.input_file, args.text_column)
+        frame = classifier.predict_frame(texts.to_pandas(), text_column)
+        write_table(frame, args.output_file)
         print(f"Wrote {len(frame)} predictions to {args.output_file}")
     return 0
 

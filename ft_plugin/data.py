@@ -434,12 +434,34 @@ def read_file(path: str) -> Dataset:
         raise DataError(f"Could not read '{path}' as {builder}: {_first_line(error)}") from error
 
 
-def load_text_file(path: str, text_column: str | None = None) -> Dataset:
-    """A file of texts to classify, with its text column renamed to `text` (other columns kept)."""
+def load_text_file(path: str, text_column: str | None = None) -> tuple[Dataset, str]:
+    """A file of texts to classify, as it is (its columns keep their names), and the name of its text column."""
     dataset = read_file(path)
     text = _pick_column(dataset.column_names, text_column, TEXT_COLUMN_CANDIDATES, "Text", "--text_column")
-    dataset = dataset.rename_column(text, "text") if text != "text" else dataset
-    return dataset.map(lambda batch: {"text": ["" if v is None else str(v) for v in batch["text"]]}, batched=True)
+    texts = dataset.map(lambda batch: {text: ["" if v is None else str(v) for v in batch[text]]}, batched=True)
+    return texts, text
+
+
+# `ft-plugin predict --output_file`: the format follows the extension, as `--input_file`'s does
+TABLE_WRITERS = {
+    ".csv": lambda frame, path: frame.to_csv(path, index=False),
+    ".tsv": lambda frame, path: frame.to_csv(path, index=False, sep="\t"),
+    ".jsonl": lambda frame, path: frame.to_json(path, orient="records", lines=True, force_ascii=False),
+    ".json": lambda frame, path: frame.to_json(path, orient="records", force_ascii=False, indent=1),
+    ".parquet": lambda frame, path: frame.to_parquet(path, index=False),
+}
+
+
+def check_table_format(path: str) -> None:
+    """Before any work: a file name whose extension `write_table` knows."""
+    if Path(path).suffix.lower() not in TABLE_WRITERS:
+        raise DataError(f"Cannot write '{path}': name it .csv, .tsv, .jsonl, .json or .parquet.")
+
+
+def write_table(frame, path: str) -> None:
+    """A pandas DataFrame to `path`, in the format of its extension."""
+    check_table_format(path)
+    TABLE_WRITERS[Path(path).suffix.lower()](frame, path)
 
 
 def load_labelled_file(path: str, text_column: str | None, label_column: str | None, labels: list[str]) -> Dataset:

@@ -387,14 +387,15 @@ def predict_file(
     if not path:
         raise gr.Error("Upload a csv, tsv, jsonl or parquet file with a text column first.")
     path = checked_upload(path, request)
-    frame = load_text_file(path, text_column or None).to_pandas()
+    texts, text_column = load_text_file(path, text_column or None)
+    frame = texts.to_pandas()
     if len(frame) > MAX_FILE_ROWS:
         raise gr.Error(
             f"The file has {len(frame):,} rows: the Space classifies up to {MAX_FILE_ROWS:,} at a time. Split it, "
             "or run `ft-plugin predict --input_file` on your own machine."
         )
     classifier = get_classifier(base, adapter, request)
-    frame = classifier.predict_frame(frame)
+    frame = classifier.predict_frame(frame, text_column)
     output = session_dir(request, create=False) / f"{Path(path).stem}_predictions.csv"
     frame.to_csv(output, index=False)
     return str(output), frame.head(20)

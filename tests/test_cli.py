@@ -75,6 +75,16 @@ def test_predict_texts_and_file(trained, tmp_path):
     assert [row["label"] for row in rows] == ["gold-a", "gold-b"]  # the input's own labels are kept
     assert {"score_negative", "score_neutral", "score_positive"} <= set(rows[0])
 
+    reviews = tmp_path / "reviews.tsv"  # another text column name and format: kept as they are
+    reviews.write_text("review\tid\nlove great thanks\t7\n")
+    as_jsonl = tmp_path / "preds.jsonl"
+    argv = ["predict", "--adapter", str(trained), "--input_file", str(reviews), "--text_column", "review"]
+    result = ft_plugin(*argv, "--output_file", str(as_jsonl))
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = [json.loads(line) for line in as_jsonl.read_text().splitlines()]
+    assert row["review"] == "love great thanks" and row["id"] == 7 and row["predicted_label"] == "positive"
+    assert_one_error_line(ft_plugin(*argv, "--output_file", str(tmp_path / "preds.xlsx")), "name it .csv, .tsv")
+
 
 def test_predict_never_writes_over_its_input_nor_an_existing_file_unasked(trained, tmp_path):
     inputs = tmp_path / "in.csv"
