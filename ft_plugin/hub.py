@@ -85,20 +85,42 @@ def export_result(
         raise HubError(f"Export to a folder other than the result '{folder}' itself (--to).")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise HubError(f"--to '{target}' is not empty: choose a new or empty folder, or pass --overwrite.")
+    merge = merged and record["save_format"] != "full"
+    if merge:
+        _check_mergeable(record)
+    elif not is_hub_id(record.get("base_model")) and record["save_format"] != "full":
+        raise HubError(
+            f"'{folder}' was trained on the local model '{record.get('base_model')}', which other users cannot "
+            "download: train on a Hub model id, or export a standalone model with --merged."
+        )
+    created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
-    if merged and record["save_format"] != "full":
-        _write_merged(folder, target, record)
-    else:
-        if not is_hub_id(record.get("base_model")) and record["save_format"] != "full":
-            raise HubError(
-                f"'{folder}' was trained on the local model '{record.get('base_model')}', which other users cannot "
-                "download: train on a Hub model id, or export a standalone model with --merged."
-            )
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and path.suffix in PUSHED_SUFFIXES:
-                shutil.copy2(path, target / path.name)  # a copy: editing the export leaves the result as it was
-    render_card(target, repo_id=repo_id, revision=revision).save(target / "README.md")
+    try:
+        if merge:
+            _write_merged(folder, target, record)
+        else:
+            for path in sorted(folder.iterdir()):
+                if path.is_file() and path.suffix in PUSHED_SUFFIXES:
+                    shutil.copy2(path, target / path.name)  # a copy: editing the export leaves the result as it was
+        render_card(target, repo_id=repo_id, revision=revision).save(target / "README.md")
+    except BaseException:
+        if created:  # no half-written export left behind (a retry would need --overwrite)
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     return target
+
+
+def _check_mergeable(record: dict) -> None:
+    """Only reparameterisations (LoRA, DoRA, AdaLoRA, IA3, BEFT) and weights trained in place merge into a plain
+    transformers model: bottleneck adapters and prompts are modules or virtual tokens of their own."""
+    from .methods import parse_method
+
+    unmergeable = [spec.name for spec in parse_method(record["method"]) if spec.slot in ("adapter", "prompt")]
+    if unmergeable:
+        raise HubError(
+            f"Method '{record['method']}' adds {' and '.join(unmergeable)}, which cannot be merged into the base "
+            "weights: push or export it without --merged."
+        )
 
 
 def _write_merged(folder: Path, target: Path, record: dict) -> None:
@@ -107,16 +129,12 @@ def _write_merged(folder: Path, target: Path, record: dict) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from .inference import merge_tuner_layers
     from .saving import load
 
     model = load(folder)
-    prompt_learning = getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
-    if not hasattr(model, "merge_and_unload") or prompt_learning:
-        raise HubError(
-            f"Method '{record['method']}' adds modules or virtual tokens that cannot be merged into the base weights: "
-            "push or export it without --merged."
-        )
-    merged = model.merge_and_unload().eval()
+    # one PEFT method: a PeftModel; a combination: a transformers model holding PEFT's layers
+    merged = (model.merge_and_unload() if hasattr(model, "merge_and_unload") else merge_tuner_layers(model)).eval()
     merged.save_pretrained(target, safe_serialization=True)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.save_pretrained(target)

@@ -415,3 +415,34 @@ def test_checkpoints_of_a_base_named_by_hub_id_never_ask_the_hub(tiny_model_dir,
     trainer.train()  # saves checkpoint-1
     saved = json.loads((tmp_path / "out" / "checkpoint-1" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == "someone/base-on-the-hub"
+
+
+def test_merged_export_of_a_combination_and_a_refusal_that_leaves_no_folder(tiny_model_dir, tmp_path):
+    """lora+bitfit merges into a plain transformers model (it was refused as 'adding modules'); a combination with
+    a bottleneck adapter is refused before anything is written (an empty --to folder was left behind)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from ft_plugin.hub import HubError, export_result
+    from ft_plugin.inference import TextClassifier
+    from ft_plugin.models import load_base_model
+
+    for method in ("lora+bitfit", "adapter+lora"):
+        base, tokenizer = load_base_model(str(tiny_model_dir), ["negative", "neutral", "positive"])
+        model = ft_plugin.apply(base, method)
+        torch.manual_seed(0)
+        with torch.no_grad():  # stand-in for training: LoRA's B starts at zero
+            for parameter in (p for p in model.parameters() if p.requires_grad):
+                parameter.add_(0.1 * torch.randn_like(parameter))
+        ft_plugin.save_result(model, tmp_path / method, tokenizer)
+
+    exported = export_result(tmp_path / "lora+bitfit", tmp_path / "merged", merged=True)
+    plain = AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    inputs = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = TextClassifier.from_pretrained(tmp_path / "lora+bitfit", merge=False).model(**inputs).logits
+        torch.testing.assert_close(plain(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
+
+    with pytest.raises(HubError, match="adds adapter, which cannot be merged"):
+        export_result(tmp_path / "adapter+lora", tmp_path / "refused", merged=True)
+    assert not (tmp_path / "refused").exists()
