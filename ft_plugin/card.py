@@ -240,6 +240,8 @@ def _training_table(record: dict, train: dict) -> str:
     for name, options in (record.get("method_configs") or {}).items():
         rows += [f"| {name}.{key} | `{value}` |" for key, value in options.items() if value not in (None, "", [])]
     rows += [f"| {key} | `{value}` |" for key, value in (record.get("hyperparameters") or {}).items()]
+    if record.get("max_seq_length"):  # what inference truncates to as well
+        rows.append(f"| max_seq_length | `{record['max_seq_length']}` |")
     facts = []
     if record.get("train_seconds") is not None:
         facts.append(f"- Training time: {record['train_seconds']:.1f} s")

@@ -117,7 +117,10 @@ def test_every_method_keeps_the_best_checkpoint_and_saves_the_model_it_tested(
             "--prompt_init_text", ""]  # fmt: skip
     trainer = build_trainer(*parse_args(argv))
     metrics = train_and_save(trainer)
-    assert "test_accuracy" in metrics
+    assert "test_accuracy" in metrics and metrics["test_samples"] == len(trainer.ft_test_dataset) == 24
+    card = (tmp_path / "out" / "README.md").read_text()  # what the card's training section says
+    assert f"| max_seq_length | `{trainer.ft_max_seq_length}` |" in card  # the tiny model's 64 positions
+    assert f"Training examples: {len(trainer.train_dataset)}" in card
     batch = trainer.data_collator([trainer.ft_test_dataset[i] for i in range(8)])
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     loaded = ft_plugin.load(tmp_path / "out")
