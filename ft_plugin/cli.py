@@ -65,6 +65,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--test_file", default=None, help="Labelled file (default: the run's own test split, rebuilt from its record)."
     )
     parser.add_argument("--text_column", default=None)
+    parser.add_argument("--text_pair_column", default=None, help="The second texts, for a model trained on pairs.")
     parser.add_argument("--label_column", default=None)
     parser.add_argument("--batch_size", type=int, default=64)
 
@@ -78,10 +79,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     classifier = TextClassifier.from_pretrained(args.adapter, allow_pickle=args.allow_pickle, quantize=args.quantize)
     if args.test_file:
-        dataset = load_labelled_file(args.test_file, args.text_column, args.label_column, classifier.labels)
+        dataset = load_labelled_file(
+            args.test_file, args.text_column, args.label_column, classifier.labels, args.text_pair_column
+        )
     else:
         dataset = run_test_split(read_record(resolve_result(args.adapter)), classifier.labels)
-    probabilities = classifier.predict_proba(dataset["text"][:], args.batch_size)
+    pairs = dataset["text_pair"][:] if "text_pair" in dataset.column_names else None
+    probabilities = classifier.predict_proba(dataset["text"][:], args.batch_size, pairs)
     metrics = classification_metrics(probabilities.argmax(-1).tolist(), dataset["label"][:])
     print(json.dumps({**metrics, "examples": len(dataset)}, indent=2))
     return 0
@@ -92,6 +96,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="Texts to classify.")
     parser.add_argument("--input_file", default=None, help="csv/jsonl/... with a text column.")
     parser.add_argument("--text_column", default=None)
+    parser.add_argument("--text_pair_column", default=None, help="The second texts, for a model trained on pairs.")
     parser.add_argument(
         "--output_file", default="predictions.csv", help="Where --input_file predictions go (.csv, .tsv, .jsonl, ...)."
     )
@@ -128,8 +133,8 @@ def _predict(args: argparse.Namespace) -> int:
             label = max(scores, key=scores.get)
             print(json.dumps({"text": text, "label": label, "scores": {k: round(v, 4) for k, v in scores.items()}}))
     if args.input_file:
-        texts, text_column = load_text_file(args.input_file, args.text_column)
-        frame = classifier.predict_frame(texts.to_pandas(), text_column)
+        texts, text_column = load_text_file(args.input_file, args.text_column, args.text_pair_column)
+        frame = classifier.predict_frame(texts.to_pandas(), text_column, pair_column=args.text_pair_column)
         write_table(frame, args.output_file)
         print(f"Wrote {len(frame)} predictions to {args.output_file}")
     return 0

@@ -434,10 +434,14 @@ def read_file(path: str) -> Dataset:
         raise DataError(f"Could not read '{path}' as {builder}: {_first_line(error)}") from error
 
 
-def load_text_file(path: str, text_column: str | None = None) -> tuple[Dataset, str]:
+def load_text_file(
+    path: str, text_column: str | None = None, text_pair_column: str | None = None
+) -> tuple[Dataset, str]:
     """A file of texts to classify, as it is (its columns keep their names), and the name of its text column."""
     dataset = read_file(path)
     text = _pick_column(dataset.column_names, text_column, TEXT_COLUMN_CANDIDATES, "Text", "--text_column")
+    if text_pair_column is not None:
+        _pick_column(dataset.column_names, text_pair_column, PAIR_COLUMN_CANDIDATES, "Text pair", "--text_pair_column")
     texts = dataset.map(lambda batch: {text: ["" if v is None else str(v) for v in batch[text]]}, batched=True)
     return texts, text
 
@@ -464,9 +468,12 @@ def write_table(frame, path: str) -> None:
     TABLE_WRITERS[Path(path).suffix.lower()](frame, path)
 
 
-def load_labelled_file(path: str, text_column: str | None, label_column: str | None, labels: list[str]) -> Dataset:
-    """A labelled evaluation file, with labels encoded by a trained model's label list."""
+def load_labelled_file(
+    path: str, text_column: str | None, label_column: str | None, labels: list[str], text_pair_column: str | None = None
+) -> Dataset:
+    """A labelled evaluation file, with labels encoded by a trained model's label list (and a `text_pair` column
+    where `text_pair_column` names the second texts)."""
     raw = DatasetDict(test=read_file(path))
-    args = DataArguments(text_column=text_column, label_column=label_column)
+    args = DataArguments(text_column=text_column, label_column=label_column, text_pair_column=text_pair_column)
     splits, _ = _normalise_columns(raw, args)
     return _encode_labels(splits, labels)["test"]

@@ -61,6 +61,7 @@ class TextClassifier:
     model: nn.Module
     tokenizer: object
     max_length: int = 128
+    text_pairs: bool = False  # trained on pairs of texts (`--text_pair_column`): each prediction needs both
     _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
@@ -89,8 +90,13 @@ class TextClassifier:
             model = merge_tuner_layers(model)
         if quantize == "int8":
             model = quantize_int8(model)
-        max_length = read_record(folder).get("max_seq_length", 128)
-        return cls(model=model, tokenizer=AutoTokenizer.from_pretrained(folder), max_length=max_length)
+        record = read_record(folder)
+        return cls(
+            model=model,
+            tokenizer=AutoTokenizer.from_pretrained(folder),
+            max_length=record.get("max_seq_length", 128),
+            text_pairs=bool(record.get("text_pairs")),
+        )
 
     @property
     def labels(self) -> list[str]:
@@ -98,15 +104,21 @@ class TextClassifier:
         return [config.id2label[i] for i in range(config.num_labels)]
 
     @torch.inference_mode()
-    def predict_proba(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        """Probabilities, shape (len(texts), num_labels)."""
+    def predict_proba(self, texts: list[str], batch_size: int = 32, pairs: list[str] | None = None) -> torch.Tensor:
+        """Probabilities, shape (len(texts), num_labels); `pairs`: the second texts of a model trained on pairs."""
+        if self.text_pairs and pairs is None:
+            raise DataError(
+                "This model classifies pairs of texts (it was trained with --text_pair_column): give the second "
+                "texts too (ft-plugin: --input_file with --text_pair_column)."
+            )
         device = next(self.model.parameters()).device
         chunks = []
         for start in range(0, len(texts), batch_size):
+            second = pairs[start : start + batch_size] if pairs is not None else None
             with self._tokenizer_lock:
                 batch = self.tokenizer(
-                    texts[start : start + batch_size], truncation=True, max_length=self.max_length, padding=True,
-                    return_tensors="pt",
+                    texts[start : start + batch_size], second, truncation=True, max_length=self.max_length,
+                    padding=True, return_tensors="pt",
                 ).to(device)  # fmt: skip
             chunks.append(self.model(**batch).logits.float().softmax(-1).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.labels))
@@ -116,21 +128,22 @@ class TextClassifier:
         with self._tokenizer_lock:
             return len(self.tokenizer(text, truncation=False, verbose=False)["input_ids"])  # no "too long" log
 
-    def predict(self, texts: list[str], batch_size: int = 32) -> list[dict[str, float]]:
-        """One `{label: probability}` mapping per text."""
-        probabilities = self.predict_proba(texts, batch_size)
+    def predict(self, texts: list[str], batch_size: int = 32, pairs: list[str] | None = None) -> list[dict[str, float]]:
+        """One `{label: probability}` mapping per text (or pair)."""
+        probabilities = self.predict_proba(texts, batch_size, pairs)
         return [dict(zip(self.labels, row.tolist())) for row in probabilities]
 
-    def predict_frame(self, frame, text_column: str = "text", batch_size: int = 32):
+    def predict_frame(self, frame, text_column: str = "text", batch_size: int = 32, pair_column: str | None = None):
         """A copy of a pandas DataFrame with `predicted_label` and one `score_<label>` column per label added; its
-        own columns (e.g. a gold `label`) are kept as they are."""
+        own columns (e.g. a gold `label`) are kept as they are. `pair_column`: the second texts of pairs."""
         added = [PREDICTED_LABEL, *(f"score_{label}" for label in self.labels)]
         clashing = [column for column in added if column in frame.columns]
         if clashing:
             raise DataError(
                 f"The input already has column(s) {clashing}, which predictions would replace: rename them."
             )
-        probabilities = self.predict_proba(frame[text_column].tolist(), batch_size)
+        pairs = frame[pair_column].fillna("").astype(str).tolist() if pair_column else None
+        probabilities = self.predict_proba(frame[text_column].tolist(), batch_size, pairs)
         frame = frame.copy()
         frame[PREDICTED_LABEL] = [self.labels[i] for i in probabilities.argmax(-1).tolist()]
         for i, label in enumerate(self.labels):

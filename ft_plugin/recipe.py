@@ -337,6 +337,7 @@ def train_and_save(trainer: Trainer, resume_from_checkpoint: str | bool | None =
             extra={
                 "dataset": trainer.ft_data.source,
                 "data": getattr(trainer, "ft_data_arguments", None),  # `ft-plugin evaluate` rebuilds the test split
+                "text_pairs": trainer.ft_data.has_pairs,  # predictions then need both texts
                 "max_seq_length": trainer.ft_max_seq_length,
                 "train_seconds": round(time.perf_counter() - started, 2),
                 "ft_plugin_version": _version(),

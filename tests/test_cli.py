@@ -136,6 +136,41 @@ def test_evaluate_without_a_file_scores_the_runs_own_test_split(trained, tiny_cs
     assert_one_error_line(ft_plugin("evaluate", "--adapter", str(moved)), "does not record its test split")
 
 
+def test_a_model_of_text_pairs_is_evaluated_and_used_on_pairs(tiny_model_dir, tmp_path):
+    """The second texts reach evaluate and predict (they were dropped: the model saw the first texts only)."""
+    from .conftest import make_texts
+
+    rows = make_texts(120)
+    pairs = tmp_path / "pairs.csv"
+    with pairs.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["premise", "hypothesis", "label"])
+        writer.writerows((text, text[::-1], label) for text, label in rows)
+    out = tmp_path / "out"
+    result = ft_plugin(
+        "train", "--model_name_or_path", str(tiny_model_dir), "--train_file", str(pairs), "--text_column", "premise",
+        "--text_pair_column", "hypothesis", "--output_dir", str(out), "--max_steps", "4", "--eval_strategy", "no",
+        "--save_strategy", "no", "--load_best_model_at_end", "false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "ft_plugin_config.json").read_text())["text_pairs"] is True
+
+    result = ft_plugin("evaluate", "--adapter", str(out))  # the run's own split, pairs included
+    assert result.returncode == 0, result.stderr[-2000:]
+    recorded = json.loads((out / "test_results.json").read_text())
+    assert json.loads(result.stdout[result.stdout.index("{") :])["accuracy"] == pytest.approx(recorded["test_accuracy"])
+    argv = ["--test_file", str(pairs), "--text_column", "premise", "--label_column", "label"]
+    assert_one_error_line(ft_plugin("evaluate", "--adapter", str(out), *argv), "classifies pairs of texts")
+    assert ft_plugin("evaluate", "--adapter", str(out), *argv, "--text_pair_column", "hypothesis").returncode == 0
+
+    assert_one_error_line(ft_plugin("predict", "--adapter", str(out), "one text"), "give the second texts too")
+    output = tmp_path / "predictions.csv"
+    argv = ["predict", "--adapter", str(out), "--input_file", str(pairs), "--text_column", "premise"]
+    result = ft_plugin(*argv, "--text_pair_column", "hypothesis", "--output_file", str(output))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list(csv.DictReader(output.open()))) == len(rows)
+
+
 def assert_one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
     """Exit status 2, exactly one `ft-plugin: error:` line naming the problem, no traceback."""
     assert result.returncode == 2, (result.stdout[-500:], result.stderr[-2000:])
