@@ -2,10 +2,10 @@
 
 ft-plugin methods [--model_name_or_path M]
 ft-plugin train --method lora [run_glue-style flags]      (same flags as the recipes)
-ft-plugin evaluate --adapter DIR [--test_file F] [--quantize int8]
+ft-plugin evaluate --adapter DIR [--test_file F] [--text_pair_column C] [--quantize int8]
 ft-plugin predict --adapter DIR "some text" ... | --input_file F [--output_file P] [--quantize int8]
 ft-plugin setup                                              (register the embedded model in the HF cache)
-ft-plugin space [--port 7860] [--share] [--quantize int8] [--push_as_owner]    (the Gradio Space, from a source checkout)
+ft-plugin space [--port 7860] [--share] [--quantize int8] [--push_as_owner]   (the Gradio Space, from a checkout)
 ft-plugin push DIR --repo_id user/name [--private] [--revision B] [--merged]
 ft-plugin export DIR --to OUT [--merged]                     (what a push uploads, or a merged standalone model)
 ft-plugin select-model --candidates minilm-l6 bert-tiny [--scorer all] [--verify 2]

@@ -190,7 +190,8 @@ def _is_number(text: str) -> bool:
 
 
 # -- end security ------------------------------------------------------------------------------------------------
-# (base, adapter, its folder's mtime) -> the loaded classifier behind a micro-batcher: concurrent /predict calls share forward passes
+# (base, adapter, its folder's mtime) -> the loaded classifier behind a micro-batcher (concurrent /predict calls
+# share forward passes)
 _models: "OrderedDict[tuple[str, str, float], MicroBatcher]" = OrderedDict()
 _models_lock = threading.Lock()
 
