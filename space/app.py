@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -854,9 +855,17 @@ def build_demo(extra_base_models: list[str] | None = None) -> gr.Blocks:
     return demo
 
 
+def _stop_like_ctrl_c(signum, frame) -> None:
+    """SIGTERM (a Space restarting, `docker stop`) ends the app as Ctrl-C does: Gradio closes, a running job stops
+    and temporary folders are removed; Python's default for SIGTERM skips all of that."""
+    raise KeyboardInterrupt
+
+
 def launch(extra_base_models: list[str] | None = None, **kwargs) -> gr.Blocks:
     """Build and launch the Space (keyword arguments go to `Blocks.launch`)."""
     torch.set_num_threads(SERVE_THREADS)  # the Space's process only serves: training runs in a child process
+    if not kwargs.get("prevent_thread_lock"):  # the app owns the process: launch() blocks until it is stopped
+        signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     demo = build_demo(extra_base_models)
     demo.queue(default_concurrency_limit=2)
     kwargs.setdefault("max_file_size", f"{MAX_UPLOAD_MB:g}mb")  # Gradio refuses bigger uploads before saving them

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,3 +61,52 @@ def _running(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_space_stopped_with_sigterm_ends_its_job_and_leaves_no_temporary_folders(tiny_model_dir, tiny_csv, tmp_path):
+    """What a Space restart or `docker stop` sends: Python's default for SIGTERM skipped the app's clean-up (the
+    job's forkserver left its pymp-* folder in the temporary directory at every stop)."""
+    import os
+    import socket
+
+    handle_file = pytest.importorskip("gradio_client").handle_file
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    script = (
+        f"import importlib.util; spec = importlib.util.spec_from_file_location('app', {str(ROOT / 'space' / 'app.py')!r}); "
+        "app = importlib.util.module_from_spec(spec); spec.loader.exec_module(app); "
+        f"app.launch([{str(tiny_model_dir)!r}], server_name='127.0.0.1', server_port={port}, quiet=True)"
+    )
+    env = {**os.environ, "TMPDIR": str(temporary), "FT_PLUGIN_SPACE_RUNS": str(tmp_path / "runs"),
+           "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
+    space = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        client = wait_for_client(f"http://127.0.0.1:{port}/", space)
+        client.submit(
+            handle_file(str(tiny_csv)), "text", "label", str(tiny_model_dir), "lora", 0.01, 200, 4, 32, 5, {},
+            api_name="/train",
+        )  # fmt: skip
+        assert wait_for(lambda: list(temporary.glob("pymp-*")) and psutil.Process(space.pid).children(), 120)
+        children = psutil.Process(space.pid).children(recursive=True)
+        space.send_signal(signal.SIGTERM)
+        assert space.wait(60) == 0
+        assert wait_for(lambda: not any(_running(child) for child in children), 15), "a job outlived the Space"
+        assert not list(temporary.glob("pymp-*"))
+    finally:
+        if space.poll() is None:
+            space.kill()
+
+
+def wait_for_client(url: str, process: subprocess.Popen):
+    from gradio_client import Client
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            return Client(url, verbose=False, ssl_verify=False)
+        except Exception:  # not serving yet
+            time.sleep(0.5)
+    raise AssertionError(f"the Space never served {url}")
