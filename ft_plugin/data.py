@@ -358,8 +358,13 @@ def _label_name(value: Any) -> str:
 
 def _encode_labels(splits: DatasetDict, labels: list[str]) -> DatasetDict:
     label2id = {label: i for i, label in enumerate(labels)}
+
+    def known(value: Any) -> str:  # a result trained before 1.0 was named "1" knows its labels as "1.0"
+        name = _label_name(value)
+        return name if name in label2id or str(value) not in label2id else str(value)
+
     for split, dataset in splits.items():
-        unseen = sorted({_label_name(v) for v in dataset["label"][:]} - set(label2id))
+        unseen = sorted({known(v) for v in dataset["label"][:]} - set(label2id))
         if unseen:
             raise DataError(
                 f"The {split} split has labels never seen in training: {unseen[:5]} (training has {labels[:10]}). "
@@ -368,7 +373,7 @@ def _encode_labels(splits: DatasetDict, labels: list[str]) -> DatasetDict:
     features = next(iter(splits.values())).features.copy()
     features["label"] = datasets.ClassLabel(names=labels)
     return splits.map(
-        lambda batch: {"label": [label2id[_label_name(v)] for v in batch["label"]]}, batched=True, features=features
+        lambda batch: {"label": [label2id[known(v)] for v in batch["label"]]}, batched=True, features=features
     )
 
 

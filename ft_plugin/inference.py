@@ -109,7 +109,7 @@ class TextClassifier:
         if self.text_pairs and pairs is None:
             raise DataError(
                 "This model classifies pairs of texts (it was trained with --text_pair_column): give the second "
-                "texts too (ft-plugin: --input_file with --text_pair_column)."
+                "texts too (--text_pair_column)."
             )
         device = next(self.model.parameters()).device
         chunks = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import multiprocessing
 import os
 import threading
@@ -43,9 +44,10 @@ QUEUED, RUNNING, FINISHED, CANCELLED, FAILED = "queued", "running", "finished", 
 
 
 def options_to_argv(options: dict[str, Any]) -> list[str]:
-    """`{"lora_r": 8, "target_modules": ["query", "value"]}` -> `["--lora_r", "8", "--target_modules", ...]`.
+    """`{"lora_r": 8, "target_modules": ["query", "value"]}` -> `["--lora_r=8", "--target_modules", ...]`.
 
-    The options are the recipe's flags (the CLI and YAML configs use the same names); None means "default".
+    The options are the recipe's flags (the CLI and YAML configs use the same names); None means "default". A single
+    value is written as `--key=value`, so it stays that flag's value whatever it holds (never another flag).
     """
     argv: list[str] = []
     for key, value in options.items():
@@ -54,7 +56,7 @@ def options_to_argv(options: dict[str, Any]) -> list[str]:
         if isinstance(value, (list, tuple)):
             argv += [f"--{key}", *map(str, value)]
         else:
-            argv += [f"--{key}", str(value)]
+            argv.append(f"--{key}={value}")
     return argv
 
 
@@ -93,8 +95,8 @@ class TrainingJob:
     ended_at: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise MethodError(f"max_minutes must be positive, got {self.max_minutes}.")
+        if self.max_minutes is not None and not 0 < self.max_minutes < math.inf:  # NaN too
+            raise MethodError(f"max_minutes must be a positive number, got {self.max_minutes}.")
         if not self.options.get("output_dir"):
             raise MethodError("A training job needs an 'output_dir' option: the folder its result is saved in.")
         self.method = str(self.options.get("method") or "lora")
@@ -275,15 +277,28 @@ class JobCallback(TrainerCallback):
             self.rss.stop()
         self.report({"phase": "evaluating and saving"})
 
+    def stop_reason(self, step: int) -> str | None:
+        """Why training must stop now (Cancel, or the time limit), or None."""
+        if self.cancel.is_set():
+            return f"cancelled at step {step}"
+        if self.max_minutes is not None and time.time() - self.started > 60 * self.max_minutes:
+            return f"time limit of {self.max_minutes:g} min reached at step {step}"
+        return None
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        """Inside gradient accumulation too: Cancel and the time limit never wait for a long optimizer step."""
+        reason = self.stop_reason(state.global_step)
+        if reason:
+            control.should_training_stop = True
+            self.report({"stop_reason": reason})
+
     def on_step_end(self, args, state, control, **kwargs):
         memory = self.rss.peak - self.baseline_rss if self.rss else torch.cuda.max_memory_allocated()
         self.peak_memory_mb = max(self.peak_memory_mb, memory / 2**20)
         report = {"step": state.global_step, "peak_memory_mb": self.peak_memory_mb}
-        if self.cancel.is_set():
-            report["stop_reason"] = f"cancelled at step {state.global_step}"
-            control.should_training_stop = True
-        elif self.max_minutes is not None and time.time() - self.started > 60 * self.max_minutes:
-            report["stop_reason"] = f"time limit of {self.max_minutes:g} min reached at step {state.global_step}"
+        reason = self.stop_reason(state.global_step)
+        if reason:
+            report["stop_reason"] = reason
             control.should_training_stop = True
         self.report(report)
 

@@ -168,9 +168,9 @@ def check_training_budget(training_args: TrainingArguments) -> None:
 
 
 def _raise_argument_error(message: str) -> NoReturn:
-    """argparse's `error` for the recipe parsers: a ValueError (which `main` prints on one line and a job or the
-    Space reports) instead of printing usage and exiting, e.g. for `--lora_r abc`."""
-    raise ValueError(message)
+    """argparse's `error` for the recipe parsers: ft-plugin's one-line error (printed by every command, reported by a
+    job or the Space) instead of printing usage and exiting, e.g. for `--lora_r abc`."""
+    raise MethodError(f"Invalid arguments: {message} (see --help).")
 
 
 def parse_args(argv: list[str] | None = None, method: str | None = None):

@@ -86,11 +86,12 @@ def _is_weights(name: str) -> bool:
 
 
 def _loading_files(output: Path) -> list[Path]:
-    """The files that make `output` load: the record, the weights and PEFT's adapter files (a result of another
+    """The files that make `output` load: the record, the weights and PEFT's adapter config (a result of another
     layout saved over a PEFT one must not leave its `adapter_config.json`, which loaders would follow)."""
     return [
         output / FT_PLUGIN_CONFIG,
-        *(f for f in output.iterdir() if f.is_file() and (_is_weights(f.name) or f.name.startswith("adapter_"))),
+        output / "adapter_config.json",
+        *(f for f in output.iterdir() if f.is_file() and _is_weights(f.name)),
     ]
 
 

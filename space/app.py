@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -80,6 +81,8 @@ TRAINING_OPTIONS = (
     "seed", "warmup_ratio", "weight_decay", "lr_scheduler_type", "max_seq_length", "gradient_accumulation_steps",
     "max_grad_norm", "label_smoothing_factor", "attention_dropout", "class_weights", "early_stopping_patience",
 )  # fmt: skip
+# ... within bounds where a value costs the shared machine (a step of 10**6 accumulated batches would outlast Cancel)
+OPTION_LIMITS = {"gradient_accumulation_steps": 16, "max_seq_length": 512}
 SESSIONS_DIR = Path(tempfile.gettempdir()) / "ft-plugin-space-sessions"  # one private folder per browser session
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _extra_bases: set[str] = set()  # local base model folders offered at launch
@@ -168,9 +171,21 @@ def checked_base(base: str) -> str:
     raise gr.Error("Choose a base model from the list, or give a Hub repo id such as 'username/name'.")
 
 
+def checked_word(value, what: str) -> str | None:
+    """A visitor's text value that becomes a recipe flag's value (a column, a method name): a plain string, never a
+    list (which would become several flags) nor something that reads as a flag."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value.lstrip().startswith("-"):
+        raise gr.Error(f"{what} must be a name such as 'text', got {value!r}.")
+    return value
+
+
 def checked_options(options: dict | None, method: str) -> dict:
     """The /train options a visitor may set: the method's hyper-parameters and `TRAINING_OPTIONS`, with plain
     values (a number, a word, or a list of words such as target modules), never another flag."""
+    if not isinstance(options, (dict, type(None))):
+        raise gr.Error('Method options must be a JSON object, e.g. {"lora_r": 8}.')
     allowed = [f.name for f in _option_fields(method)] + list(TRAINING_OPTIONS)
     for key, value in (options or {}).items():
         if key not in allowed:
@@ -179,6 +194,9 @@ def checked_options(options: dict | None, method: str) -> dict:
         plain = all(v is None or isinstance(v, (bool, int, float, str)) for v in values)
         if not plain or any(isinstance(v, str) and v.startswith("-") and not _is_number(v) for v in values):
             raise gr.Error(f"Option '{key}' has an invalid value {value!r}: give a number, a word or a list of words.")
+        limit = OPTION_LIMITS.get(key)
+        if limit is not None and not (isinstance(value, (int, float)) and 0 < value <= limit):
+            raise gr.Error(f"Option '{key}' must be a number from 1 to {limit} here, got {value!r}.")
     return dict(options or {})
 
 
@@ -496,7 +514,7 @@ def _curve(job: TrainingJob) -> pd.DataFrame | None:
     return frame.drop_duplicates(["step", "series"], keep="last")
 
 
-WAITING_HTML = '<div class="job-status"><span>Queued: waiting for another user\'s job to finish.</span></div>'
+WAITING_HTML = '<div class="job-status"><span>Queued: waiting for the running job to finish.</span></div>'
 
 
 @friendly
@@ -518,17 +536,24 @@ def train(
 
     Waits while another session's job trains; a client that leaves (closes the tab) cancels its own job, which
     keeps the model trained so far, so that the shared training slot is not held for nobody."""
-    base = checked_base((base or AUTO_BASE).strip())
+    method, text_column, label_column = (
+        checked_word(value, what)
+        for value, what in ((method, "Method"), (text_column, "Text column"), (label_column, "Label column"))
+    )
+    base = checked_base((checked_word(base, "Base model") or AUTO_BASE).strip())
     train_file = checked_upload(train_file, request)
     options = checked_options(options, method)
-    for label, value in (("Learning rate", learning_rate), ("Epochs", epochs), ("Batch size", batch_size)):
-        if value is None:
+    numbers = {"Learning rate": learning_rate, "Epochs": epochs, "Batch size": batch_size}
+    for label, value in {**numbers, "Max samples": max_samples, "Max minutes": max_minutes}.items():
+        if value is None and label in numbers:
             raise gr.Error(f"{label} is empty: give a number.")
+        if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise gr.Error(f"{label} must be a number, got {value!r}.")
     if not 1 <= int(batch_size) <= MAX_BATCH_SIZE:
         raise gr.Error(f"Batch size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}.")
     if max_minutes and max_minutes > MAX_TRAIN_MINUTES:
         raise gr.Error(f"Max minutes is at most {MAX_TRAIN_MINUTES:g} here (one job trains at a time).")
-    while RUNNER.current is not None:  # another session's job (gradio runs one /train at a time)
+    while RUNNER.current is not None:  # a job still stopping (gradio runs one /train at a time)
         yield WAITING_HTML, None, None
         time.sleep(1.0)
     name = _run_name(method, request)

@@ -115,6 +115,10 @@ TRAIN_ERRORS = {
         lambda f: ["--lora_r", "abc"],  # argparse printed its usage and exited; now one line like the rest
         "Invalid arguments: argument --lora_r/--lora-r: invalid int value: 'abc' (see --help).",
     ),
+    "a flag value of the wrong type with --method auto": (
+        lambda f: ["--method", "auto", "--lora_r", "abc"],
+        "Invalid arguments: argument --lora_r/--lora-r: invalid int value: 'abc' (see --help).",
+    ),
     "--logging_dir, removed in transformers 5": (
         lambda f: ["--logging_dir=runs"],
         "transformers 5 removed --logging_dir: set the TENSORBOARD_LOGGING_DIR environment variable instead",
@@ -235,6 +239,14 @@ def test_integer_labels_with_an_empty_cell_still_match_the_other_splits(files):
     )
     assert data.labels == ["0", "1", "2"]
     assert len(data.splits["train"]) + len(data.splits["validation"]) == len(ROWS) - 1  # validation carved off
+
+
+def test_a_result_that_named_its_labels_1_0_still_evaluates(files):
+    """Results trained before integral float labels were named "1" know them as "1.0"."""
+    from ft_plugin.data import load_labelled_file
+
+    dataset = load_labelled_file(str(files["int_labels_one_missing.csv"]), None, None, ["0.0", "1.0", "2.0"])
+    assert len(dataset) == len(ROWS) - 1 and set(dataset["label"]) == {0, 1, 2}
 
 
 def test_integer_labels_match_the_same_labels_written_as_strings(files):

@@ -284,3 +284,30 @@ def test_an_earlier_combinations_pooler_copies_load_as_the_copy_its_forward_pass
     assert loaded.keys() == adapted and loaded["bert.pooler.dense.base_layer.bias"].item() == 0
     today = {"bert.pooler.dense.weight": torch.ones(1)}  # a result of today is read as it is
     assert _unwrapped_new_modules(today, plain) == today
+
+
+@pytest.mark.parametrize("train_projection", [False, True])
+def test_an_intrinsic_prompt_comes_back_exactly_from_its_saved_projected_form(tiny_model_dir, train_projection):
+    """Checkpoints hold PEFT's form, the projected prompt: loading it (resume, load best) gives back that prompt,
+    through `z` alone with the fixed projection."""
+    from ft_plugin.methods.intrinsic_prompt import IntrinsicPromptArguments, IntrinsicPromptEmbedding
+
+    embeddings = load_base_model(str(tiny_model_dir), LABELS)[0].get_input_embeddings()
+    config = IntrinsicPromptArguments(
+        num_virtual_tokens=4, intrinsic_dim=8, intrinsic_train_projection=train_projection
+    )
+    trained, fresh = IntrinsicPromptEmbedding(embeddings, config), IntrinsicPromptEmbedding(embeddings, config)
+    with torch.no_grad():
+        trained.intrinsic_z.normal_()
+        if train_projection:
+            trained.projection.add_(0.1 * torch.randn_like(trained.projection))  # outside fresh's subspace
+        saved = {"weight": trained.weight.detach().clone()}
+    fresh.load_state_dict(saved)
+    torch.testing.assert_close(fresh.weight, saved["weight"], rtol=1e-4, atol=1e-5)
+    if not train_projection:
+        torch.testing.assert_close(fresh.intrinsic_z, trained.intrinsic_z, rtol=1e-3, atol=1e-4)
+        assert fresh.residual.abs().max() < 1e-4
+    fresh.load_state_dict(
+        {"intrinsic_z": torch.zeros(8), **({"projection": fresh.projection} if train_projection else {})}
+    )
+    torch.testing.assert_close(fresh.weight, fresh.start)  # a later load of the subspace form drops the residual

@@ -225,7 +225,7 @@ def test_train_options_and_file_paths_cannot_reach_beyond_the_space(space, clien
         ({"push_to_hub": True, "hub_model_id": "someone/else"}, refused),  # would push with the Space's login
         ({"target_modules": ["query", "--output_dir", str(outside)]}, "invalid value"),  # a flag smuggled in a list
         ({"lora_r": {"nested": 1}}, "invalid value"),
-        ({"lora_r": "abc"}, "Invalid training options: argument --lora_r"),  # argparse used to exit the server
+        ({"lora_r": "abc"}, "Invalid arguments: argument --lora_r"),  # argparse used to exit the server
     ]:
         with pytest.raises(AppError, match=message):
             train(client, tiny_csv, str(tiny_model_dir), options=options).result(timeout=60)
@@ -233,6 +233,12 @@ def test_train_options_and_file_paths_cannot_reach_beyond_the_space(space, clien
         train(client, tiny_csv, str(tiny_model_dir), batch_size=10**6).result(timeout=60)
     with pytest.raises(AppError, match="Max minutes is at most"):
         train(client, tiny_csv, str(tiny_model_dir), max_minutes=10**7).result(timeout=60)
+    with pytest.raises(AppError, match="Option 'gradient_accumulation_steps' must be a number from 1 to 16"):
+        train(client, tiny_csv, str(tiny_model_dir), options={"gradient_accumulation_steps": 10**6}).result(timeout=60)
+    smuggled = ["text", "--model_name_or_path", str(tmp_path), "--trust_remote_code", "true"]  # a list: more flags
+    for column in ("text_column", "label_column"):
+        with pytest.raises(AppError, match="must be a name such as 'text'"):
+            train(client, tiny_csv, str(tiny_model_dir), **{column: smuggled}).result(timeout=60)
     assert not outside.exists()
     assert scores(client.predict("still serving after all that", api_name="/predict"))
 

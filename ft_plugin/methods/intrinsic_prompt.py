@@ -82,6 +82,8 @@ class IntrinsicPromptEmbedding(nn.Module):
             state_dict[prefix + "intrinsic_z"] = z
             if isinstance(self.projection, nn.Parameter):
                 state_dict[prefix + "projection"] = self.projection.detach()
+        elif prefix + "intrinsic_z" in state_dict:  # the subspace form: nothing lies outside it
+            self.residual.zero_()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, indices: Tensor) -> Tensor:
