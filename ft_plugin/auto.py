@@ -111,7 +111,7 @@ def requested_method(argv: list[str], method: str | None) -> str:
     """The method a recipe's argv asks for: `--method` wins over the recipe's own."""
     from .recipe import ModelArguments
 
-    if "--method" not in argv:
+    if not any(arg == "--method" or arg.startswith("--method=") for arg in argv):
         return method or ModelArguments.method
     parser = HfArgumentParser(ModelArguments, add_help=False)  # --help is the recipe's whole parser's
     chosen, _ = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
@@ -122,7 +122,7 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> tuple[RaceResult
     """Run the successive-halving race on the recipe flags `argv` (without the --auto_* flags) in `folder`.
     Returns the result and the data it loaded (the winner's full run trains on it)."""
     from .data import load_data
-    from .recipe import build_trainer, last_checkpoint, load_base, parse_args, total_training_steps
+    from .recipe import build_trainer, last_checkpoint, load_base, parse_args, parse_checked_args, total_training_steps
     from .search import compatible_methods
 
     started = time.perf_counter()
@@ -134,7 +134,7 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> tuple[RaceResult
     if auto.auto_metric.removeprefix("eval_") not in AUTO_METRICS:
         raise MethodError(f"--auto_metric {auto.auto_metric} is not measured: choose from {', '.join(AUTO_METRICS)}.")
     for method in methods:
-        parse_args([*argv, "--method", method])  # unknown methods and bad flags fail here, in one line
+        parse_checked_args([*argv, "--method", method])  # unknown methods and bad flags fail here, in one line
     model_args, data_args, method_args, training_args = parse_args([*argv, "--method", methods[0]])
     data = load_data(data_args)
     base, _ = load_base(model_args, data.labels)
@@ -202,14 +202,14 @@ def resolve_auto(argv: list[str], method: str | None = None) -> tuple[list[str],
         return argv, None
     from accelerate import PartialState
 
-    from .recipe import check_output_dir, parse_args
+    from .recipe import check_output_dir, parse_checked_args
 
     parser = HfArgumentParser(AutoArguments, add_help=False)
     auto, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     rest = _without_method(rest)
     if "--output_dir" not in rest and not any(a.startswith("--output_dir=") for a in rest):
         rest += ["--output_dir", "outputs/auto"]
-    model_args, _, _, training_args = parse_args([*rest, "--method", "lora"])
+    model_args, _, _, training_args = parse_checked_args([*rest, "--method", "lora"])
     output_dir = Path(training_args.output_dir)
     # before the race, not after it: an existing result, an unwritable folder; a checkpoint of the final run
     resume = check_output_dir(training_args, model_args.overwrite_output_dir)

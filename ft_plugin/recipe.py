@@ -190,7 +190,8 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     pre_parser = HfArgumentParser(ModelArguments, add_help=False)  # --help is for the full parser below
     parser.error = pre_parser.error = _raise_argument_error  # a library call must not exit the process
     chosen, _ = pre_parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    method = chosen.method if "--method" in argv or method is None else method
+    given = any(arg == "--method" or arg.startswith("--method=") for arg in argv)
+    method = chosen.method if given or method is None else method
     specs = parse_method(method)
     parser.set_defaults(
         **RECIPE_DEFAULTS,
@@ -465,6 +466,20 @@ ARGUMENT_HINTS = {
 }
 
 
+def parse_checked_args(argv: list[str], method: str | None = None):
+    """`parse_args` with its ValueErrors (unknown flags, TrainingArguments' own checks) as ft-plugin's one-line
+    error, with a hint where transformers' message does not say what to do instead."""
+    try:
+        return parse_args(argv, method)
+    except ValueError as error:
+        if isinstance(error, FtPluginError):
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        given = {arg.split("=")[0] for arg in argv}
+        hints = [hint for flag, hint in ARGUMENT_HINTS.items() if flag in given and flag[2:] in str(error)]
+        raise MethodError(f"Invalid arguments: {first} {' '.join(hints)}(see --help).") from error
+
+
 def _version() -> str:
     from . import __version__
 
@@ -487,15 +502,7 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
         from .auto import resolve_auto  # `--method auto`: race candidate methods briefly, then train the winner
 
         argv, data = resolve_auto(argv, method)
-        try:
-            model_args, data_args, method_args, training_args = parse_args(argv, method)
-        except ValueError as error:  # unknown flags, TrainingArguments' own checks: one line, not a traceback
-            if isinstance(error, FtPluginError):
-                raise
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            given = {arg.split("=")[0] for arg in argv}
-            hints = [hint for flag, hint in ARGUMENT_HINTS.items() if flag in given and flag[2:] in str(error)]
-            raise MethodError(f"Invalid arguments: {first} {' '.join(hints)}(see --help).") from error
+        model_args, data_args, method_args, training_args = parse_checked_args(argv, method)
         resume = check_output_dir(training_args, model_args.overwrite_output_dir)
         trainer = build_trainer(model_args, data_args, method_args, training_args, data=data)
         check_free_space(trainer)

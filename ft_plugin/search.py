@@ -14,13 +14,14 @@ import csv
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, set_seed
 
 from .data import DataArguments
 from .errors import FtPluginError, MethodError
@@ -171,18 +172,23 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
         raise FtPluginError(f"ft-plugin sweep needs {error.name}: pip install 'ft-plugin[search]'.") from None
     if sweep_args.n_trials < 1:
         raise FtPluginError(f"--n_trials must be at least 1, got {sweep_args.n_trials}.")
+    if sweep_args.timeout is not None and not sweep_args.timeout > 0:
+        raise FtPluginError(f"--timeout is in minutes and must be positive, got {sweep_args.timeout}.")
     methods = [m.strip() for m in sweep_args.methods.split(",") if m.strip()]
     for method in methods:
         parse_method(method)  # unknown or incompatible combinations fail here, in one line
     if "adalora" in methods:  # its rank schedule is tied to one run's step count and needs its own callback
         raise MethodError("adalora cannot be swept: tune it with `ft-plugin train --method adalora` instead.")
-    sampler = _optuna_component(optuna.samplers, SAMPLERS, sweep_args.sampler, "sampler", seed=sweep_args.seed)
-    pruner = _optuna_component(optuna.pruners, PRUNERS, sweep_args.pruner, "pruner")
-
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(output_dir / 'sweep.db').resolve()}"
+    finished = _finished_trials(sweep_args.study_name, storage)
+    # a resumed or extended study draws new trials: the same seed would suggest the finished ones again
+    seed = sweep_args.seed + finished
+    sampler = _optuna_component(optuna.samplers, SAMPLERS, sweep_args.sampler, "sampler", seed=seed)
+    pruner = _optuna_component(optuna.pruners, PRUNERS, sweep_args.pruner, "pruner")
     data = load_data(data_args)
+    set_seed(training_args.seed)  # the new head, which every trial copies, as the best recipe's run will draw it
     base, tokenizer = load_base(model_args, data.labels)
     methods, dropped = compatible_methods(methods, base, method_args)
     if not methods:
@@ -225,7 +231,6 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     weights = train_class_weights(model_args, data, tokenized)
     trainer = classification_trainer(training_args, tokenized, tokenizer, [recorder], weights, model_init=model_init)
     recorder.trainer = trainer
-    finished = _finished_trials(sweep_args.study_name, storage)
     remaining = sweep_args.n_trials - finished
     if remaining > 0:
         logger.info("Study %s: %d trials done, running %d more.", sweep_args.study_name, finished, remaining)
@@ -376,7 +381,7 @@ def write_best_recipe(best, model_args, data_args, method_args, training_args, o
     and batch flags, as a config file that the method's recipe runs as is."""
     import yaml
 
-    from .recipe import ModelArguments
+    from .recipe import RECIPE_DEFAULTS, ModelArguments
 
     method = best["method"]
     values: dict[str, Any] = {"method": method}
@@ -392,8 +397,8 @@ def write_best_recipe(best, model_args, data_args, method_args, training_args, o
                 values[option.name] = value
     values.update(learning_rate=best["learning_rate"], num_train_epochs=best["num_train_epochs"])
     reference = type(training_args)(output_dir="unused")
-    for name in RECIPE_TRAINING_FLAGS:
-        if getattr(training_args, name) != getattr(reference, name):
+    for name in RECIPE_TRAINING_FLAGS:  # against the recipe's defaults (batch 32), not TrainingArguments' (8)
+        if getattr(training_args, name) != RECIPE_DEFAULTS.get(name, getattr(reference, name)):
             values[name] = getattr(training_args, name)
     values["output_dir"] = f"outputs/best_{method.replace('+', '_')}"
     recipe = ROOT / "recipes" / f"{method.replace('+', '_')}_bert.py"
@@ -447,14 +452,23 @@ def recipe_argv(args, flags: tuple[str, ...]) -> list[str]:
 
 def sweep_command(args) -> int:
     """`ft-plugin sweep`: run or resume the study, print the leaderboard and where the outputs are."""
-    from .recipe import parse_args
+    from .recipe import parse_checked_args
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     sweep_args = SweepArguments(
         **{f.name: getattr(args, f.name) for f in fields(SweepArguments) if hasattr(args, f.name)}
     )
-    model_args, data_args, method_args, training_args = parse_args(recipe_argv(args, FORWARDED_FLAGS), method="lora")
-    result = run_sweep(sweep_args, model_args, data_args, method_args, training_args)
+    argv = recipe_argv(args, FORWARDED_FLAGS)
+    model_args, data_args, method_args, training_args = parse_checked_args(argv, method="lora")
+    try:
+        result = run_sweep(sweep_args, model_args, data_args, method_args, training_args)
+    except KeyboardInterrupt:  # Ctrl-C: the finished trials are in the study's SQLite file
+        database = Path(training_args.output_dir) / "sweep.db"
+        print(
+            f"\nft-plugin: interrupted. Finished trials are kept in {database}: run the same command to resume.",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
     columns = ("trial", "state", "method", "accuracy", "f1_macro", "trainable_params", "train_seconds", "peak_memory_mb",
                "hparams")  # fmt: skip
     table = [columns] + [tuple(_cell(row[c]) for c in columns) for row in result["rows"]]

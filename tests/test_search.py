@@ -62,6 +62,8 @@ def test_three_trial_sweep_writes_leaderboard_plot_and_a_runnable_recipe_then_re
     study = optuna.load_study(study_name="ft-plugin-sweep", storage=f"sqlite:///{out / 'sweep.db'}")
     assert [trial.number for trial in study.trials] == [0, 1, 2, 3]
     assert len(json.loads((out / "leaderboard.json").read_text())) == 4
+    # ... with a trial of its own: the sampler's seed moves on (the same seed suggested trial 0 again)
+    assert study.trials[3].params not in [trial.params for trial in study.trials[:3]]
 
 
 def test_peak_rss_is_the_peak_of_its_own_window():
@@ -84,6 +86,8 @@ def test_peak_rss_is_the_peak_of_its_own_window():
 def test_zero_trials_is_a_user_error(tiny_model_dir, tiny_csv, tmp_path, capsys):
     assert main(sweep_argv(tiny_model_dir, tiny_csv, tmp_path, "--n_trials", "0")) == 2
     assert "--n_trials must be at least 1" in capsys.readouterr().err
+    assert main(sweep_argv(tiny_model_dir, tiny_csv, tmp_path, "--n_trials", "1", "--timeout", "-1")) == 2
+    assert "--timeout is in minutes and must be positive, got -1.0" in capsys.readouterr().err
 
 
 def test_empty_search_space_after_dropping_incompatible_methods(tiny_model_dir, tiny_csv, tmp_path, capsys):
@@ -113,6 +117,7 @@ def test_pareto_front_keeps_trials_nothing_beats_on_both_axes():
 
 def test_requested_method_reads_the_flag_or_the_recipes_own():
     assert requested_method(["--method", "auto", "--lora_r", "4"], "lora") == "auto"
+    assert requested_method(["--method=auto", "--lora_r", "4"], "lora") == "auto"
     assert requested_method(["--lora_r", "4"], "bitfit") == "bitfit"
     assert _without_method(["--method", "auto", "--seed", "1", "--method=lora"]) == ["--seed", "1"]
 
