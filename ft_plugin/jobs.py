@@ -74,6 +74,8 @@ class TrainingJob:
             app's interactive requests are served first when the cores are busy. Training results do not change.
         threads: torch's intra-op threads in the training process (None: torch's default, one per core), e.g.
             half the cores, leaving the rest to the app.
+        hub_login: whether the job's Hub downloads may use this machine's Hub login (`HF_TOKEN`, `hf auth
+            login`); False: anonymous, for jobs a Space's visitors submit (the owner's private models stay private).
     """
 
     options: dict[str, Any]
@@ -82,6 +84,7 @@ class TrainingJob:
     owner: str | None = None
     niceness: int = 0
     threads: int | None = None
+    hub_login: bool = True
     state: str = field(default=QUEUED, init=False)
     step: int = field(default=0, init=False)
     max_steps: int = field(default=0, init=False)
@@ -132,7 +135,7 @@ class TrainingJob:
         self._process = _CONTEXT.Process(
             target=_run_job,
             args=(self.options, self._resume, self.max_minutes, self.niceness, self.threads, child_end, self._cancel),
-            kwargs={"parent_pid": os.getpid()},
+            kwargs={"parent_pid": os.getpid(), "hub_login": self.hub_login},
             name=f"ft-plugin-job-{self.name}",
         )
         self.state = RUNNING
@@ -229,10 +232,15 @@ def _run_job(
     reports: Connection,
     cancel: Any,
     parent_pid: int,
+    hub_login: bool = True,
 ) -> None:
     """The training process: the recipe's code, reporting progress through `reports` until a final state. It ends
     with the app that started it (checkpoints already written stay, for a resume)."""
+    from huggingface_hub import constants
+
     from .recipe import build_trainer, parse_args, train_and_save
+
+    constants.HF_HUB_DISABLE_IMPLICIT_TOKEN = not hub_login  # True: downloads send no token unless given one
 
     started = time.time()
     exit_with_parent(parent_pid)

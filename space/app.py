@@ -25,6 +25,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 import gradio as gr
+import huggingface_hub
 import pandas as pd
 import torch
 
@@ -585,6 +586,7 @@ def train(
         owner=owner_id(request),
         niceness=TRAIN_NICENESS,
         threads=TRAIN_THREADS,
+        hub_login=False,  # a visitor's Hub base model is downloaded anonymously, never with the Space's login
     )
     RUNNER.submit(job)
     try:
@@ -889,6 +891,9 @@ def _stop_like_ctrl_c(signum, frame) -> None:
 def launch(extra_base_models: list[str] | None = None, **kwargs) -> gr.Blocks:
     """Build and launch the Space (keyword arguments go to `Blocks.launch`)."""
     torch.set_num_threads(SERVE_THREADS)  # the Space's process only serves: training runs in a child process
+    # The Hub ids visitors name (base models, adapters) are downloaded anonymously: the Space's own login (HF_TOKEN)
+    # would let them use the owner's private models. Pushes pass a token explicitly (see `push`).
+    huggingface_hub.constants.HF_HUB_DISABLE_IMPLICIT_TOKEN = True
     if not kwargs.get("prevent_thread_lock"):  # the app owns the process: launch() blocks until it is stopped
         signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     demo = build_demo(extra_base_models)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import huggingface_hub
 import pytest
 import torch
 
@@ -54,6 +55,7 @@ def space(tmp_path_factory, tiny_model_dir):
     app = load_app(tmp_path_factory.mktemp("space_runs"))
     port = free_port()
     threads = torch.get_num_threads()
+    implicit_token = huggingface_hub.constants.HF_HUB_DISABLE_IMPLICIT_TOKEN
     demo = app.launch(
         [str(tiny_model_dir)], server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
     )
@@ -63,6 +65,17 @@ def space(tmp_path_factory, tiny_model_dir):
         job.wait(60)
     demo.close()
     torch.set_num_threads(threads)  # launch() set the serving threads for this whole process
+    huggingface_hub.constants.HF_HUB_DISABLE_IMPLICIT_TOKEN = implicit_token  # and kept the Hub login out of downloads
+
+
+def test_visitors_hub_downloads_never_carry_the_spaces_own_login(space, monkeypatch):
+    """A Hub id a visitor names (base, adapter) must not be fetched with the owner's HF_TOKEN: their private models
+    would be anyone's. Pushes still pass a token explicitly."""
+    from huggingface_hub.utils import get_token_to_send
+
+    monkeypatch.setenv("HF_TOKEN", "hf_the_space_owners")
+    assert get_token_to_send(None) is None  # what every download without an explicit token sends
+    assert get_token_to_send("hf_a_visitors") == "hf_a_visitors"
 
 
 def test_predictions_leave_the_training_jobs_cores_to_it(space):
@@ -142,6 +155,8 @@ def test_train_then_predict_with_the_new_adapter(space, client, tiny_model_dir, 
     assert {"train loss", "validation accuracy"} <= {row[1] for row in curve["data"]}
     output_dir = Path(summary["output_dir"])
     assert (output_dir / "ft_plugin_config.json").is_file()
+    (job,) = [job for job in app.RUNNER.jobs if job.output_dir == output_dir]
+    assert job.hub_login is False  # its downloads are anonymous too (a visitor's job)
     assert str(output_dir) in [value for _, value in app.result_choices(SessionOf(client))]  # in Predict at once
 
     text = "great love thanks the flight"
