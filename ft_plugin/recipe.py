@@ -521,6 +521,10 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
 
 def interrupted_state(argv: list[str], method: str | None = None) -> str:
     """What an interrupted run left in its --output_dir, and how to go on from there."""
+    from .auto import requested_method
+
+    if requested_method(argv, method) == "auto":  # the race had not chosen yet (the final run's argv names it)
+        return "The --method auto race was interrupted before it chose a method: the same command races again."
     try:
         output_dir = parse_args(argv, method)[3].output_dir
     except (FtPluginError, ValueError, SystemExit):

@@ -115,6 +115,13 @@ def test_pareto_front_keeps_trials_nothing_beats_on_both_axes():
     assert [row["accuracy"] for row in pareto_front(rows)] == [0.8, 0.9]
 
 
+def test_ctrl_c_during_the_auto_race_says_the_race_starts_again(tmp_path):
+    from ft_plugin.recipe import interrupted_state
+
+    message = interrupted_state(["--method", "auto", "--output_dir", str(tmp_path)])
+    assert message == "The --method auto race was interrupted before it chose a method: the same command races again."
+
+
 def test_requested_method_reads_the_flag_or_the_recipes_own():
     assert requested_method(["--method", "auto", "--lora_r", "4"], "lora") == "auto"
     assert requested_method(["--method=auto", "--lora_r", "4"], "lora") == "auto"
