@@ -109,9 +109,9 @@ def old_objects_frozen():
 
 def requested_method(argv: list[str], method: str | None) -> str:
     """The method a recipe's argv asks for: `--method` wins over the recipe's own."""
-    from .recipe import ModelArguments
+    from .recipe import ModelArguments, has_flag
 
-    if not any(arg == "--method" or arg.startswith("--method=") for arg in argv):
+    if not has_flag(argv, "--method"):
         return method or ModelArguments.method
     parser = HfArgumentParser(ModelArguments, add_help=False)  # --help is the recipe's whole parser's
     chosen, _ = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
@@ -202,12 +202,12 @@ def resolve_auto(argv: list[str], method: str | None = None) -> tuple[list[str],
         return argv, None
     from accelerate import PartialState
 
-    from .recipe import check_output_dir, parse_checked_args
+    from .recipe import check_output_dir, has_flag, parse_checked_args
 
     parser = HfArgumentParser(AutoArguments, add_help=False)
     auto, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     rest = _without_method(rest)
-    if "--output_dir" not in rest and not any(a.startswith("--output_dir=") for a in rest):
+    if not has_flag(rest, "--output_dir"):
         rest += ["--output_dir", "outputs/auto"]
     model_args, _, _, training_args = parse_checked_args([*rest, "--method", "lora"])
     output_dir = Path(training_args.output_dir)

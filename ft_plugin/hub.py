@@ -129,12 +129,11 @@ def _write_merged(folder: Path, target: Path, record: dict) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .inference import merge_tuner_layers
+    from .inference import merge_adapters
     from .saving import load
 
     model = load(folder)
-    # one PEFT method: a PeftModel; a combination: a transformers model holding PEFT's layers
-    merged = (model.merge_and_unload() if hasattr(model, "merge_and_unload") else merge_tuner_layers(model)).eval()
+    merged = merge_adapters(model).eval()
     merged.save_pretrained(target, safe_serialization=True)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.save_pretrained(target)

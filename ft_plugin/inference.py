@@ -20,12 +20,16 @@ QUANTIZATIONS = ("int8",)
 PREDICTED_LABEL = "predicted_label"  # the column `predict_frame` adds (beside one `score_<label>` per label)
 
 
-def merge_tuner_layers(model: nn.Module) -> nn.Module:
-    """Merge the PEFT layers inside a model that is not a `PeftModel` into their base layers, as `merge_and_unload`
-    does for a `PeftModel` (a combination such as lora+bitfit loads as a transformers model holding PEFT's LoRA and
-    BEFT layers; left in place, int8 quantization swapped their inner weights and failed)."""
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """The model with its PEFT reparameterisations (LoRA, DoRA, IA3, BEFT) merged into the base weights. A `PeftModel`
+    of one such method is unloaded to the transformers model (`merge_and_unload`); elsewhere each PEFT layer is merged
+    in place: a combination such as lora+bitfit loads as a transformers model holding PEFT's layers (left there, int8
+    quantization swapped their inner weights and failed), and a prompt method's wrapper stays."""
+    from peft import PeftModel
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    if isinstance(model, PeftModel) and not model.active_peft_config.is_prompt_learning:
+        return model.merge_and_unload()
     for name, module in reversed(list(model.named_modules())):  # innermost first: a layer may wrap another
         if isinstance(module, BaseTunerLayer):
             module.merge()
@@ -84,10 +88,8 @@ class TextClassifier:
 
         folder = resolve_result(str(path_or_repo))
         model = load(folder, model_name_or_path=model_name_or_path, allow_pickle=allow_pickle)
-        if merge and hasattr(model, "merge_and_unload") and not model.active_peft_config.is_prompt_learning:
-            model = model.merge_and_unload()
-        elif merge:  # a combination's result: its LoRA/IA3/BEFT layers sit inside a plain transformers model
-            model = merge_tuner_layers(model)
+        if merge:
+            model = merge_adapters(model)
         if quantize == "int8":
             model = quantize_int8(model)
         record = read_record(folder)

@@ -167,6 +167,11 @@ def check_training_budget(training_args: TrainingArguments) -> None:
         )
 
 
+def has_flag(argv: list[str], flag: str) -> bool:
+    """Whether `argv` gives `flag`, as `--flag value` or `--flag=value`."""
+    return any(arg == flag or arg.startswith(f"{flag}=") for arg in argv)
+
+
 def _raise_argument_error(message: str) -> NoReturn:
     """argparse's `error` for the recipe parsers: ft-plugin's one-line error (printed by every command, reported by a
     job or the Space) instead of printing usage and exiting, e.g. for `--lora_r abc`."""
@@ -190,8 +195,7 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     pre_parser = HfArgumentParser(ModelArguments, add_help=False)  # --help is for the full parser below
     parser.error = pre_parser.error = _raise_argument_error  # a library call must not exit the process
     chosen, _ = pre_parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    given = any(arg == "--method" or arg.startswith("--method=") for arg in argv)
-    method = chosen.method if given or method is None else method
+    method = chosen.method if has_flag(argv, "--method") or method is None else method
     specs = parse_method(method)
     parser.set_defaults(
         **RECIPE_DEFAULTS,

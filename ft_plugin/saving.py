@@ -354,13 +354,13 @@ def _unwrapped_new_modules(weights: dict[str, torch.Tensor], expected: set[str])
     return current
 
 
-def _tuner_parameter(name: str, model: nn.Module) -> bool:
-    """A PEFT tuner's own parameter (LoRA's, BEFT's...): missing from an earlier result, it stays at its initial
-    value, which leaves the layer as it was (PEFT initialises every tuner as the identity)."""
+def _tuner_parameter_parts(model: nn.Module) -> set[str]:
+    """The name parts of PEFT tuners' own parameters in `model` (`lora_A`, `beft_bias`...). Missing from an earlier
+    result, such a parameter stays at its initial value, which leaves its layer as it was (PEFT initialises every
+    tuner as the identity)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    parts = {part for m in model.modules() if isinstance(m, BaseTunerLayer) for part in m.adapter_layer_names}
-    return any(f".{part}." in name for part in parts)
+    return {f".{part}." for m in model.modules() if isinstance(m, BaseTunerLayer) for part in m.adapter_layer_names}
 
 
 def _load_delta(base: nn.Module, folder: Path, record: dict) -> nn.Module:
@@ -378,7 +378,8 @@ def _load_delta(base: nn.Module, folder: Path, record: dict) -> nn.Module:
     weights = _unwrapped_new_modules(load_file(weights_file), expected)
     new_modules = getattr(base, "ft_plugin_new_modules", None) or []
     missing = sorted(name for name in expected - set(weights) if not in_new_modules(name, new_modules))
-    unsaved = {name for name in expected - set(weights) - set(missing) if not _tuner_parameter(name, model)}
+    tuner_parts = _tuner_parameter_parts(model)
+    unsaved = {name for name in expected - set(weights) - set(missing) if not any(p in name for p in tuner_parts)}
     if unsaved:  # a result saved before ft-plugin trained and saved them
         logger.warning(
             "'%s' predates saving %s, which its base checkpoint lacks: they are drawn at random on each load, so "
