@@ -281,7 +281,18 @@ def _register_quietly(resolved: ResolvedModel) -> None:
                 logging.getLogger(__name__).warning("Could not register %s in the HF cache: %s", short_name, error)
 
 
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `error` or one of the errors it was raised from is a `kind`."""
+    while error is not None:
+        if isinstance(error, kind):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def _load_failure(resolved: ResolvedModel, error: BaseException) -> str:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if os.path.isdir(resolved.path) and not list(Path(resolved.path).glob("*.safetensors")):
         if list(Path(resolved.path).glob("*.bin")):
@@ -291,6 +302,11 @@ def _load_failure(resolved: ResolvedModel, error: BaseException) -> str:
             )
     if os.path.isdir(resolved.path):
         return f"Could not load the model in '{resolved.path}': {first}"
+    if _caused_by(error, RepositoryNotFoundError):  # the Hub answered: no such repo for this login (gated too)
+        return (
+            f"Model '{resolved.name}' was not found on the Hub: check the id; a private or gated model needs a Hub "
+            "login that may read it (`hf auth login` or HF_TOKEN)."
+        )
     return (
         f"Could not load model '{resolved.name}' ({first}). It is not a local folder and not in the Hugging Face "
         f"cache, and the Hub may be unreachable: omit --model_name_or_path to use the embedded default "

@@ -446,3 +446,38 @@ def test_merged_export_of_a_combination_and_a_refusal_that_leaves_no_folder(tiny
     with pytest.raises(HubError, match="adds adapter, which cannot be merged"):
         export_result(tmp_path / "adapter+lora", tmp_path / "refused", merged=True)
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_jobs_hub_downloads_use_the_machines_login_only_when_allowed(hub, tiny_model_dir, tiny_csv, tmp_path):
+    """A private base model on the Hub, `HF_TOKEN` set on the machine: a `TrainingJob(hub_login=False)` (what the
+    Space runs for its visitors) sends no token and cannot see the model; `hub_login=True` (the default) can."""
+    files = {path.name: path.read_bytes() for path in tiny_model_dir.iterdir() if path.is_file()}
+    hub.add_repo("alice/private-tiny-bert", files, private=True)
+    driver = textwrap.dedent(
+        """
+        import json, sys
+        from ft_plugin.jobs import TrainingJob
+        options = dict(model_name_or_path="alice/private-tiny-bert", train_file=sys.argv[1], output_dir=sys.argv[2],
+                       max_steps=2, eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+        job = TrainingJob(options, hub_login=sys.argv[3] == "login")
+        job.start().wait(240)
+        print("JOB " + json.dumps({"state": job.state, "error": job.error}))
+        """
+    )
+    env = client_env(hub, tmp_path / "hf_home", token=ALICE)  # the machine's (the Space owner's) login
+    outcomes, requests = {}, {}
+    for login in ("anonymous", "login"):
+        first = len(hub.log)
+        done = run([sys.executable, "-c", driver, str(tiny_csv), str(tmp_path / login), login], env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outcomes[login] = json.loads(done.stdout.split("JOB ", 1)[1])
+        requests[login] = [e for e in hub.log[first:] if e["path"].startswith("/alice/private-tiny-bert/")]
+
+    assert requests["anonymous"] and all(e["auth"] is None for e in requests["anonymous"])
+    assert outcomes["anonymous"] == {
+        "state": "failed",
+        "error": "Model 'alice/private-tiny-bert' was not found on the Hub: check the id; a private or gated model "
+        "needs a Hub login that may read it (`hf auth login` or HF_TOKEN).",
+    }
+    assert outcomes["login"] == {"state": "finished", "error": None}
+    assert requests["login"] and all(e["auth"] == "valid" for e in requests["login"])
