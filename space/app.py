@@ -219,9 +219,48 @@ _models_lock = threading.Lock()
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers: user errors become gr.Error, never tracebacks
 # ---------------------------------------------------------------------------------------------------------------
+# The library's messages name command-line flags; a visitor sees the Space's own fields instead.
+FIELDS_OF_FLAGS = {
+    "model_name_or_path": "Base model",
+    "method": "Method",
+    "train_file": "Labelled data",
+    "validation_file": "Labelled data",
+    "test_file": "Labelled data",
+    "text_column": "Text column",
+    "label_column": "Label column",
+    "learning_rate": "Learning rate",
+    "num_train_epochs": "Epochs",
+    "per_device_train_batch_size": "Batch size",
+    "max_train_samples": "Max training samples",
+    "repo_id": "Repo id",
+    "hub_model_id": "Repo id",
+    "private": "Private",
+    "hub_private_repo": "Private",
+}
+
+
+def in_space_terms(message: str) -> str:
+    """`message` with flags named as the Space's fields (`--text_column` -> the 'Text column' field) or options
+    (`--lora_r` -> the option 'lora_r'), and `ft-plugin push ...` advice as the Push tab."""
+    message = re.sub(r"(?:with |run )?`ft-plugin push [^`]*`", "from the Push tab", message)
+    message = re.sub(r" ?\(see --help\)", "", message)
+    message = re.sub(r"argument --([a-z][a-z0-9_]*)/--[a-z][a-z0-9-]*:", r"option '\1':", message)  # argparse's
+    message = re.sub(r"\b(?:pass|give|add) (?=--)", "set ", message)
+
+    def field(match: re.Match) -> str:
+        flag = match.group(1)
+        if flag in FIELDS_OF_FLAGS:
+            return f"the '{FIELDS_OF_FLAGS[flag]}' field"
+        return f"the option '{flag}'"
+
+    message = re.sub(r"(?<![\w-])--([a-z][a-z0-9_]*)(?:/--[a-z][a-z0-9-]*)?", field, message)
+    message = re.sub(r"(the '[^']+' field)(?: and \1)+", r"\1", message)  # two flags, one field
+    return message.replace("field with one of", "field to one of")
+
+
 def _message(error: BaseException) -> str:
     if isinstance(error, FtPluginError):
-        return str(error)
+        return in_space_terms(str(error))
     logger.exception("Unexpected error")
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return f"Unexpected error ({type(error).__name__}: {first}). The server log has the details."
@@ -495,7 +534,7 @@ def _status_html(job: TrainingJob) -> str:
             parts.append(f"test accuracy {summary['accuracy']:.3f}")
         parts.append(f"{summary['train seconds']} s · now in the Predict tab")
     elif not job.is_alive():
-        parts = [f"<b>{job.name}</b> {job.state}: {job.error or job.stop_reason or ''}"]
+        parts = [f"<b>{job.name}</b> {job.state}: {in_space_terms(job.error or job.stop_reason or '')}"]
     percent = 100 * (1.0 if not job.is_alive() else job.progress)
     return (
         f'<div class="job-status"><div class="bar"><div style="width:{percent:.0f}%"></div></div>'
@@ -598,7 +637,7 @@ def train(
         raise
     yield _status_html(job), _curve(job), job.summary()
     if job.state == FAILED:
-        raise gr.Error(f"Training '{job.name}' failed: {job.error}")
+        raise gr.Error(f"Training '{job.name}' failed: {in_space_terms(job.error)}")
 
 
 def cancel(request: gr.Request = None) -> str:

@@ -240,7 +240,7 @@ def test_train_options_and_file_paths_cannot_reach_beyond_the_space(space, clien
         ({"push_to_hub": True, "hub_model_id": "someone/else"}, refused),  # would push with the Space's login
         ({"target_modules": ["query", "--output_dir", str(outside)]}, "invalid value"),  # a flag smuggled in a list
         ({"lora_r": {"nested": 1}}, "invalid value"),
-        ({"lora_r": "abc"}, "Invalid arguments: argument --lora_r"),  # argparse used to exit the server
+        ({"lora_r": "abc"}, "Invalid arguments: option 'lora_r'"),  # argparse used to exit the server
     ]:
         with pytest.raises(AppError, match=message):
             train(client, tiny_csv, str(tiny_model_dir), options=options).result(timeout=60)
@@ -272,8 +272,11 @@ def test_bad_inputs_are_readable_errors(space, client, tiny_model_dir, tiny_csv,
     with pytest.raises(AppError, match="text is empty"):
         client.predict("   ", api_name="/predict")
 
-    with pytest.raises(AppError, match="column 'review' not found"):
+    # the library's messages name command-line flags; a visitor reads the Space's fields
+    with pytest.raises(AppError, match=r"column 'review' not found; .*: set the 'Text column' field to one of them\.$"):
         train(client, tiny_csv, str(tiny_model_dir), text_column="review").result(timeout=60)
+    with pytest.raises(AppError, match=r"^Invalid arguments: option 'lora_r': invalid int value: 'abc'\.$"):
+        train(client, tiny_csv, str(tiny_model_dir), options={"lora_r": "abc"}).result(timeout=60)
 
     not_csv = tmp_path / "notes.txt"
     not_csv.write_text("just some words\n")
@@ -352,7 +355,10 @@ def test_push_calls_the_hub_helper_and_shows_its_errors(space, client, monkeypat
     def push_result(output_dir, repo_id, token=None, private=False):
         calls.append((output_dir, repo_id, token, private))
         if repo_id.endswith("denied"):
-            raise ModelError(f"Could not push to '{repo_id}' (401 Unauthorized): check the token.")
+            raise ModelError(
+                f"Could not push to '{repo_id}' (401 Unauthorized): check the token; the result is still in "
+                f"'{output_dir}'; push it later with `ft-plugin push {output_dir} --repo_id {repo_id}`."
+            )  # hub.push_result's words
         return f"https://huggingface.co/{repo_id}"
 
     app, _ = space
@@ -362,7 +368,7 @@ def test_push_calls_the_hub_helper_and_shows_its_errors(space, client, monkeypat
     link = client.predict(str(result), "alice/tweets-lora", "hf_secret", False, api_name="/push")
     assert link == "Pushed to [https://huggingface.co/alice/tweets-lora](https://huggingface.co/alice/tweets-lora)"
     assert calls == [(str(result), "alice/tweets-lora", "hf_secret", False)]
-    with pytest.raises(AppError, match="401 Unauthorized"):
+    with pytest.raises(AppError, match=r"401 Unauthorized.*; push it later from the Push tab\.$"):
         client.predict(str(result), "alice/denied", "hf_wrong", True, api_name="/push")
     for bad in ("../x", "alice/..", "alice/../bob", "a/b/c", "/etc/passwd", "alice/x y"):  # never a path or URL
         with pytest.raises(AppError, match="Give the repo id as 'username/name'"):
