@@ -447,6 +447,9 @@ def verify(
     return results
 
 
+MIN_SAMPLES = 10  # fewer texts than this give scores that rank noise
+
+
 def sample_texts(data, max_samples: int, seed: int = 42) -> tuple[list[str], list[int], list[str] | None]:
     """Up to `max_samples` training texts (shuffled with a fixed seed), their labels and text pairs."""
     train = data.splits["train"].shuffle(seed=seed)
@@ -479,8 +482,10 @@ def select_command(args) -> int:
     from .data import DataArguments, load_data
 
     scorers = parse_scorers(args.scorer)
-    if args.max_samples < 10:
-        raise FtPluginError(f"--max_samples {args.max_samples} is too few to score features: use at least 10.")
+    if args.max_samples < MIN_SAMPLES:
+        raise FtPluginError(
+            f"--max_samples {args.max_samples} is too few to score features: use at least {MIN_SAMPLES}."
+        )
     for name in args.candidates:  # a typo in a name is reported at once, not after the data has loaded
         resolve_candidate(name)
     data_args = DataArguments(
@@ -492,6 +497,11 @@ def select_command(args) -> int:
     )
     data = load_data(data_args)
     texts, labels, pairs = sample_texts(data, args.max_samples)
+    if len(texts) < MIN_SAMPLES:
+        raise FtPluginError(
+            f"The training split of {data.source} has only {len(texts)} texts: model selection scores features of "
+            f"at least {MIN_SAMPLES}; use a larger file."
+        )
     rows, skipped = select_models(
         args.candidates, texts, labels, scorers, args.pooling, args.batch_size, args.max_seq_length, pairs
     )

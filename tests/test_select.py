@@ -215,6 +215,20 @@ def test_uncached_hub_candidate_is_skipped_at_once_when_the_hub_cannot_be_reache
         load_base_model("nobody/uncached-model", ["a", "b"])
 
 
+def test_select_model_refuses_too_few_texts_to_score(tmp_path, capsys):
+    tiny = tmp_path / "ten.csv"
+    tiny.write_text("text,label\n" + "good day great,pos\nbad awful day,neg\n" * 5)
+    assert main(["select-model", "--candidates", "bert-tiny", "--max_samples", "3"]) == 2
+    assert "--max_samples 3 is too few to score features: use at least 10." in capsys.readouterr().err
+    assert (
+        main(["select-model", "--candidates", "bert-tiny", "--train_file", str(tiny), "--output_dir", str(tmp_path)])
+        == 2
+    )
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"ft-plugin: error: The training split of {tiny} has only 8 texts")  # 2 went to eval/test
+    assert error.endswith("at least 10; use a larger file.") and not (tmp_path / "selection.json").exists()
+
+
 def test_select_model_cli_ranks_writes_json_and_verifies_the_top_candidate(tiny_model_dir, tiny_csv, tmp_path, capsys):
     out = tmp_path / "select"
     status = main(
