@@ -464,7 +464,8 @@ TABLE_WRITERS = {
 def check_table_format(path: str) -> None:
     """Before any work: a file name whose extension `write_table` knows."""
     if Path(path).suffix.lower() not in TABLE_WRITERS:
-        raise DataError(f"Cannot write '{path}': name it .csv, .tsv, .jsonl, .json or .parquet.")
+        *others, last = TABLE_WRITERS
+        raise DataError(f"Cannot write '{path}': name it {', '.join(others)} or {last}.")
 
 
 def write_table(frame, path: str) -> None:
