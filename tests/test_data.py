@@ -138,3 +138,17 @@ def test_the_same_data_is_tokenised_once_per_tokenizer_and_length(tiny_model_dir
     assert data.tokenize(AutoTokenizer.from_pretrained(tiny_model_dir), 32) is first  # a sweep's trials, a race
     shorter = data.tokenize(tokenizer, 6)
     assert shorter is not first and max(len(ids) for ids in shorter["train"]["input_ids"]) == 6
+
+
+def test_a_sample_limit_above_the_rows_keeps_the_data_as_it_is(tiny_csv, caplog):
+    """`--max_train_samples` larger than the data uses all of it in the same order as no limit (the Trainer's
+    shuffling then gives the same run), and says so once."""
+    plain = load_data(DataArguments(train_file=str(tiny_csv)))
+    limited = load_data(DataArguments(train_file=str(tiny_csv), max_train_samples=10**6, max_eval_samples=10**6))
+    for split in ("train", "validation", "test"):
+        assert limited.splits[split]["text"][:] == plain.splits[split]["text"][:], split
+    assert caplog.text.count("exceeds the") == 2
+    smaller = load_data(DataArguments(train_file=str(tiny_csv), max_train_samples=50))
+    assert len(smaller.splits["train"]) == 50 and set(smaller.splits["train"]["text"][:]) < set(
+        plain.splits["train"]["text"][:]
+    )

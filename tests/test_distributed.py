@@ -109,8 +109,10 @@ def test_accelerate_launch_cpu_ddp_matches_one_process(one_process, tiny_model_d
     out = tmp_path / "out"
     launcher = accelerate_launch("cpu_ddp")
     args = recipe_args(tiny_model_dir, tiny_csv, out, per_device=8)
+    args += ["--max_train_samples", "100000"]  # more than the data: a warning, and the same data as the reference
     result = run([*launcher, "recipes/lora_bert.py", *args], tmp_path, watch=out)
     assert_same_as_one_process(out, one_process, result, tmp_path)
+    assert result.stderr.count("--max_train_samples 100000 exceeds the") == 1, "data warnings: the main process only"
 
 
 def test_torchrun_with_gradient_accumulation_matches_one_process(one_process, tiny_model_dir, tiny_csv, tmp_path):
