@@ -9,6 +9,7 @@ UI only: loading, training, saving and pushing are ft-plugin's (`TextClassifier`
 
 import functools
 import hashlib
+import html
 import inspect
 import json
 import logging
@@ -534,7 +535,8 @@ def _status_html(job: TrainingJob) -> str:
             parts.append(f"test accuracy {summary['accuracy']:.3f}")
         parts.append(f"{summary['train seconds']} s · now in the Predict tab")
     elif not job.is_alive():
-        parts = [f"<b>{job.name}</b> {job.state}: {in_space_terms(job.error or job.stop_reason or '')}"]
+        reason = html.escape(in_space_terms(job.error or job.stop_reason or ""))  # may quote a visitor's input
+        parts = [f"<b>{job.name}</b> {job.state}: {reason}"]
     percent = 100 * (1.0 if not job.is_alive() else job.progress)
     return (
         f'<div class="job-status"><div class="bar"><div style="width:{percent:.0f}%"></div></div>'

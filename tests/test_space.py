@@ -303,6 +303,18 @@ def test_bad_inputs_are_readable_errors(space, client, tiny_model_dir, tiny_csv,
     assert all(job.has_result for job in app.RUNNER.jobs if job.state in ("finished", "cancelled"))
 
 
+def test_a_failed_jobs_status_shows_its_error_as_text_in_the_spaces_terms(space, tmp_path):
+    from ft_plugin.jobs import TrainingJob
+
+    app, _ = space
+    job = TrainingJob({"output_dir": str(tmp_path / "failed")})
+    job.state = "failed"
+    job.error = "Text column '<img src=x onerror=alert(1)>' not found; the columns are text, label: pass --text_column"
+    status = app._status_html(job)
+    assert "'&lt;img src=x onerror=alert(1)&gt;'" in status and "<img" not in status  # quoted input stays text
+    assert status.endswith("set the &#x27;Text column&#x27; field</span></div>")
+
+
 def test_predict_file_writes_a_predictions_csv(space, client, tiny_csv, monkeypatch):
     import pandas as pd
 
