@@ -311,7 +311,7 @@ def test_a_failed_jobs_status_shows_its_error_as_text_in_the_spaces_terms(space,
     job.state = "failed"
     job.error = "Text column '<img src=x onerror=alert(1)>' not found; the columns are text, label: pass --text_column"
     status = app._status_html(job)
-    assert "'&lt;img src=x onerror=alert(1)&gt;'" in status and "<img" not in status  # quoted input stays text
+    assert "&#x27;&lt;img src=x onerror=alert(1)&gt;&#x27;" in status and "<img" not in status  # input stays text
     assert status.endswith("set the &#x27;Text column&#x27; field</span></div>")
 
 
