@@ -19,14 +19,16 @@ transformers 5.23 / accelerate 1.15 break that, and both are fixed here:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import AdaLoraConfig, PeftModel
+from peft import AdaLoraConfig, PeftModel, PeftType
 from torch.utils.data import Sampler
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -115,6 +117,26 @@ class ClassificationTrainer(Trainer):
             for config, weight in zip(adalora, weights):
                 config.orth_reg_weight = weight
 
+    # -- checkpoints of reparameterised prompts (p-tuning, prefix with projection) -------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """The Trainer's checkpoint, plus the whole prompt encoder where PEFT saves only its output (see
+        `reparameterised_prompt_encoder`), so that resume and load-best restore what was trained."""
+        super()._save(output_dir, state_dict)
+        encoder = reparameterised_prompt_encoder(self.model)
+        if encoder is not None:
+            from safetensors.torch import save_file
+
+            state = {key: value.detach().cpu().contiguous() for key, value in encoder.state_dict().items()}
+            save_file(state, os.path.join(output_dir or self.args.output_dir, PROMPT_ENCODER_STATE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        with prompt_encoder_state_from(model or self.model, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        with prompt_encoder_state_from(self.model, self.state.best_model_checkpoint):
+            super()._load_best_model()
+
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if type(sampler) is LengthGroupedSampler:
@@ -146,6 +168,47 @@ class ClassificationTrainer(Trainer):
         return PredictionOutput(
             in_dataset_order(output.predictions), in_dataset_order(output.label_ids), output.metrics
         )
+
+
+PROMPT_ENCODER_STATE = "prompt_encoder_state.safetensors"
+
+
+def reparameterised_prompt_encoder(model) -> torch.nn.Module | None:
+    """The prompt encoder of a PEFT p-tuning or projected-prefix model, else None.
+
+    PEFT checkpoints of these hold the encoder's output (`prompt_embeddings`), not its parameters (an embedding and
+    an MLP), and load that output into the embedding: p-tuning then ran the MLP twice (the prompt changed silently,
+    by up to 0.78 in a check), a projected prefix failed on the shapes (peft#2256). The result folder saved after
+    training is right as it is: there the output is the prompt, loaded in inference mode without the MLP."""
+    if not isinstance(model, PeftModel) or not getattr(model, "prompt_encoder", None):
+        return None
+    config = model.peft_config[model.active_adapter]
+    if config.peft_type == PeftType.P_TUNING or getattr(config, "prefix_projection", False):
+        return model.prompt_encoder[model.active_adapter]
+    return None
+
+
+@contextlib.contextmanager
+def prompt_encoder_state_from(model, checkpoint: str | None):
+    """While the Trainer loads `checkpoint` into `model`, the prompt encoder takes its full saved state (see
+    `reparameterised_prompt_encoder`) instead of PEFT's `prompt_embeddings`; other weights load as usual."""
+    encoder = reparameterised_prompt_encoder(model)
+    path = os.path.join(checkpoint or "", PROMPT_ENCODER_STATE)
+    if encoder is None or not os.path.isfile(path):
+        yield
+        return
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+
+    def load_full_state(_peft_state: dict) -> None:
+        encoder.load_state_dict(state, strict=True)
+
+    encoder._load_adapter_state_dict = load_full_state
+    try:
+        yield
+    finally:
+        del encoder._load_adapter_state_dict  # back to the class's method
 
 
 def parse_class_weights(value: str | None) -> str | dict[str, float] | None:

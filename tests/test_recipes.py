@@ -131,3 +131,47 @@ def test_every_method_keeps_the_best_checkpoint_and_saves_the_model_it_tested(
         labels = test.pop("labels")
         loss = torch.nn.functional.cross_entropy(loaded(**test).logits, labels).item()
     assert metrics["test_loss"] == pytest.approx(loss, rel=1e-4)  # (AdaLoRA's added its regulariser)
+
+
+def prompt_saved_in(checkpoint: Path):
+    """The prompt PEFT saved in a checkpoint (the prompt encoder's output at that step)."""
+    from safetensors.torch import load_file
+
+    return load_file(checkpoint / "adapter_model.safetensors")["prompt_embeddings"]
+
+
+@pytest.mark.parametrize(
+    "method_flags", [["--method", "p_tuning"], ["--method", "prefix", "--prefix_projection", "true"]]
+)
+def test_reparameterised_prompts_resume_and_load_the_best_checkpoint_exactly(
+    method_flags, tiny_model_dir, tiny_csv, tmp_path
+):
+    """PEFT checkpoints of p-tuning and projected prefixes hold the prompt encoder's output, which PEFT loads back
+    into its embedding: p-tuning ran its MLP twice on resume and load-best (a silently different prompt), a
+    projected prefix crashed on the shapes. Resumed and load-best prompts must be the ones trained."""
+    import torch
+
+    from ft_plugin.recipe import build_trainer
+
+    def trainer_in(folder: Path, *extra: str):
+        argv = [*method_flags, "--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv),
+                "--output_dir", str(folder), "--max_steps", "4", "--per_device_train_batch_size", "16",
+                "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
+                "--learning_rate", "5e-2", *extra]  # fmt: skip
+        return build_trainer(*parse_args(argv))
+
+    whole = trainer_in(tmp_path / "whole", "--load_best_model_at_end", "false", "--save_total_limit", "2")
+    whole.train()
+    resumed = trainer_in(tmp_path / "resumed", "--load_best_model_at_end", "false")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-2"))
+    adapter = resumed.model.active_adapter
+    trained = whole.model.get_prompt_embedding_to_save(adapter)
+    torch.testing.assert_close(trained, prompt_saved_in(tmp_path / "whole" / "checkpoint-4"))
+    torch.testing.assert_close(resumed.model.get_prompt_embedding_to_save(adapter), trained)
+
+    best = trainer_in(tmp_path / "best", "--metric_for_best_model", "loss")
+    best.train()
+    assert best.state.best_model_checkpoint is not None
+    torch.testing.assert_close(
+        best.model.get_prompt_embedding_to_save(adapter), prompt_saved_in(Path(best.state.best_model_checkpoint))
+    )
