@@ -172,6 +172,44 @@ def has_flag(argv: list[str], flag: str) -> bool:
     return any(arg == flag or arg.startswith(f"{flag}=") for arg in argv)
 
 
+def checkpointing_defaults(argv: list[str]) -> dict[str, Any]:
+    """RECIPE_DEFAULTS' evaluation, checkpointing and load-best settings, following what `argv` sets itself.
+
+    The recipe evaluates and saves every epoch and keeps the best epoch; a user who changes one strategy
+    (`--eval_strategy steps --eval_steps 50`) gets the other one to match, and load-best only where there is
+    something to compare (not with run_glue's `--eval_strategy no`, nor `--save_strategy no`), as the Trainer
+    requires, instead of a refusal. Flags the user gives are never changed."""
+    import argparse
+
+    given = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for name in (
+        "eval_strategy",
+        "save_strategy",
+        "eval_steps",
+        "save_steps",
+        "logging_steps",
+        "load_best_model_at_end",
+    ):
+        given.add_argument(f"--{name}", f"--{name.replace('_', '-')}", default=None)
+    flags, _ = given.parse_known_args(argv)
+    defaults: dict[str, Any] = {}
+    if flags.eval_strategy not in (None, "no") and flags.save_strategy is None:  # save where it evaluates
+        defaults["save_strategy"] = flags.eval_strategy
+        if flags.eval_strategy == "steps" and flags.save_steps is None:
+            defaults["save_steps"] = float(flags.eval_steps or flags.logging_steps or RECIPE_DEFAULTS["logging_steps"])
+    elif flags.save_strategy not in (None, "no", "best") and flags.eval_strategy is None:  # evaluate where it saves
+        defaults["eval_strategy"] = flags.save_strategy
+        if flags.save_strategy == "steps" and flags.eval_steps is None and flags.save_steps is not None:
+            defaults["eval_steps"] = float(flags.save_steps)
+    strategies = {
+        flags.eval_strategy or defaults.get("eval_strategy", RECIPE_DEFAULTS["eval_strategy"]),
+        flags.save_strategy or defaults.get("save_strategy", RECIPE_DEFAULTS["save_strategy"]),
+    }
+    if "no" in strategies and flags.load_best_model_at_end is None:  # nothing evaluated or nothing saved to keep
+        defaults["load_best_model_at_end"] = False
+    return defaults
+
+
 def _raise_argument_error(message: str) -> NoReturn:
     """argparse's `error` for the recipe parsers: ft-plugin's one-line error (printed by every command, reported by a
     job or the Space) instead of printing usage and exiting, e.g. for `--lora_r abc`."""
@@ -198,7 +236,7 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     method = chosen.method if has_flag(argv, "--method") or method is None else method
     specs = parse_method(method)
     parser.set_defaults(
-        **RECIPE_DEFAULTS,
+        **{**RECIPE_DEFAULTS, **checkpointing_defaults(argv)},
         method=method,
         learning_rate=min(spec.learning_rate for spec in specs),
         output_dir=os.path.join("outputs", method.replace("+", "_")),
@@ -478,7 +516,8 @@ def parse_checked_args(argv: list[str], method: str | None = None):
     except ValueError as error:
         if isinstance(error, FtPluginError):
             raise
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = " ".join(line.strip() for line in str(error).strip().splitlines() if line.strip())  # one line, whole
+        first = first or type(error).__name__
         given = {arg.split("=")[0] for arg in argv}
         hints = [hint for flag, hint in ARGUMENT_HINTS.items() if flag in given and flag[2:] in str(error)]
         raise MethodError(f"Invalid arguments: {first} {' '.join(hints)}(see --help).") from error

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ft_plugin.errors import MethodError
 from ft_plugin.methods import METHODS, parse_method
 from ft_plugin.recipe import parse_args
 
@@ -42,6 +43,36 @@ def test_flags_after_a_config_file_override_it():
     _, _, method_args, training_args = parse_args([str(ROOT / "recipes/configs/lora_bert.yaml"), "--lora_r", "4"])
     assert method_args.lora_r == 4 and method_args.target_modules == ["query", "value"]
     assert training_args.learning_rate == 2e-3
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], ("epoch", None, "epoch", 500, True)),  # the recipe's default: evaluate, save and keep the best epoch
+        (["--eval_strategy", "no"], ("no", None, "epoch", 500, False)),  # run_glue's flag: refused before
+        (["--eval_strategy", "steps", "--eval_steps", "5"], ("steps", 5, "steps", 5, True)),  # refused before
+        (["--eval-strategy=steps"], ("steps", 10, "steps", 10, True)),  # every `logging_steps`, the Trainer's default
+        (["--save_strategy", "steps", "--save_steps", "4"], ("steps", 4, "steps", 4, True)),
+        (["--save_strategy", "no"], ("epoch", None, "no", 500, False)),
+        (["--eval_strategy", "no", "--load_best_model_at_end", "true"], None),  # asked for: the Trainer's refusal
+    ],
+)
+def test_checkpointing_follows_the_users_evaluation_or_saving_strategy(flags, expected):
+    from ft_plugin.recipe import parse_checked_args
+
+    if expected is None:
+        with pytest.raises(MethodError, match=r"^Invalid arguments: --load_best_model_at_end requires .* but found"):
+            parse_checked_args(flags)
+        return
+    *_, args = parse_checked_args(flags)
+    steps = (args.eval_steps, args.save_steps)
+    assert (
+        args.eval_strategy.value,
+        steps[0],
+        args.save_strategy.value,
+        steps[1],
+        args.load_best_model_at_end,
+    ) == expected
 
 
 def test_method_default_learning_rate_unless_given():
