@@ -153,6 +153,44 @@ def _write_merged(folder: Path, target: Path, record: dict) -> None:
             )
 
 
+def check_push(repo_id: str, token: str | None = None, base_model: str | None = None) -> str:
+    """What a push needs that can be checked before any work (a recipe checks it before training): a valid repo id,
+    a token (`token`, else the environment's or login's; returned), and, where `base_model` is given, a base that
+    other users can download. One-line `HubError`s otherwise."""
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from .card import is_hub_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise HubError(
+            f"'{repo_id}' is not a valid Hub repo id: use 'your-name/model-name' (letters, digits, '-', '_', '.')."
+        ) from None
+    if base_model is not None and not is_hub_id(base_model):
+        raise HubError(
+            f"--push_to_hub needs a base model other users can download, and '{base_model}' is not a Hub model: "
+            "train on a Hub model id, or train without --push_to_hub and push a standalone model with "
+            "`ft-plugin push DIR --repo_id ID --merged`."
+        )
+    token = token or get_token()
+    if not token:
+        raise HubError("No Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write access.")
+    return token
+
+
+def push_command(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
+                 merged: bool = False) -> str:  # fmt: skip
+    """The `ft-plugin push` command line that pushes `folder` as asked (for "push it later" messages)."""
+    flags = [
+        " --private" if private else "",
+        f" --revision {revision}" if revision else "",
+        " --merged" if merged else "",
+    ]
+    return f"ft-plugin push {folder} --repo_id {repo_id}{''.join(flags)}"
+
+
 def push_result(
     output_dir: str | Path,
     repo_id: str,
@@ -168,22 +206,17 @@ def push_result(
     that this result no longer has are deleted in the same commit, so the repo always mirrors one result.
     Errors are `HubError`s with one-line messages; the local folder is never changed.
     """
-    from huggingface_hub import HfApi, get_token
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from huggingface_hub import HfApi
 
     folder = Path(output_dir)
     record = check_result(folder)
+    command = push_command(folder, repo_id, private, revision, merged)
+    later = f"the result is still in '{folder}'; push it later with `{command}`"
     try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise HubError(
-            f"'{repo_id}' is not a valid Hub repo id: use 'your-name/model-name' (letters, digits, '-', '_', '.')."
-        ) from None
-    token = token or get_token()
-    if not token:
-        raise HubError("No Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write access.")
+        token = check_push(repo_id, token)
+    except HubError as error:
+        raise HubError(f"{str(error).rstrip('.')}; {later}.") from None
     api = HfApi(token=token)
-    later = f"the result is still in '{folder}'; push it later with `ft-plugin push {folder} --repo_id {repo_id}`"
     if "/" not in repo_id:  # a bare name goes to the token owner's namespace, as `create_repo` does
         with _hub_errors(repo_id, later):
             repo_id = f"{api.whoami()['name']}/{repo_id}"
@@ -204,10 +237,26 @@ def push_result(
     return commit.commit_url
 
 
+def hub_repo_id(training_args) -> str:
+    """The repo `--push_to_hub` pushes to: `--hub_model_id`, else the output folder's name (the Trainer's rule)."""
+    return training_args.hub_model_id or Path(training_args.output_dir).resolve().name
+
+
+def check_push_before_training(method: str, model_name_or_path: str | None, training_args) -> None:
+    """`--push_to_hub`'s repo id, token and base model, checked before the data and model load (a refusal after
+    training cost the whole run's time)."""
+    from .models import resolve_model
+    from .saving import save_format
+
+    standalone = save_format(method) == "full"  # a full model needs no base model on the Hub
+    base = None if standalone else resolve_model(model_name_or_path).name
+    check_push(hub_repo_id(training_args), training_args.hub_token, base_model=base)
+
+
 def push_after_training(training_args, token: str | None = None) -> str:
     """`--push_to_hub` at the end of a recipe (main process, after the result is saved), with `--hub_token`'s
     value as `token` (the Trainer's own arguments no longer carry it) or else the environment's or login's."""
-    repo_id = training_args.hub_model_id or Path(training_args.output_dir).resolve().name
+    repo_id = hub_repo_id(training_args)
     url = push_result(
         training_args.output_dir,
         repo_id,

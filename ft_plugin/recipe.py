@@ -310,6 +310,10 @@ def build_trainer(
 
     The trainer carries `ft_data` (the splits and labels) and the tokenizer as `processing_class`.
     """
+    if training_args.push_to_hub:  # hub (issue 4)
+        from .hub import check_push_before_training
+
+        check_push_before_training(model_args.method, model_args.model_name_or_path, training_args)
     with training_args.main_process_first(desc="loading data"):
         data = data or load_data(data_args)
     set_seed(training_args.seed)  # before the new head and the delta weights are initialised (as run_glue does)

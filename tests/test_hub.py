@@ -394,16 +394,54 @@ def test_card_of_the_embedded_default_and_local_base_models(tiny_model_dir, tmp_
     assert (exported / "adapter_config.json").read_text() != "{}"
 
 
-def test_recipe_hub_flags_and_the_trainer_never_pushes_itself(tiny_model_dir, tiny_csv, tmp_path):
+def test_recipe_hub_flags_and_the_trainer_never_pushes_itself(tiny_model_dir, tiny_csv, tmp_path, monkeypatch):
     from ft_plugin.recipe import build_trainer, parse_args
+
+    monkeypatch.setenv("HF_TOKEN", "hf_a_token")  # a push is checked before training: it needs a token
 
     argv = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--output_dir", str(tmp_path),
             "--push_to_hub", "--hub_model_id", "me/x", "--hub_private_repo", "--hub_revision", "dev"]  # fmt: skip
-    model_args, data_args, method_args, training_args = parse_args(argv, method="lora")
+    model_args, data_args, method_args, training_args = parse_args(argv, method="full")  # standalone: any base
     assert training_args.hub_private_repo is True and training_args.hub_revision == "dev"
     trainer = build_trainer(model_args, data_args, method_args, training_args)  # no Hub here: must not connect
     assert trainer.ft_push_to_hub and not trainer.args.push_to_hub and trainer.hub_model_id is None
     assert training_args.push_to_hub  # the caller's arguments are left as given
+
+
+@pytest.mark.parametrize(
+    "flags, token, message",
+    [
+        (["--hub_model_id", "alice/bad name"], "hf_x", "'alice/bad name' is not a valid Hub repo id"),
+        (["--hub_model_id", "alice/x"], None, "No Hugging Face token: run `hf auth login`"),
+        (["--hub_model_id", "alice/x", "--model_name_or_path", "bert-tiny"], "hf_x", "'bert-tiny' is not a Hub model"),
+        (["--hub_model_id", "alice/x", "--model_name_or_path", "LOCAL"], "hf_x", "is not a Hub model: train on a Hub"),
+    ],
+)
+def test_push_to_hub_is_checked_before_the_data_and_model_load(
+    flags, token, message, tiny_model_dir, tiny_csv, tmp_path, monkeypatch
+):
+    """A push that cannot succeed is refused before training, not after the whole run."""
+    import ft_plugin.recipe
+    from ft_plugin.hub import HubError
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "no-login"))  # no stored login either
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setattr(ft_plugin.recipe, "load_data", lambda *a: pytest.fail("loaded the data before refusing"))
+    flags = [str(tiny_model_dir) if flag == "LOCAL" else flag for flag in flags]
+    argv = ["--train_file", str(tiny_csv), "--output_dir", str(tmp_path / "out"), "--push_to_hub", *flags]
+    with pytest.raises(HubError, match=re.escape(message)):
+        ft_plugin.recipe.build_trainer(*ft_plugin.recipe.parse_args(argv, method="lora"))
+
+
+def test_push_later_names_every_push_option():
+    from ft_plugin.hub import push_command
+
+    assert push_command("out/x", "me/x") == "ft-plugin push out/x --repo_id me/x"
+    assert push_command("out/x", "me/x", private=True, revision="dev", merged=True) == (
+        "ft-plugin push out/x --repo_id me/x --private --revision dev --merged"
+    )
 
 
 def test_checkpoints_of_a_base_named_by_hub_id_never_ask_the_hub(tiny_model_dir, tiny_csv, tmp_path, monkeypatch):
