@@ -477,7 +477,12 @@ def check_output_dir(training_args: TrainingArguments, overwrite_output_dir: boo
     if resume and resume not in ("True", "true") and not os.path.isdir(resume):
         raise FtPluginError(f"--resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint-N folder.")
     if resume in ("True", "true"):
-        resume = True
+        resume = last_checkpoint(output)
+        if resume is None:
+            raise FtPluginError(
+                f"--resume_from_checkpoint true found no checkpoint in '{output}': pass a checkpoint-N folder, or "
+                "leave the flag out to start training."
+            )
     if resume is None and not overwrite_output_dir:
         resume = last_checkpoint(output)
         if resume is not None:
@@ -579,5 +584,8 @@ def interrupted_state(argv: list[str], method: str | None = None) -> str:
     checkpoint = last_checkpoint(output_dir)
     if checkpoint is None:
         return f"No checkpoint was saved in '{output_dir}' yet: run the same command to start again."
-    how = "without --overwrite_output_dir" if "--overwrite_output_dir" in argv else "the same command"
-    return f"The last checkpoint is '{checkpoint}': run {how} to resume from it."
+    if has_flag(argv, "--overwrite_output_dir"):  # it ignores checkpoints (and the folder may hold a result)
+        return (
+            f"The last checkpoint is '{checkpoint}': run the same command with --resume_from_checkpoint {checkpoint}."
+        )
+    return f"The last checkpoint is '{checkpoint}': run the same command to resume from it."

@@ -130,8 +130,15 @@ class ClassificationTrainer(Trainer):
             save_file(state, os.path.join(output_dir or self.args.output_dir, PROMPT_ENCODER_STATE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        with prompt_encoder_state_from(model or self.model, resume_from_checkpoint):
+        with (
+            resume_errors(resume_from_checkpoint),
+            prompt_encoder_state_from(model or self.model, resume_from_checkpoint),
+        ):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        with resume_errors(checkpoint):
+            super()._load_optimizer_and_scheduler(checkpoint)
 
     def _load_best_model(self) -> None:
         with prompt_encoder_state_from(self.model, self.state.best_model_checkpoint):
@@ -171,6 +178,21 @@ class ClassificationTrainer(Trainer):
 
 
 PROMPT_ENCODER_STATE = "prompt_encoder_state.safetensors"
+
+
+@contextlib.contextmanager
+def resume_errors(checkpoint: str | None):
+    """A checkpoint that does not fit this run (another method, model or optimizer) as one line naming the fix,
+    not torch's traceback from deep inside the load."""
+    try:
+        yield
+    except (ValueError, RuntimeError, KeyError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise FtPluginError(
+            f"Could not resume from '{checkpoint}' ({first}): it was saved by another method, model or settings; "
+            "pass a checkpoint of this run, or train from scratch (without --resume_from_checkpoint; "
+            "--overwrite_output_dir ignores the checkpoints in --output_dir)."
+        ) from error
 
 
 def reparameterised_prompt_encoder(model) -> torch.nn.Module | None:

@@ -269,3 +269,28 @@ def test_ctrl_c_prints_one_line_naming_the_checkpoint_to_resume_from(driver, tin
         f"ft-plugin: interrupted. The last checkpoint is '{out / f'checkpoint-{SAVE_STEPS}'}': run the same command"
     )
     assert [line for line in stderr.splitlines() if line.startswith("ft-plugin:")] == [f"{expected} to resume from it."]
+
+
+def test_resume_mistakes_are_one_line_errors_naming_the_fix(tiny_model_dir, tiny_csv, tmp_path):
+    """After Ctrl-C of an --overwrite_output_dir run, the advice works (it said to drop the flag, which a result
+    still in the folder then refused); `--resume_from_checkpoint true` without a checkpoint and a checkpoint of
+    another method fail in one line before training (they were tracebacks from the Trainer)."""
+    from ft_plugin.errors import FtPluginError
+    from ft_plugin.recipe import build_trainer, check_output_dir, interrupted_state, parse_args, train_and_save
+
+    common = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--max_steps", "2",
+              "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no"]  # fmt: skip
+    lora = [*common, "--output_dir", str(tmp_path / "lora"), "--method", "lora"]
+    train_and_save(build_trainer(*parse_args(lora)))
+    checkpoint = tmp_path / "lora" / "checkpoint-2"
+    assert interrupted_state([*lora, "--overwrite_output_dir"]) == (
+        f"The last checkpoint is '{checkpoint}': run the same command with --resume_from_checkpoint {checkpoint}."
+    )
+
+    nothing = parse_args([*common, "--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", "true"])
+    with pytest.raises(FtPluginError, match="--resume_from_checkpoint true found no checkpoint in '.*empty'"):
+        check_output_dir(nothing[3])
+
+    bitfit = parse_args([*common, "--output_dir", str(tmp_path / "bitfit"), "--method", "bitfit"])
+    with pytest.raises(FtPluginError, match=rf"^Could not resume from '{checkpoint}' \(.*\): it was saved by another"):
+        train_and_save(build_trainer(*bitfit), str(checkpoint))
