@@ -156,7 +156,7 @@ def test_prompt_init_text_reads_the_packaged_tokenizer_not_the_hub(monkeypatch):
         ("lora+lora", {}, "names a method twice"),
         ("lora", {"r": 0}, "--lora_r must be a positive rank"),
         ("lora", {"rank": 4}, "Unknown option(s) ['rank']"),
-        ("lora", {"target_modules": ["nothing"]}, "Pass --target_modules with names of its linear layers: "),
+        ("lora", {"target_modules": ["classifier"]}, "linear layers: dense, key, query, value (or all-linear)."),
         ("adapter", {"adapter_target_modules": "nothing$"}, "No linear layer matches the adapter pattern"),
         ("adapter", {"placement": "middle"}, "--adapter_placement must be one of"),
     ],
