@@ -323,6 +323,11 @@ def _load_failure(resolved: ResolvedModel, error: BaseException) -> str:
     from huggingface_hub.errors import RepositoryNotFoundError
 
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if os.path.isdir(resolved.path) and not (Path(resolved.path) / "config.json").is_file():
+        return (
+            f"'{resolved.path}' is not a model folder (no config.json): pass a folder written by save_pretrained, "
+            "a Hub id, or a short name such as minilm-l6."
+        )
     if os.path.isdir(resolved.path) and not list(Path(resolved.path).glob("*.safetensors")):
         if list(Path(resolved.path).glob("*.bin")):
             return (

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FtPluginError, ModelError
-from .models import PACKAGED_MODELS, resolve_model
+from .models import PACKAGED_MODELS, ResolvedModel, _load_failure, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +186,8 @@ def load_candidate(candidate: Candidate, num_labels: int | None = None):
         tokenizer = AutoTokenizer.from_pretrained(candidate.path)
         model = model_class.from_pretrained(candidate.path, use_safetensors=True, **overrides)
     except (OSError, ValueError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ModelError(f"Candidate '{candidate.name}' cannot be loaded offline ({first}).") from error
+        why = _load_failure(ResolvedModel(candidate.path, candidate.name), error)
+        raise ModelError(f"Candidate '{candidate.name}' cannot be loaded: {why}") from error
     finally:
         hf_logging.set_verbosity(verbosity)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:

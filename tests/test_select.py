@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -213,6 +214,28 @@ def test_uncached_hub_candidate_is_skipped_at_once_when_the_hub_cannot_be_reache
     assert "the Hub cannot be reached" in skipped[0]
     with pytest.raises(ModelError, match="not in the Hugging Face cache, and the Hub cannot be reached .*embedded"):
         load_base_model("nobody/uncached-model", ["a", "b"])
+
+
+def test_a_folder_that_is_not_a_model_is_named_as_such(tiny_model_dir, tmp_path):
+    from ft_plugin.models import load_base_model
+
+    from .conftest import make_texts
+
+    empty = tmp_path / "emptydir"
+    empty.mkdir()
+    message = f"'{empty}' is not a model folder (no config.json): pass a folder written by save_pretrained"
+    with pytest.raises(ModelError, match=re.escape(message)):  # it ended in "from one of: " (the tokenizer's)
+        load_base_model(str(empty), ["a", "b"])
+    rows_in = make_texts(30)
+    rows, skipped = select_models(
+        [str(tiny_model_dir), str(empty)],
+        [text for text, _ in rows_in],
+        [["negative", "neutral", "positive"].index(label) for _, label in rows_in],
+        scorers=["knn"],
+    )
+    assert len(rows) == 1 and skipped == [
+        f"Candidate '{empty}' cannot be loaded: {message}, a Hub id, or a short name such as minilm-l6."
+    ]
 
 
 def test_select_model_refuses_too_few_texts_to_score(tmp_path, capsys):
