@@ -8,6 +8,7 @@ comparable across runs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -227,9 +228,29 @@ def _reader_options(builder: str, tab_separated: bool) -> dict:
     return {"keep_default_na": False, "na_values": [""], **({"delimiter": "\t"} if tab_separated else {})}
 
 
+@contextlib.contextmanager
+def _cache_only_if_hub_unreachable(dataset_name: str):
+    """Offline mode for the load when one quick request shows the Hub cannot be reached: the cache still works, and
+    the client's retries (about 25 s, ten warnings) are skipped."""
+    from huggingface_hub import constants
+
+    from .models import hub_unreachable
+
+    if constants.HF_HUB_OFFLINE or not hub_unreachable(f"{constants.ENDPOINT}/api/datasets/{dataset_name}"):
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
 def _load_hub(args: DataArguments) -> DatasetDict:
     try:
-        loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+        with _cache_only_if_hub_unreachable(args.dataset_name):
+            loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
     except Exception as error:
         raise DataError(
             f"Dataset '{args.dataset_name}' could not be loaded ({_first_line(error)}). Offline, only the Hugging "

@@ -152,3 +152,20 @@ def test_a_sample_limit_above_the_rows_keeps_the_data_as_it_is(tiny_csv, caplog)
     assert len(smaller.splits["train"]) == 50 and set(smaller.splits["train"]["text"][:]) < set(
         plain.splits["train"]["text"][:]
     )
+
+
+def test_a_hub_dataset_while_the_hub_cannot_be_reached_fails_at_once_from_the_cache(monkeypatch, tmp_path):
+    """One quick request decides that the Hub is unreachable; the load then uses the cache only (the client's
+    retries took about 25 s and printed ten warnings) and the process's offline setting is left as it was."""
+    import socket
+
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(DataError, match=r"Dataset 'nobody/no-such-data' could not be loaded \(.*OfflineModeIsEnabled"):
+        load_data(DataArguments(dataset_name="nobody/no-such-data"))
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False
