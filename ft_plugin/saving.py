@@ -208,7 +208,10 @@ def resolve_result(path_or_repo: str, revision: str | None = None) -> Path:
                 f"The Hub rejected the token while downloading '{path_or_repo}' (401): run `hf auth login` or set HF_TOKEN."
             ) from error
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ModelError(f"Could not download '{path_or_repo}' from the Hub ({first}).") from error
+        raise ModelError(
+            f"Could not download '{path_or_repo}' from the Hub ({first}): check the connection (offline, only results "
+            "already in the Hugging Face cache load), or pass a local result folder."
+        ) from error
     # --- end hub
 
 
