@@ -229,7 +229,12 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
         if i + 1 == len(argv) or argv[i + 1].startswith("--"):
             argv.insert(i + 1, "true")
     # --- end hub
-    parser = HfArgumentParser((ModelArguments, DataArguments, MethodArguments, TrainingArguments))
+    dataclass_types: tuple = (ModelArguments, DataArguments, MethodArguments, TrainingArguments)
+    if {"-h", "--help"} & set(argv):  # --help lists `--method auto`'s race flags too (auto.py parses them)
+        from .auto import AutoArguments
+
+        dataclass_types += (AutoArguments,)
+    parser = HfArgumentParser(dataclass_types)
     pre_parser = HfArgumentParser(ModelArguments, add_help=False)  # --help is for the full parser below
     parser.error = pre_parser.error = _raise_argument_error  # a library call must not exit the process
     chosen, _ = pre_parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)

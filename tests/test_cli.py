@@ -289,7 +289,9 @@ def test_int8_quantization_of_an_unmerged_adapter_is_refused_in_one_line(trained
 def test_train_help_lists_every_recipe_flag_and_debug_before_train_shows_the_traceback(tiny_model_dir):
     result = ft_plugin("train", "--help")
     assert result.returncode == 0
-    for flag in ("--train_file", "--lora_r", "--class_weights", "--learning_rate", "--per_device_train_batch_size"):
+    flags = ("--train_file", "--lora_r", "--class_weights", "--learning_rate", "--per_device_train_batch_size",
+             "--auto_methods", "--auto_eta", "--auto_horizon", "--auto_metric")  # fmt: skip
+    for flag in flags:
         assert flag in result.stdout, flag
     from ft_plugin.cli import main
     from ft_plugin.errors import MethodError
