@@ -225,6 +225,8 @@ def push_result(
         export_result(folder, staging, repo_id=repo_id, revision=revision, merged=merged)  # before creating the repo
         with _hub_errors(repo_id, later):
             api.create_repo(repo_id, private=private, exist_ok=True)
+            if private:  # `create_repo` leaves an existing public repo public: the user asked for a private one
+                api.update_repo_settings(repo_id, private=True)
             if revision:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
             commit = _retry(

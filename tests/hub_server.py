@@ -141,6 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
         ("POST", r"/api/validate-yaml", "validate_yaml"),
         ("POST", r"/api/repos/create", "create_repo"),
         ("POST", rf"/api/models/{REPO}/branch/{REV}", "create_branch"),
+        ("PUT", rf"/api/models/{REPO}/settings", "repo_settings"),
         ("GET", rf"/api/models/{REPO}(?:/revision/{REV})?", "repo_info"),
         ("GET", rf"/api/models/{REPO}/tree/{REV}(?:/(?P<path>.+))?", "tree"),
         ("POST", rf"/api/models/{REPO}/preupload/{REV}", "preupload"),
@@ -315,6 +316,16 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self.server_state._commit(repo, "main", {".gitattributes": GITATTRIBUTES.encode()}, "initial commit")
         return 200, {"url": url, "name": repo_id}, {}
+
+    def _repo_settings(self, user, repo):
+        body = self._json()
+        unknown = set(body) - {"visibility", "gated"}
+        if unknown or body.get("visibility") not in (None, "private", "public"):
+            raise ValueError(f"unexpected repo settings {body}")
+        repository = self._repo(repo, user, write=True)
+        if "visibility" in body:
+            repository.private = body["visibility"] == "private"
+        return 200, {}, {}
 
     def _create_branch(self, user, repo, rev):
         repository = self._repo(repo, user, write=True)

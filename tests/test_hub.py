@@ -220,10 +220,12 @@ def test_second_push_updates_and_revision_pushes_to_a_branch(hub, pushed):
     results = run_cli(
         [(["push", str(output_dir), "--repo_id", "alice/tiny-lora"], ALICE),
          (["push", str(output_dir), "--repo_id", "alice/tiny-lora", "--revision", "dev"], ALICE),
-         (["push", str(output_dir), "--repo_id", "bare-name"], ALICE)],  # goes to the token owner's namespace
+         (["push", str(output_dir), "--repo_id", "bare-name"], ALICE),  # goes to the token owner's namespace
+         (["push", str(output_dir), "--repo_id", "alice/bare-name", "--private"], ALICE)],  # existing and public
         client_env(hub, home),
     )  # fmt: skip
-    assert [r["rc"] for r in results] == [0, 0, 0], results
+    assert [r["rc"] for r in results] == [0, 0, 0, 0], results
+    assert hub.repos["alice/bare-name"].private  # `create_repo(exist_ok=True)` alone left it public
     assert 'repo = "alice/bare-name"' in hub.files("alice/bare-name")["README.md"].decode()
     second = hub.head("alice/tiny-lora")
     assert second != first and second in results[0]["stdout"] and "stale.bin" not in hub.files("alice/tiny-lora")
