@@ -155,7 +155,7 @@ def _snippet(layout: str, repo_id: str, revision: str | None) -> str:
         )
     return (  # delta: bottleneck adapters, intrinsic prompts and combinations need ft-plugin to rebuild the model
         "from ft_plugin.inference import TextClassifier\n\n"
-        f'classifier = TextClassifier.from_pretrained("{repo_id}")\n'
+        f'classifier = TextClassifier.from_pretrained("{repo_id}"{rev})\n'
         f'print(classifier.predict(["{EXAMPLE_TEXT}"]))\n'
     )
 
@@ -239,7 +239,8 @@ def _usage(layout: str, repo_id: str, revision: str | None) -> str:
         f'```python\nimport ft_plugin\n\nmodel = ft_plugin.load("{repo_id}"'
         + (f', revision="{revision}"' if revision else "")
         + ")\n```\n\n"
-        f'or from the shell: `ft-plugin predict --adapter {repo_id} "{EXAMPLE_TEXT}"`.'
+        f"or from the shell: `ft-plugin predict --adapter {repo_id}{f' --revision {revision}' if revision else ''} "
+        f'"{EXAMPLE_TEXT}"`.'
     )
     plain = {
         "peft": "With plain peft and transformers (no ft-plugin needed):",
@@ -248,7 +249,8 @@ def _usage(layout: str, repo_id: str, revision: str | None) -> str:
     }[layout]
     text = f"{plain}\n\n```python\n{_snippet(layout, repo_id, revision)}```"
     if layout == "full":
-        text += f'\n\nor `pipeline("text-classification", model="{repo_id}")`.'
+        rev = f', revision="{revision}"' if revision else ""
+        text += f'\n\nor `pipeline("text-classification", model="{repo_id}"{rev})`.'
     return text + ("\n\n" + with_ft_plugin if layout != "delta" else "")
 
 

