@@ -151,7 +151,7 @@ class TextClassifier:
         frame = frame.copy()
         frame[PREDICTED_LABEL] = [self.labels[i] for i in probabilities.argmax(-1).tolist()]
         for i, label in enumerate(self.labels):
-            frame[f"score_{label}"] = probabilities[:, i].numpy().round(4)
+            frame[f"score_{label}"] = probabilities[:, i].double().numpy().round(4)  # float32 wrote 0.3752999902
         return frame
 
 

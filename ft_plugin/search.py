@@ -156,6 +156,12 @@ def _optuna_component(module, registry: dict[str, str], name: str, what: str, **
     return component(**kwargs) if kwargs else component()
 
 
+def evaluation_interval(steps_per_epoch: int, evals_per_epoch: int) -> int:
+    """Steps between a trial's evaluations: at most `evals_per_epoch` per epoch (floor division evaluated after
+    every step when an epoch had fewer steps than twice that, e.g. 7 evaluations of 7 steps for 4 asked)."""
+    return max(1, math.ceil(steps_per_epoch / max(1, evals_per_epoch)))
+
+
 def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, training_args) -> dict[str, Any]:
     """Run (or resume) the study and write the leaderboard, the Pareto plot and the best recipe.
 
@@ -203,7 +209,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     training_args = replace(
         training_args,
         eval_strategy="steps",
-        eval_steps=max(1, steps_per_epoch // sweep_args.evals_per_epoch),
+        eval_steps=evaluation_interval(steps_per_epoch, sweep_args.evals_per_epoch),
         save_strategy="no",
         load_best_model_at_end=False,
         report_to="none",

@@ -83,6 +83,7 @@ def test_predict_texts_and_file(trained, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = [json.loads(line) for line in as_jsonl.read_text().splitlines()]
     assert row["review"] == "love great thanks" and row["id"] == 7 and row["predicted_label"] == "positive"
+    assert all(len(str(row[f"score_{label}"]).split(".")[-1]) <= 4 for label in ("negative", "neutral", "positive"))
     assert_one_error_line(ft_plugin(*argv, "--output_file", str(tmp_path / "preds.xlsx")), "name it .csv, .tsv")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import time
 from pathlib import Path
@@ -213,3 +214,11 @@ def test_method_auto_with_no_applicable_method_is_a_user_error(tiny_model_dir, t
         )  # fmt: skip
     assert exit_info.value.code == 2
     assert "None of --auto_methods lora,ia3 applies" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("steps, evals, interval", [(7, 4, 2), (8, 4, 2), (100, 4, 25), (3, 4, 1), (1, 4, 1)])
+def test_a_trial_evaluates_at_most_evals_per_epoch_times(steps, evals, interval):
+    from ft_plugin.search import evaluation_interval
+
+    assert evaluation_interval(steps, evals) == interval
+    assert math.ceil(steps / interval) <= evals or interval == 1
