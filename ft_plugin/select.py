@@ -425,7 +425,8 @@ def fine_tune(
     seconds = time.perf_counter() - started
     metrics = trainer.evaluate()
     metrics.update(trainer.evaluate(trainer.ft_test_dataset, metric_key_prefix="test"))
-    return {**metrics, "train_seconds": round(seconds, 2)}
+    samples = {"eval_samples": len(trainer.eval_dataset), "test_samples": len(trainer.ft_test_dataset)}
+    return {**metrics, **samples, "train_seconds": round(seconds, 2)}
 
 
 def verify(
@@ -474,6 +475,9 @@ def add_select_arguments(parser) -> None:
     parser.add_argument("--verify_method", default="lora", help="Method used by --verify (default lora).")
     parser.add_argument("--verify_epochs", type=float, default=1.0)
     parser.add_argument("--verify_train_samples", type=int, default=2000)
+    parser.add_argument(
+        "--verify_eval_samples", type=int, default=None, help="Validation and test texts of --verify (default: all)."
+    )
     parser.add_argument("--output_dir", default="outputs/select", help="Where selection.json (and runs) go.")
 
 
@@ -511,7 +515,12 @@ def select_command(args) -> int:
     verified = []
     if args.verify > 0:
         extra = ["--num_train_epochs", str(args.verify_epochs), "--max_train_samples", str(args.verify_train_samples)]
-        data = load_data(replace(data_args, max_train_samples=args.verify_train_samples))
+        limits = {"max_train_samples": args.verify_train_samples}
+        if args.verify_eval_samples:
+            extra += ["--max_eval_samples", str(args.verify_eval_samples)]
+            extra += ["--max_predict_samples", str(args.verify_eval_samples)]
+            limits.update(max_eval_samples=args.verify_eval_samples, max_predict_samples=args.verify_eval_samples)
+        data = load_data(replace(data_args, **limits))
         verified = verify(rows, args.verify, data, args.verify_method, args.output_dir, extra)
         for result in verified:
             print(

@@ -257,7 +257,7 @@ def test_select_model_cli_ranks_writes_json_and_verifies_the_top_candidate(tiny_
     status = main(
         ["select-model", "--candidates", str(tiny_model_dir), f"{tiny_model_dir}-first1", "--train_file", str(tiny_csv),
          "--max_samples", "90", "--verify", "1", "--verify_epochs", "1", "--verify_train_samples", "120",
-         "--output_dir", str(out)]
+         "--verify_eval_samples", "10", "--output_dir", str(out)]
     )  # fmt: skip
     assert status == 0
     printed = capsys.readouterr().out
@@ -266,6 +266,7 @@ def test_select_model_cli_ranks_writes_json_and_verifies_the_top_candidate(tiny_
     assert len(result["rows"]) == 2 and result["samples"] == 90
     assert result["rows"][0]["scores"]["logme"] >= result["rows"][1]["scores"]["logme"]
     assert len(result["verify"]) == 1 and 0.0 <= result["verify"][0]["test_accuracy"] <= 1.0
+    assert result["verify"][0]["eval_samples"] == result["verify"][0]["test_samples"] == 10  # of 24 each
 
 
 def test_select_model_cli_reports_an_unknown_candidate_on_one_line(tiny_csv, capsys):
