@@ -103,7 +103,14 @@ def _check_hub_reachable(repo_id: str) -> None:
     """Fail at once for a Hub id that is not cached while the Hub cannot be reached: transformers would retry for
     about 30 s per file before giving up (offline machines, `select-model` candidates)."""
     from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ModelError(
+            f"Model '{repo_id}' is neither a local folder nor a valid Hub id ('org/name'): check the name or path."
+        ) from None
     if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return  # offline by choice (transformers fails fast), or cached
     reason = hub_unreachable(f"{constants.ENDPOINT}/{repo_id}/resolve/main/config.json")

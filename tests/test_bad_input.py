@@ -102,6 +102,10 @@ TRAIN_ERRORS = {
         "labels never seen in training: ['angry']",
     ),
     "unknown method": (lambda f: ["--method", "lorra"], "Unknown method 'lorra': choose from"),
+    "a model name that is neither a folder nor a Hub id": (
+        lambda f: ["--model_name_or_path", "my model"],
+        "Model 'my model' is neither a local folder nor a valid Hub id ('org/name'): check the name or path.",
+    ),
     "negative learning rate": (lambda f: ["--learning_rate=-1e-4"], "--learning_rate must be positive"),
     "LoRA r=0": (lambda f: ["--lora_r", "0"], "--lora_r must be a positive rank"),
     "target modules matching nothing": (
