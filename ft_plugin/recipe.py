@@ -182,15 +182,10 @@ def checkpointing_defaults(argv: list[str]) -> dict[str, Any]:
     import argparse
 
     given = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for name in (
-        "eval_strategy",
-        "save_strategy",
-        "eval_steps",
-        "save_steps",
-        "logging_steps",
-        "load_best_model_at_end",
-    ):
-        given.add_argument(f"--{name}", f"--{name.replace('_', '-')}", default=None)
+    given.error = _raise_argument_error  # a library call must not exit the process
+    names = ("eval_strategy", "save_strategy", "eval_steps", "save_steps", "logging_steps", "load_best_model_at_end")
+    for name in names:  # nargs="?": a bare boolean flag is valid; the full parser checks every value
+        given.add_argument(f"--{name}", f"--{name.replace('_', '-')}", default=None, nargs="?", const="true")
     flags, _ = given.parse_known_args(argv)
     defaults: dict[str, Any] = {}
     if flags.eval_strategy not in (None, "no") and flags.save_strategy is None:  # save where it evaluates
@@ -201,6 +196,8 @@ def checkpointing_defaults(argv: list[str]) -> dict[str, Any]:
         defaults["eval_strategy"] = flags.save_strategy
         if flags.save_strategy == "steps" and flags.eval_steps is None and flags.save_steps is not None:
             defaults["eval_steps"] = float(flags.save_steps)
+        elif flags.save_strategy == "steps" and flags.save_steps is None:
+            defaults["save_steps"] = float(flags.eval_steps or flags.logging_steps or RECIPE_DEFAULTS["logging_steps"])
     strategies = {
         flags.eval_strategy or defaults.get("eval_strategy", RECIPE_DEFAULTS["eval_strategy"]),
         flags.save_strategy or defaults.get("save_strategy", RECIPE_DEFAULTS["save_strategy"]),

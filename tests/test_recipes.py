@@ -54,12 +54,20 @@ def test_flags_after_a_config_file_override_it():
         (["--eval-strategy=steps"], ("steps", 10, "steps", 10, True)),  # every `logging_steps`, the Trainer's default
         (["--save_strategy", "steps", "--save_steps", "4"], ("steps", 4, "steps", 4, True)),
         (["--save_strategy", "no"], ("epoch", None, "no", 500, False)),
+        (["--save_strategy", "steps", "--eval_steps", "30"], ("steps", 30, "steps", 30, True)),
+        (["--save_strategy", "steps", "--logging_steps", "30"], ("steps", 30, "steps", 30, True)),
+        (["--load_best_model_at_end", "--eval_strategy", "steps"], ("steps", 10, "steps", 10, True)),  # a bare flag
         (["--eval_strategy", "no", "--load_best_model_at_end", "true"], None),  # asked for: the Trainer's refusal
+        (["--eval_strategy"], None),  # no value: one line (argparse printed its usage and exited)
     ],
 )
 def test_checkpointing_follows_the_users_evaluation_or_saving_strategy(flags, expected):
     from ft_plugin.recipe import parse_checked_args
 
+    if flags == ["--eval_strategy"]:
+        with pytest.raises(MethodError, match="^Invalid arguments: argument --eval_strategy"):
+            parse_checked_args(flags)
+        return
     if expected is None:
         with pytest.raises(MethodError, match=r"^Invalid arguments: --load_best_model_at_end requires .* but found"):
             parse_checked_args(flags)
