@@ -15,3 +15,7 @@ class MethodError(FtPluginError, ValueError):
 
 class ModelError(FtPluginError, OSError):
     """A base model or adapter that cannot be found or does not fit."""
+
+
+class HubUnreachableError(ModelError):
+    """A Hub id that is not cached while the Hub cannot be reached (a candidate to skip, not a typo)."""

@@ -164,6 +164,7 @@ def _without_local_paths(target: Path) -> None:
         for key, value in data.items():
             if key.endswith("_file") and value:
                 data[key] = Path(value).name
+                record["local_data"] = True  # names, not paths: `ft-plugin evaluate` asks for --test_file
         if record.get("dataset") and (data.get("train_file") or os.path.isabs(record["dataset"])):
             record["dataset"] = Path(record["dataset"]).name
         record_path.write_text(json.dumps(record, indent=2) + "\n")
@@ -172,6 +173,9 @@ def _without_local_paths(target: Path) -> None:
         if state.get("best_model_checkpoint"):
             state["best_model_checkpoint"] = Path(state["best_model_checkpoint"]).name
         state_path.write_text(json.dumps(state, indent=2) + "\n")
+
+
+NO_TOKEN = "No Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write access"
 
 
 def check_push(repo_id: str, token: str | None = None, base_model: str | None = None) -> str:
@@ -197,7 +201,7 @@ def check_push(repo_id: str, token: str | None = None, base_model: str | None = 
         )
     token = token or get_token()
     if not token:
-        raise HubError("No Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write access.")
+        raise HubError(f"{NO_TOKEN}.")
     return token
 
 
@@ -227,16 +231,16 @@ def push_result(
     that this result no longer has are deleted in the same commit, so the repo always mirrors one result.
     Errors are `HubError`s with one-line messages; the local folder is never changed.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_token
 
     folder = Path(output_dir)
     record = check_result(folder)
     command = push_command(folder, repo_id, private, revision, merged)
     later = f"the result is still in '{folder}'; push it later with `{command}`"
-    try:
-        token = check_push(repo_id, token)
-    except HubError as error:
-        raise HubError(f"{str(error).rstrip('.')}; {later}.") from None
+    token = token or get_token()
+    if not token:  # the one check whose fix leaves the command as it is
+        raise HubError(f"{NO_TOKEN}; {later}.")
+    check_push(repo_id, token)
     api = HfApi(token=token)
     if "/" not in repo_id:  # a bare name goes to the token owner's namespace, as `create_repo` does
         with _hub_errors(repo_id, later):
@@ -246,7 +250,7 @@ def push_result(
         export_result(folder, staging, repo_id=repo_id, revision=revision, merged=merged)  # before creating the repo
         with _hub_errors(repo_id, later):
             api.create_repo(repo_id, private=private, exist_ok=True)
-            if private:  # `create_repo` leaves an existing public repo public: the user asked for a private one
+            if private and not api.repo_info(repo_id).private:  # `create_repo` leaves an existing repo public
                 api.update_repo_settings(repo_id, private=True)
             if revision:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import HubUnreachableError, ModelError
 
 
 def _package_folder(package: str, subfolder: str = "model") -> Path | None:
@@ -115,7 +115,7 @@ def _check_hub_reachable(repo_id: str) -> None:
         return  # offline by choice (transformers fails fast), or cached
     reason = hub_unreachable(f"{constants.ENDPOINT}/{repo_id}/resolve/main/config.json")
     if reason:
-        raise ModelError(
+        raise HubUnreachableError(
             f"Model '{repo_id}' is not a local folder and not in the Hugging Face cache, and the Hub cannot be reached "
             f"({reason}): omit --model_name_or_path to use the embedded default '{DEFAULT_MODEL_HUB_ID}', or pass a "
             "local folder."

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FtPluginError, ModelError
+from .errors import FtPluginError, HubUnreachableError, ModelError
 from .models import PACKAGED_MODELS, ResolvedModel, _load_failure, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def resolve_candidate(name: str) -> Candidate:
         )
     try:
         resolved = resolve_model(name)
-    except ModelError as error:  # an uncached Hub id while the Hub cannot be reached: skipped when loaded
+    except HubUnreachableError as error:  # skipped when loaded, like a missing package; a typo fails now
         return Candidate(name, "", "Hub id", missing=str(error))
     return Candidate(name, resolved.path, "local folder" if Path(resolved.path).is_dir() else "Hub id")
 

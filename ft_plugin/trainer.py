@@ -186,8 +186,14 @@ def resume_errors(checkpoint: str | None):
     not torch's traceback from deep inside the load."""
     try:
         yield
+    except torch.OutOfMemoryError:
+        raise
     except (ValueError, RuntimeError, KeyError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if "valid checkpoint" in first:  # the Trainer's "Can't find a valid checkpoint at ..."
+            raise FtPluginError(
+                f"'{checkpoint}' is not a checkpoint folder (no model weights): pass a checkpoint-N folder."
+            ) from error
         raise FtPluginError(
             f"Could not resume from '{checkpoint}' ({first}): it was saved by another method, model or settings; "
             "pass a checkpoint of this run, or train from scratch (without --resume_from_checkpoint; "

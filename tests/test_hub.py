@@ -171,6 +171,11 @@ def test_pushed_files_name_no_local_path(hub, pushed, tiny_csv):
     assert record["dataset"] == record["data"]["train_file"] == tiny_csv.name
     local = json.loads((output_dir / "ft_plugin_config.json").read_text())  # the result itself: absolute, so
     assert local["data"]["train_file"] == str(tiny_csv)  # `ft-plugin evaluate` finds it from any folder
+    from ft_plugin.data import run_test_split
+    from ft_plugin.errors import DataError
+
+    with pytest.raises(DataError, match=r"trained on local files \(train.csv\) that are not part of it: pass --test"):
+        run_test_split(record, record["labels"])  # never another train.csv that happens to be in the folder
 
 
 def test_card_metadata_and_results(hub, pushed, tmp_path):

@@ -143,6 +143,8 @@ def test_a_cut_as_deep_as_the_model_is_refused_with_the_range(tiny_model_dir):
 def test_unknown_candidate_fails_before_loading_anything(tiny_model_dir):
     with pytest.raises(ModelError, match="Unknown candidate 'minilm-l12'"):
         select_models([str(tiny_model_dir), "minilm-l12"], ["a", "b"], [0, 1])
+    with pytest.raises(ModelError, match="Model folder './no/such-model' does not exist"):  # not skipped later
+        select_models([str(tiny_model_dir), "./no/such-model"], ["a", "b"], [0, 1])
 
 
 def test_unloadable_candidate_is_skipped_and_the_rest_ranked(tiny_model_dir, tmp_path, caplog):
