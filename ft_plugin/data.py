@@ -354,7 +354,8 @@ def run_test_split(record: dict[str, Any], labels: list[str]) -> Dataset:
             )
         flags = {}
     if record.get("local_data"):  # an exported or pushed result names its files, which may not be these
-        files = ", ".join(sorted({value for key, value in flags.items() if key.endswith("_file") and value}))
+        local = {value for key, value in flags.items() if (key.endswith("_file") or key == "dataset_name") and value}
+        files = ", ".join(sorted(local))
         raise DataError(f"This result was trained on local files ({files}) that are not part of it: pass --test_file.")
     known = {f.name for f in fields(DataArguments)}
     try:

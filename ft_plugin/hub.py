@@ -165,6 +165,9 @@ def _without_local_paths(target: Path) -> None:
             if key.endswith("_file") and value:
                 data[key] = Path(value).name
                 record["local_data"] = True  # names, not paths: `ft-plugin evaluate` asks for --test_file
+        if data.get("dataset_name") and os.path.isabs(data["dataset_name"]):  # a local dataset folder
+            data["dataset_name"] = record["dataset"] = Path(data["dataset_name"]).name
+            record["local_data"] = True
         if record.get("dataset") and (data.get("train_file") or os.path.isabs(record["dataset"])):
             record["dataset"] = Path(record["dataset"]).name
         record_path.write_text(json.dumps(record, indent=2) + "\n")

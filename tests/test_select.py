@@ -243,6 +243,8 @@ def test_a_folder_that_is_not_a_model_is_named_as_such(tiny_model_dir, tmp_path)
 def test_select_model_refuses_too_few_texts_to_score(tmp_path, capsys):
     tiny = tmp_path / "ten.csv"
     tiny.write_text("text,label\n" + "good day great,pos\nbad awful day,neg\n" * 5)
+    assert main(["select-model", "--candidates", "bert-tiny", "--verify_eval_samples", "0"]) == 2
+    assert "--verify_eval_samples must be positive, got 0." in capsys.readouterr().err
     assert main(["select-model", "--candidates", "bert-tiny", "--max_samples", "3"]) == 2
     assert "--max_samples 3 is too few to score features: use at least 10." in capsys.readouterr().err
     assert (

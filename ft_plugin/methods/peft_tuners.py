@@ -233,12 +233,13 @@ def _ptuning(config: PTuningArguments, model: nn.Module) -> peft.PeftConfig:
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
-    """The distinct last name parts of the model's linear layers (what `target_modules` matches), less the new
-    classification head's (it is trained and saved whole, never adapted)."""
+    """The distinct last name parts of the model's linear layers (what `target_modules` matches), less those of the
+    new classification head (`classifier`, RoBERTa's `classifier.out_proj`...: trained and saved whole, never adapted)."""
     from ..models import HEAD_MODULES
 
-    names = {name.rpartition(".")[2] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    return sorted(names - set(HEAD_MODULES))
+    heads = set(HEAD_MODULES)
+    linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return sorted({name.rpartition(".")[2] for name in linear if not heads & set(name.split("."))})
 
 
 def peft_apply(make_config: Callable[[object, nn.Module], peft.PeftConfig]):
