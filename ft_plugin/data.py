@@ -20,7 +20,7 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 
 class MainProcessOnly(logging.Filter):
@@ -216,7 +216,7 @@ def _load_files(args: DataArguments) -> DatasetDict:
         try:
             loaded[split] = datasets.load_dataset(builder, data_files={split: path}, split=split, **kwargs)
         except Exception as error:  # datasets raises many types for malformed files
-            raise DataError(f"Could not read {path} as {builder}: {_first_line(error)}") from error
+            raise DataError(f"Could not read {path} as {builder}: {first_line(error)}") from error
     return DatasetDict(loaded)
 
 
@@ -253,17 +253,12 @@ def _load_hub(args: DataArguments) -> DatasetDict:
             loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
     except Exception as error:
         raise DataError(
-            f"Dataset '{args.dataset_name}' could not be loaded ({_first_line(error)}). Offline, only the Hugging "
+            f"Dataset '{args.dataset_name}' could not be loaded ({first_line(error)}). Offline, only the Hugging "
             f"Face cache works: omit --dataset_name for the embedded '{EMBEDDED_DATASET}' tweets or pass --train_file."
         ) from error
     if not isinstance(loaded, DatasetDict) or "train" not in loaded:
         raise DataError(f"Dataset '{args.dataset_name}' has no 'train' split.")
     return loaded
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, flag: str) -> str:
@@ -473,7 +468,7 @@ def read_file(path: str) -> Dataset:
     try:
         return datasets.load_dataset(builder, data_files=path, split="train", **kwargs)
     except Exception as error:
-        raise DataError(f"Could not read '{path}' as {builder}: {_first_line(error)}") from error
+        raise DataError(f"Could not read '{path}' as {builder}: {first_line(error)}") from error
 
 
 def load_text_file(

@@ -19,3 +19,9 @@ class ModelError(FtPluginError, OSError):
 
 class HubUnreachableError(ModelError):
     """A Hub id that is not cached while the Hub cannot be reached (a candidate to skip, not a typo)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): libraries' messages are often
+    long and multi-line, ft-plugin's errors are one line."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

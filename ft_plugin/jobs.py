@@ -34,7 +34,7 @@ import psutil
 import torch
 from transformers import TrainerCallback
 
-from .errors import FtPluginError, MethodError
+from .errors import FtPluginError, MethodError, first_line
 from .memory import PeakRSS
 
 logger = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def _run_job(
         reports.send({"metrics": metrics, "state": CANCELLED if cancel.is_set() else FINISHED})
     except Exception as error:  # the app shows the error; the log has the traceback
         logger.exception("Training job in %s failed", options.get("output_dir"))
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error)
         reports.send({"error": message, "state": FAILED})
     finally:
         reports.close()

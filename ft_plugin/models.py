@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HubUnreachableError, ModelError
+from .errors import HubUnreachableError, ModelError, first_line
 
 
 def _package_folder(package: str, subfolder: str = "model") -> Path | None:
@@ -130,7 +130,7 @@ def hub_unreachable(url: str, timeout: float = 10.0) -> str | None:
     try:
         get_session().head(url, headers=build_hf_headers(), timeout=timeout)
     except Exception as error:  # name resolution, refused connection, timeout: the transport's errors
-        return (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return first_line(error)
     return None
 
 
@@ -329,7 +329,7 @@ def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
 def _load_failure(resolved: ResolvedModel, error: BaseException) -> str:
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first = first_line(error)
     if os.path.isdir(resolved.path) and not (Path(resolved.path) / "config.json").is_file():
         return (
             f"'{resolved.path}' is not a model folder (no config.json): pass a folder written by save_pretrained, "

@@ -187,17 +187,18 @@ def checkpointing_defaults(argv: list[str]) -> dict[str, Any]:
     for name in names:  # nargs="?": a bare boolean flag is valid; the full parser checks every value
         given.add_argument(f"--{name}", f"--{name.replace('_', '-')}", default=None, nargs="?", const="true")
     flags, _ = given.parse_known_args(argv)
+    evaluation_steps = flags.eval_steps or flags.logging_steps or RECIPE_DEFAULTS["logging_steps"]  # the Trainer's rule
     defaults: dict[str, Any] = {}
     if flags.eval_strategy not in (None, "no") and flags.save_strategy is None:  # save where it evaluates
         defaults["save_strategy"] = flags.eval_strategy
         if flags.eval_strategy == "steps" and flags.save_steps is None:
-            defaults["save_steps"] = float(flags.eval_steps or flags.logging_steps or RECIPE_DEFAULTS["logging_steps"])
+            defaults["save_steps"] = float(evaluation_steps)
     elif flags.save_strategy not in (None, "no", "best") and flags.eval_strategy is None:  # evaluate where it saves
         defaults["eval_strategy"] = flags.save_strategy
         if flags.save_strategy == "steps" and flags.eval_steps is None and flags.save_steps is not None:
             defaults["eval_steps"] = float(flags.save_steps)
         elif flags.save_strategy == "steps" and flags.save_steps is None:
-            defaults["save_steps"] = float(flags.eval_steps or flags.logging_steps or RECIPE_DEFAULTS["logging_steps"])
+            defaults["save_steps"] = float(evaluation_steps)
     strategies = {
         flags.eval_strategy or defaults.get("eval_strategy", RECIPE_DEFAULTS["eval_strategy"]),
         flags.save_strategy or defaults.get("save_strategy", RECIPE_DEFAULTS["save_strategy"]),

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .methods import METHODS, apply_method, parse_method
 from .models import in_new_modules
 
@@ -215,7 +215,7 @@ def resolve_result(path_or_repo: str, revision: str | None = None) -> Path:
             raise ModelError(
                 f"The Hub rejected the token while downloading '{path_or_repo}' (401): run `hf auth login` or set HF_TOKEN."
             ) from error
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = first_line(error)
         raise ModelError(
             f"Could not download '{path_or_repo}' from the Hub ({first}): check the connection (offline, only results "
             "already in the Hugging Face cache load), or pass a local result folder."
@@ -316,12 +316,8 @@ def check_weights(folder: Path, layout: str, allow_pickle: bool = False) -> None
                 weights.keys()
         except Exception as error:  # SafetensorError: bad header, truncated data
             raise ModelError(
-                f"'{file}' is corrupted ({_first_line(error)}): train or download the result again."
+                f"'{file}' is corrupted ({first_line(error)}): train or download the result again."
             ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 # -- end weights checks ------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 from transformers import TrainerCallback, set_seed
 
 from .data import DataArguments
-from .errors import FtPluginError, MethodError
+from .errors import FtPluginError, MethodError, first_line
 from .memory import PeakRSS
 from .methods import apply_method, count_parameters, parse_method
 
@@ -95,7 +95,7 @@ def compatible_methods(methods: list[str], base_model, method_args) -> tuple[lis
         try:
             apply_method(copy.deepcopy(base_model), method, method_args)
         except Exception as error:  # peft raises ValueError, KeyError, RuntimeError... for a model it cannot adapt
-            dropped[method] = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            dropped[method] = first_line(error)
             logger.warning("Dropping %s from the sweep: %s", method, dropped[method])
         else:
             kept.append(method)

@@ -34,7 +34,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PredictionOutput
 
-from .errors import DataError, FtPluginError
+from .errors import DataError, FtPluginError, first_line
 from .metrics import compute_metrics
 
 
@@ -189,7 +189,7 @@ def resume_errors(checkpoint: str | None):
     except torch.OutOfMemoryError:
         raise
     except (ValueError, RuntimeError, KeyError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = first_line(error)
         if "valid checkpoint" in first:  # the Trainer's "Can't find a valid checkpoint at ..."
             raise FtPluginError(
                 f"'{checkpoint}' is not a checkpoint folder (no model weights): pass a checkpoint-N folder."

@@ -38,7 +38,7 @@ from ft_plugin.data import (
     load_text_file,
     read_file,
 )
-from ft_plugin.errors import FtPluginError
+from ft_plugin.errors import FtPluginError, first_line
 from ft_plugin.inference import QUANTIZATIONS, MicroBatcher, TextClassifier, quantize_int8
 from ft_plugin.jobs import FAILED, FINISHED, JobRunner, TrainingJob
 from ft_plugin.methods import METHODS, parse_method
@@ -263,7 +263,7 @@ def _message(error: BaseException) -> str:
     if isinstance(error, FtPluginError):
         return in_space_terms(str(error))
     logger.exception("Unexpected error")
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first = first_line(error)
     return f"Unexpected error ({type(error).__name__}: {first}). The server log has the details."
 
 
