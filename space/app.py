@@ -267,18 +267,25 @@ def _message(error: BaseException) -> str:
     return f"Unexpected error ({type(error).__name__}: {first}). The server log has the details."
 
 
+def _shown(error: gr.Error) -> gr.Error:
+    """`error` safe to show: gradio renders an error's message as HTML, and messages quote what a visitor typed."""
+    error.message = html.escape(error.message, quote=False)
+    return error
+
+
 def friendly(fn):
-    """Show ft-plugin errors (and unexpected ones, in one line) as `gr.Error` pop-ups."""
+    """Show ft-plugin errors (and unexpected ones, in one line) as `gr.Error` pop-ups, their messages as text."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def generator(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except gr.Error:
+            except gr.Error as error:
+                _shown(error)
                 raise
             except (Exception, SystemExit) as error:  # a library's exit must not stop the server
-                raise gr.Error(_message(error)) from None
+                raise _shown(gr.Error(_message(error))) from None
 
         return generator
 
@@ -286,10 +293,11 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
+        except gr.Error as error:
+            _shown(error)
             raise
         except (Exception, SystemExit) as error:
-            raise gr.Error(_message(error)) from None
+            raise _shown(gr.Error(_message(error))) from None
 
     return wrapper
 

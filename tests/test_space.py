@@ -315,6 +315,14 @@ def test_a_failed_jobs_status_shows_its_error_as_text_in_the_spaces_terms(space,
     assert status.endswith("set the &#x27;Text column&#x27; field</span></div>")
 
 
+def test_error_pop_ups_show_a_visitors_input_as_text(space, client, tiny_csv):
+    # gradio renders a gr.Error's message as HTML; the column name is the visitor's
+    with pytest.raises(AppError) as raised:
+        client.predict(handle_file(str(tiny_csv)), "<img src=x onerror=alert(1)>", api_name="/predict_file")
+    assert "'&lt;img src=x onerror=alert(1)&gt;'" in str(raised.value) and "<img" not in str(raised.value)
+    assert "set the 'Text column' field" in str(raised.value)  # quotes stay readable for gradio_client users
+
+
 def test_predict_file_writes_a_predictions_csv(space, client, tiny_csv, monkeypatch):
     import pandas as pd
 
