@@ -18,7 +18,12 @@ class ModelError(FtPluginError, OSError):
 
 
 class HubUnreachableError(ModelError):
-    """A Hub id that is not cached while the Hub cannot be reached (a candidate to skip, not a typo)."""
+    """A Hub id that is not cached while the Hub cannot be reached (a candidate to skip, not a typo). `problem` is
+    the message without its fix, for callers whose fix differs (a `select-model` candidate)."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}: {fix}")
+        self.problem = problem
 
 
 def first_line(error: BaseException) -> str:

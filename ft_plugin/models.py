@@ -99,6 +99,10 @@ def resolve_model(name_or_path: str | None) -> ResolvedModel:
     return ResolvedModel(path=name_or_path, name=name_or_path)
 
 
+# What a training run without the Hub can do instead of an uncached Hub id
+OFFLINE_FIX = f"omit --model_name_or_path to use the embedded default '{DEFAULT_MODEL_HUB_ID}', or pass a local folder."
+
+
 def _check_hub_reachable(repo_id: str) -> None:
     """Fail at once for a Hub id that is not cached while the Hub cannot be reached: transformers would retry for
     about 30 s per file before giving up (offline machines, `select-model` candidates)."""
@@ -117,8 +121,8 @@ def _check_hub_reachable(repo_id: str) -> None:
     if reason:
         raise HubUnreachableError(
             f"Model '{repo_id}' is not a local folder and not in the Hugging Face cache, and the Hub cannot be reached "
-            f"({reason}): omit --model_name_or_path to use the embedded default '{DEFAULT_MODEL_HUB_ID}', or pass a "
-            "local folder."
+            f"({reason})",
+            OFFLINE_FIX,
         )
 
 
@@ -326,7 +330,7 @@ def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def _load_failure(resolved: ResolvedModel, error: BaseException) -> str:
+def _load_failure(resolved: ResolvedModel, error: BaseException, offline_fix: str = OFFLINE_FIX) -> str:
     from huggingface_hub.errors import RepositoryNotFoundError
 
     first = first_line(error)
@@ -350,6 +354,5 @@ def _load_failure(resolved: ResolvedModel, error: BaseException) -> str:
         )
     return (
         f"Could not load model '{resolved.name}' ({first}). It is not a local folder and not in the Hugging Face "
-        f"cache, and the Hub may be unreachable: omit --model_name_or_path to use the embedded default "
-        f"'{DEFAULT_MODEL_HUB_ID}', or pass a local folder."
+        f"cache, and the Hub may be unreachable: {offline_fix}"
     )

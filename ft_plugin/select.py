@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 DERIVED = re.compile(r"^(?P<base>.+)-first(?P<layers>\d+)$")
 # Derived candidates listed by `ft-plugin select-model` when no candidates are given (MiniLM-L6 has 6 layers).
+# What to do about a Hub candidate that cannot be downloaded here
+CANDIDATE_OFFLINE_FIX = "download it once while online (it is then read from the cache), or pass a local folder."
 DEFAULT_CANDIDATES = ["minilm-l6", "minilm-l6-first4", "minilm-l6-first2", "minilm-l6-first1", "bert-tiny"]
 
 
@@ -155,7 +157,7 @@ def resolve_candidate(name: str) -> Candidate:
     try:
         resolved = resolve_model(name)
     except HubUnreachableError as error:  # skipped when loaded, like a missing package; a typo fails now
-        return Candidate(name, "", "Hub id", missing=str(error))
+        return Candidate(name, "", "Hub id", missing=f"{error.problem}: {CANDIDATE_OFFLINE_FIX}")
     return Candidate(name, resolved.path, "local folder" if Path(resolved.path).is_dir() else "Hub id")
 
 
@@ -186,7 +188,7 @@ def load_candidate(candidate: Candidate, num_labels: int | None = None):
         tokenizer = AutoTokenizer.from_pretrained(candidate.path)
         model = model_class.from_pretrained(candidate.path, use_safetensors=True, **overrides)
     except (OSError, ValueError) as error:
-        why = _load_failure(ResolvedModel(candidate.path, candidate.name), error)
+        why = _load_failure(ResolvedModel(candidate.path, candidate.name), error, CANDIDATE_OFFLINE_FIX)
         raise ModelError(f"Candidate '{candidate.name}' cannot be loaded: {why}") from error
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -336,7 +338,7 @@ def select_models(
         try:
             model, tokenizer = load_candidate(leader)
         except ModelError as error:
-            logger.warning("Skipping %s", error)
+            logger.warning("Skipped: %s", error)
             skipped += [str(error) if c is leader else f"Candidate '{c.name}' skipped: {error}" for c in group]
             continue
         params = {leader: sum(p.numel() for p in model.parameters())}
@@ -344,7 +346,7 @@ def select_models(
             try:
                 cut, _ = load_candidate(candidate)
             except ModelError as error:
-                logger.warning("Skipping %s", error)
+                logger.warning("Skipped: %s", error)
                 skipped.append(str(error))
                 continue
             if reads_as_cut(model, cut, tokenizer):
@@ -461,7 +463,12 @@ def sample_texts(data, max_samples: int, seed: int = 42) -> tuple[list[str], lis
 # ------------------------------------------------------------------------------------------------------------ CLI
 def add_select_arguments(parser) -> None:
     """`ft-plugin select-model` flags."""
-    parser.add_argument("--candidates", nargs="+", default=DEFAULT_CANDIDATES, help="Short names, -firstK, folders.")
+    parser.add_argument(
+        "--candidates",
+        nargs="+",
+        default=DEFAULT_CANDIDATES,
+        help="Short names (minilm-l6, bert-tiny), derived names (minilm-l6-first3), local folders or Hub ids.",
+    )
     parser.add_argument("--scorer", default="all", help=f"{', '.join(SCORERS)}, a comma list, or all (default).")
     parser.add_argument("--train_file", default=None, help="Labelled file (default: the embedded tweets).")
     parser.add_argument("--dataset_name", default=None, help="Hub dataset id (must be in the cache offline).")

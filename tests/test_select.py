@@ -165,7 +165,7 @@ def test_unloadable_candidate_is_skipped_and_the_rest_ranked(tiny_model_dir, tmp
         key=lambda c: -next(r.scores["knn"] for r in rows if r.candidate == c),  # fmt: skip
     )
     assert len(skipped) == 1 and "broken-model" in skipped[0]
-    assert "Skipping" in caplog.text
+    assert "Skipped: Candidate" in caplog.text
     assert all(set(row.scores) == {"knn", "logme"} and row.params > 0 and row.features_per_second > 0 for row in rows)
 
 
@@ -213,7 +213,8 @@ def test_uncached_hub_candidate_is_skipped_at_once_when_the_hub_cannot_be_reache
     )
     assert [row.candidate for row in rows] == [str(tiny_model_dir)]
     assert len(skipped) == 1 and "'nobody/uncached-model' is not a local folder" in skipped[0]
-    assert "the Hub cannot be reached" in skipped[0]
+    assert "the Hub cannot be reached" in skipped[0] and "download it once while online" in skipped[0]
+    assert "--model_name_or_path" not in skipped[0]  # a train flag: select-model has --candidates
     with pytest.raises(ModelError, match="not in the Hugging Face cache, and the Hub cannot be reached .*embedded"):
         load_base_model("nobody/uncached-model", ["a", "b"])
 
