@@ -183,8 +183,13 @@ def _write_result(model: nn.Module, output: Path, tokenizer=None, extra: dict | 
 
 
 def resolve_result(path_or_repo: str, revision: str | None = None) -> Path:
-    """A local result folder, or a Hub repo id downloaded with `snapshot_download` (cached)."""
+    """A local result folder, or a Hub repo id downloaded with `snapshot_download` (cached) at `revision`."""
     if os.path.isdir(path_or_repo):
+        if revision is not None:  # a local folder shadows a Hub id of the same name; ignoring it would mislead
+            raise ModelError(
+                f"'{path_or_repo}' is a local folder, and a revision applies only to Hub repos: drop --revision "
+                "(revision= in Python), or run from another folder to load the Hub repo of that name."
+            )
         return Path(path_or_repo)
     if path_or_repo.startswith((".", "/", "~")) or path_or_repo.count("/") != 1:
         raise ModelError(f"Result folder '{path_or_repo}' does not exist: pass a training output folder or a repo id.")

@@ -450,6 +450,13 @@ def test_a_training_checkpoint_is_not_mistaken_for_a_result(saved_lora, tmp_path
     assert "it is a training checkpoint, not a result: load the run's --output_dir" in capsys.readouterr().err
 
 
+def test_a_revision_with_a_local_result_folder_is_refused(saved_lora, capsys):
+    # a local folder shadows the Hub repo of the same name: the revision was silently ignored
+    assert cli_main(["predict", "--adapter", str(saved_lora), "--revision", "dev", "hello"]) == 2
+    assert "is a local folder, and a revision applies only to Hub repos: drop --revision" in capsys.readouterr().err
+    assert cli_main(["predict", "--adapter", str(saved_lora), "hello"]) == 0
+
+
 def test_a_validation_file_may_have_other_columns_than_the_train_file(files):
     data = load_data(DataArguments(train_file=str(files["crlf.csv"]), validation_file=str(files["extra_column.csv"])))
     assert len(data.splits["validation"]) == len(ROWS) and data.splits["validation"].column_names == ["text", "label"]
