@@ -12,7 +12,6 @@ import contextlib
 import importlib.util
 import logging
 import math
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,16 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict
 
+from .distributed import is_main_process
 from .errors import DataError, first_line
 
 
 class MainProcessOnly(logging.Filter):
     """Keep records of the main process only: under DDP every process loads the same data and would warn the
-    same thing once each (`RANK` is set by `accelerate launch` and `torchrun`)."""
+    same thing once each."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return os.environ.get("RANK", "0") == "0"
+        return is_main_process()
 
 
 logger = logging.getLogger(__name__)

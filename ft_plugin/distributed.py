@@ -33,6 +33,12 @@ class LaunchError(FtPluginError, RuntimeError):
     """A launch configuration that does not fit this machine or this dataset."""
 
 
+def is_main_process(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Whether this process speaks to the user: the only one, or rank 0 of a launch (`RANK` is set by `accelerate
+    launch` and `torchrun`). The others load the same data and fail the same way."""
+    return (os.environ if environ is None else environ).get("RANK", "0") == "0"
+
+
 def accelerator_count() -> int:
     """How many accelerators (CUDA, XPU, ...) torch sees on this machine."""
     import torch

@@ -32,7 +32,7 @@ from transformers import (
 
 from .card import hardware, hyperparameters, render_card
 from .data import DataArguments, TextClassificationData, load_data
-from .distributed import check_batches, check_launch
+from .distributed import check_batches, check_launch, is_main_process
 from .errors import FtPluginError, MethodError
 from .hub import push_after_training
 from .methods import METHODS, apply_method, count_parameters, parse_method, trainable_report
@@ -569,12 +569,14 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
     except FtPluginError as error:
         if debug:
             raise
-        print(f"ft-plugin: error: {error}", file=sys.stderr)
+        if is_main_process():  # the processes of a launch fail alike: one line, not one a process
+            print(f"ft-plugin: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on, not where Python was
         if debug:
             raise
-        print(f"\nft-plugin: interrupted. {interrupted_state(argv, method)}", file=sys.stderr)  # below a progress bar
+        if is_main_process():  # below a progress bar
+            print(f"\nft-plugin: interrupted. {interrupted_state(argv, method)}", file=sys.stderr)
         raise SystemExit(130) from None
 
 

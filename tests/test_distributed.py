@@ -157,6 +157,19 @@ def test_every_recipe_runs_under_two_processes(tiny_model_dir, tiny_csv, tmp_pat
         assert probabilities(out / recipe.stem).shape == (30, 3), recipe.stem
 
 
+def test_a_user_error_under_two_processes_is_printed_once(tiny_model_dir, tiny_csv, tmp_path):
+    """Every process fails alike before training: the main process says so, the other exits quietly (the launcher
+    then reports both exit statuses, as it does for any failed script)."""
+    args = [*recipe_args(tiny_model_dir, tiny_csv, tmp_path / "out", per_device=8), "--lora_r", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [*accelerate_launch("cpu_ddp"), "recipes/lora_bert.py", *args]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert result.returncode != 0
+    assert result.stderr.count("ft-plugin: error:") == 1, result.stderr[-3000:]
+    assert "ft-plugin: error: --lora_r must be a positive rank, got 0 (try 8)." in result.stderr
+    assert "exitcode  : 2" in result.stderr  # both processes exited with ft-plugin's status for user errors
+
+
 def trained_lora_b(out: Path) -> float:
     """LoRA B starts at zero, so a non-zero B in the saved adapter means gradients reached it."""
     weights = load_file(out / "adapter_model.safetensors")
