@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -55,7 +56,13 @@ EVAL_SAMPLES = 500  # validation/test texts per run: enough for a stable accurac
 MODEL_CACHE_SIZE = 3
 QUANTIZE = os.environ.get("FT_PLUGIN_SPACE_QUANTIZE") or None  # "int8": faster CPU serving (ft-plugin space --quantize)
 if QUANTIZE not in (None, *QUANTIZATIONS):
-    raise SystemExit(f"FT_PLUGIN_SPACE_QUANTIZE={QUANTIZE!r} is not a quantization: set it to int8, or unset it.")
+    _setting_error = FtPluginError(
+        f"FT_PLUGIN_SPACE_QUANTIZE={QUANTIZE!r} is not a quantization: set it to int8, or unset it."
+    )
+    if __name__ != "__main__":
+        raise _setting_error  # `ft-plugin space` prints it as it prints its other errors
+    print(f"ft-plugin: error: {_setting_error}", file=sys.stderr)  # `python app.py`, as a Space starts
+    raise SystemExit(2)
 PREDICT_BATCH_SIZE = 32  # concurrent /predict calls classified in one forward pass
 # Training runs in its own process, in the background: lowest CPU priority and half the cores, so that users'
 # /predict calls stay fast while a job trains (bench/space_load.py, 20 users on 2 cores: p95 1.17-1.23 s with a

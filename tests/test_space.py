@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +22,8 @@ import torch
 pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+
+from ft_plugin.errors import FtPluginError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"negative", "neutral", "positive"}
@@ -410,7 +414,7 @@ def test_push_calls_the_hub_helper_and_shows_its_errors(space, client, monkeypat
 
 def test_training_job_library_api(tiny_model_dir, tiny_csv, tmp_path):
     """`ft_plugin.jobs` on its own: option errors at submit, a time limit that keeps the model, one job at a time."""
-    from ft_plugin.errors import FtPluginError, MethodError
+    from ft_plugin.errors import MethodError
     from ft_plugin.jobs import JobRunner, TrainingJob
 
     options = {
@@ -473,8 +477,17 @@ def test_space_serves_int8_models_when_its_variable_asks_and_refuses_an_unknown_
     assert set(prediction) == LABELS and sum(prediction.values()) == pytest.approx(1.0, abs=1e-4)
 
     monkeypatch.setenv("FT_PLUGIN_SPACE_QUANTIZE", "int4")
-    with pytest.raises(SystemExit, match="FT_PLUGIN_SPACE_QUANTIZE='int4' is not a quantization"):
+    with pytest.raises(FtPluginError, match="FT_PLUGIN_SPACE_QUANTIZE='int4' is not a quantization"):
         load_app(tmp_path / "int4_runs")
+    # as a user starts it: `ft-plugin space`, and `python app.py` as a Space does; one line, exit status 2
+    env = {**os.environ, "FT_PLUGIN_SPACE_RUNS": str(tmp_path / "int4_runs")}
+    for command in (["ft-plugin", "space"], [sys.executable, "space/app.py"]):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        message = (
+            "ft-plugin: error: FT_PLUGIN_SPACE_QUANTIZE='int4' is not a quantization: set it to int8, or unset it."
+        )
+        assert (result.returncode, result.stderr.strip().splitlines()[-1]) == (2, message), command
+        assert "Traceback" not in result.stderr, command
 
 
 def test_a_jobs_peak_memory_includes_what_was_freed_before_the_step_ended():
