@@ -294,3 +294,45 @@ def test_resume_mistakes_are_one_line_errors_naming_the_fix(tiny_model_dir, tiny
     bitfit = parse_args([*common, "--output_dir", str(tmp_path / "bitfit"), "--method", "bitfit"])
     with pytest.raises(FtPluginError, match=rf"^Could not resume from '{checkpoint}' \(.*\): it was saved by another"):
         train_and_save(build_trainer(*bitfit), str(checkpoint))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [  # what a full disk raised while each library wrote a file (a 2 MiB tmpfs)
+        OSError(28, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"),  # torch.save
+        "safetensors",
+    ],
+    ids=["python", "torch.save", "safetensors"],
+)
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_same_command_then_trains(
+    error, tiny_model_dir, tiny_csv, tmp_path, monkeypatch, capsys
+):
+    import torch
+    from safetensors import SafetensorError
+
+    from ft_plugin.recipe import main
+    from ft_plugin.saving import has_result
+
+    if error == "safetensors":
+        error = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--max_steps", "4",
+            "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", "--method", "lora",
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    real_save = torch.save
+
+    def full_disk(obj, path, *args, **kwargs):  # the first checkpoint's optimizer state does not fit
+        if "checkpoint-" in str(path):
+            raise error
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]  # under progress bars
+    assert message.startswith(f"ft-plugin: error: Could not write a checkpoint in '{tmp_path / 'out'}' (")
+    assert message.endswith("then run the same command: it resumes from the last complete checkpoint.")
+    assert not has_result(tmp_path / "out")
+    monkeypatch.undo()  # space freed: the same command trains (the partial checkpoint is not resumed from)
+    assert main(argv)["train_loss"] > 0 and has_result(tmp_path / "out")
