@@ -93,22 +93,39 @@ def export_result(
             f"'{folder}' was trained on the local model '{record.get('base_model')}', which other users cannot "
             "download: train on a Hub model id, or export a standalone model with --merged."
         )
-    created = not target.exists()
-    target.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # written beside the target and renamed in whole: a crash or kill never leaves a half-written export there
+    staging = target.with_name(f".{target.name}.exporting-{os.getpid()}")  # mkdir: the user's usual permissions
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed export of the same process id
+    staging.mkdir()
     try:
         if merge:
-            _write_merged(folder, target, record)
+            _write_merged(folder, staging, record)
         else:
             for path in sorted(folder.iterdir()):
                 if path.is_file() and path.suffix in PUSHED_SUFFIXES:
-                    shutil.copy2(path, target / path.name)  # a copy: editing the export leaves the result as it was
-        _without_local_paths(target)
-        render_card(target, repo_id=repo_id, revision=revision).save(target / "README.md")
-    except BaseException:
-        if created:  # no half-written export left behind (a retry would need --overwrite)
-            shutil.rmtree(target, ignore_errors=True)
-        raise
+                    shutil.copy2(path, staging / path.name)  # a copy: editing the export leaves the result as it was
+        _without_local_paths(staging)
+        render_card(staging, repo_id=repo_id, revision=revision).save(staging / "README.md")
+        _replace_folder(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Rename the folder `new` to `target`, replacing what was there (an empty folder, or an `--overwrite`n one)."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_mergeable(record: dict) -> None:

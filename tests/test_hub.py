@@ -215,6 +215,49 @@ def test_token_is_never_written_or_printed(hub, pushed):
         assert token not in json.dumps(hub.log)
 
 
+SPACE_PUSH = """
+import logging, shutil, sys
+from pathlib import Path
+logging.basicConfig(level=logging.DEBUG)  # everything the Space and the Hub client log
+sys.path.insert(0, "tests")
+from test_space import load_app
+runs, pushed, token = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+app = load_app(runs)
+visitor = type("Request", (), {"session_hash": "visitor-1"})()
+result = app.runs_dir(visitor) / "lora-1"
+shutil.copytree(pushed, result, ignore=shutil.ignore_patterns("checkpoint-*"))
+print(app.push(str(result), "bob/from-the-space", token, False, None, visitor))
+"""
+
+
+def test_a_token_from_the_environment_or_the_spaces_push_tab_is_never_written_or_printed(
+    hub, pushed, tiny_csv, tmp_path
+):
+    """The two other ways a token arrives: HF_TOKEN for a recipe run, and a visitor's token in the Space's Push tab
+    (pushed with the real Hub client, everything logged at DEBUG)."""
+    pytest.importorskip("gradio")
+    env = client_env(hub, tmp_path / "hf_home", token=BOB)
+    done = run(recipe(tmp_path / "out", tiny_csv, "--push_to_hub", "--hub_model_id", "bob/env-token",
+                      "--save_strategy", "steps", "--save_steps", "3"), env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    driver = tmp_path / "space_push.py"
+    driver.write_text(SPACE_PUSH)
+    space = run([sys.executable, str(driver), str(tmp_path / "space_runs"), str(pushed[0]), BOB],
+                client_env(hub, tmp_path / "space_home", token=None))  # fmt: skip
+    assert space.returncode == 0, space.stderr[-3000:]
+    assert "Pushed to [" in space.stdout and "bob/from-the-space" in space.stdout
+    assert {"adapter_model.safetensors", "README.md"} <= set(hub.files("bob/env-token"))
+    assert {"adapter_model.safetensors", "README.md"} <= set(hub.files("bob/from-the-space"))
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != driver.name]
+    assert any(p.name == "training_args.bin" for p in written) and any("space_runs" in str(p) for p in written)
+    for output in (done.stdout + done.stderr, space.stdout + space.stderr):
+        assert BOB not in output
+    leaked = [p for p in written if BOB.encode() in p.read_bytes()]
+    assert not leaked, leaked
+    for repo in ("bob/env-token", "bob/from-the-space"):
+        assert not any(BOB.encode() in content for content in hub.files(repo).values())
+
+
 def test_only_the_main_process_pushes_under_two_processes(hub, tiny_csv, tmp_path):
     """`accelerate launch` with the 2-process CPU config and `--push_to_hub`: one repo created, one commit."""
     created_before = sum(entry.get("route") == "create_repo" for entry in hub.log)
@@ -388,7 +431,7 @@ def test_delta_method_loads_from_the_hub_with_ft_plugin(hub, tiny_model_dir, tmp
         assert got == {label: round(value, 4) for label, value in want.items()}
 
 
-def test_card_of_the_embedded_default_and_local_base_models(tiny_model_dir, tmp_path):
+def test_card_of_the_embedded_default_and_local_base_models(tiny_model_dir, tmp_path, monkeypatch):
     """No Hub needed: the card names the embedded default by its Hub id; a local base is never written as one."""
     from ft_plugin.card import render_card
     from ft_plugin.hub import HubError, export_result
@@ -427,6 +470,36 @@ def test_card_of_the_embedded_default_and_local_base_models(tiny_model_dir, tmp_
     assert (exported / "adapter_config.json").read_text() == "{}"
     export_result(tmp_path / "default", exported, overwrite=True)
     assert (exported / "adapter_config.json").read_text() != "{}"
+
+    # written beside the target and renamed in: while the files are written (a kill would stop it there), the
+    # target is absent or still the previous export, never a half-written one; a failure changes nothing
+    from ft_plugin import card as card_module
+
+    seen, render = [], card_module.render_card
+
+    def render_and_look(folder, **kwargs):
+        seen.append(sorted(p.name for p in (tmp_path / "new-export").glob("*")))
+        seen.append(sorted(p.name for p in exported.iterdir()))
+        return render(folder, **kwargs)
+
+    monkeypatch.setattr(card_module, "render_card", render_and_look)
+    export_result(tmp_path / "default", tmp_path / "new-export")
+    (exported / "adapter_config.json").write_text("{}")
+    export_result(tmp_path / "default", exported, overwrite=True)
+    assert seen[0] == [] and "README.md" in seen[1] and (tmp_path / "new-export" / "README.md").is_file()
+    assert seen[3] == seen[1] and (exported / "adapter_config.json").read_text() != "{}"
+
+    def crash(folder, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(card_module, "render_card", crash)
+    with pytest.raises(OSError):
+        export_result(tmp_path / "default", tmp_path / "crashed")
+    (exported / "adapter_config.json").write_text("{}")
+    with pytest.raises(OSError):
+        export_result(tmp_path / "default", exported, overwrite=True)
+    assert not (tmp_path / "crashed").exists() and (exported / "adapter_config.json").read_text() == "{}"
+    assert not list(tmp_path.glob(".*export*")), "no staging folder is left"
 
 
 def test_recipe_hub_flags_and_the_trainer_never_pushes_itself(tiny_model_dir, tiny_csv, tmp_path, monkeypatch):
