@@ -116,6 +116,16 @@ def users_process(url: str, texts: list[str], clients: int, seconds: float, read
                  "errors": [e for out in outs for e in out["errors"]], "elapsed": time.perf_counter() - began})  # fmt: skip
 
 
+def wait_until_training(app, timeout: float) -> None:
+    """Return once the Space's job is in its training phase; a TimeoutError after `timeout` seconds (a job that
+    failed, or finished, before the clients could start)."""
+    deadline = time.perf_counter() + timeout
+    while app.RUNNER.current is None or app.RUNNER.current.phase != "training":
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"the training job was not training within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=20)
@@ -156,11 +166,15 @@ def main(argv: list[str] | None = None) -> dict:
             target=users_process, args=(url, texts, args.clients, args.seconds, ready, start, results), daemon=True
         )
         users.start()
-        ready.wait(120)  # every client connected (each fetches the API description)
+        if not ready.wait(120):  # every client connected (each fetches the API description)
+            raise TimeoutError("the clients did not connect to the Space within 120 s")
         if not args.without_training:
             job, result = train_once(control, args)
-            while app.RUNNER.current is None or app.RUNNER.current.phase != "training":
-                time.sleep(0.05)  # measure while the job really trains, not while it loads data
+            try:  # measure while the job really trains, not while it loads data
+                wait_until_training(app, args.train_timeout)
+            except TimeoutError:
+                control.predict(api_name="/cancel")
+                raise
         start.set()
         measured = results.get(timeout=args.seconds + CALL_TIMEOUT + 60)
         users.join(30)

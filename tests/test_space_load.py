@@ -18,16 +18,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_concurrent_predictions_while_training_have_no_errors(tiny_model_dir, tmp_path):
     env = {**os.environ, "FT_PLUGIN_BENCH_RESULTS": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    # 10,000 texts: the job trains ~1.8x longer than the 5 s window here: the users are measured against training
     command = [sys.executable, "bench/space_load.py", "--clients", "4", "--seconds", "5",
-               "--train_model", str(tiny_model_dir), "--train_samples", "200"]  # fmt: skip
+               "--train_model", str(tiny_model_dir), "--train_samples", "2000", "--epochs", "5"]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "space_load.json").read_text())
     load = report["load"]
     assert load["errors"] == 0, report["errors"]
     assert load["requests"] >= 4 and load["p95 s"] < 10  # a loose bound: CI machines are shared
+    assert load["trained throughout"], report["training_under_load"]
     assert load["same result"], (report["training_alone"], report["training_under_load"])
-    assert report["training_alone"]["metrics"]["test_accuracy"] >= 0
+    assert {"test_accuracy", "test_loss"} <= set(report["training_alone"]["metrics"])
 
 
 @pytest.fixture(scope="module")
