@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import logging
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -501,9 +502,16 @@ def check_table_format(path: str) -> None:
 
 
 def write_table(frame, path: str) -> None:
-    """A pandas DataFrame to `path`, in the format of its extension."""
+    """A pandas DataFrame to `path`, in the format of its extension. Written beside it and renamed in: a crash or
+    kill never leaves a half-written file there (nor destroys the file it replaces)."""
     check_table_format(path)
-    TABLE_WRITERS[Path(path).suffix.lower()](frame, path)
+    target = Path(path)
+    partial = target.with_name(f".{target.stem}.partial-{os.getpid()}{target.suffix}")
+    try:
+        TABLE_WRITERS[target.suffix.lower()](frame, str(partial))
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def load_labelled_file(

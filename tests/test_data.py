@@ -169,3 +169,34 @@ def test_a_hub_dataset_while_the_hub_cannot_be_reached_fails_at_once_from_the_ca
     with pytest.raises(DataError, match=r"Dataset 'nobody/no-such-data' could not be loaded \(.*OfflineModeIsEnabled"):
         load_data(DataArguments(dataset_name="nobody/no-such-data"))
     assert huggingface_hub.constants.HF_HUB_OFFLINE is False
+
+
+def test_a_table_is_written_beside_its_target_and_renamed_in(tmp_path, monkeypatch):
+    """`predict --output_file`: while the rows are written (where a kill would stop it) the target is still the
+    file it replaces; a failure leaves that file and no partial one."""
+    import pandas as pd
+
+    from ft_plugin import data
+
+    target = tmp_path / "predictions.csv"
+    target.write_text("previous,predictions\n")
+    frame = pd.DataFrame({"text": ["a", "b"], "predicted_label": ["x", "y"]})
+    write_csv, seen = data.TABLE_WRITERS[".csv"], []
+
+    def write_and_look(rows, path):
+        write_csv(rows, path)
+        seen.append(target.read_text())
+
+    monkeypatch.setitem(data.TABLE_WRITERS, ".csv", write_and_look)
+    data.write_table(frame, str(target))
+    assert seen == ["previous,predictions\n"] and pd.read_csv(target).equals(frame)
+
+    def fail(rows, path):
+        with open(path, "w") as handle:
+            handle.write("text,predicted_label\nhalf")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(data.TABLE_WRITERS, ".csv", fail)
+    with pytest.raises(OSError):
+        data.write_table(frame, str(target))
+    assert pd.read_csv(target).equals(frame) and [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]
