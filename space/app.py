@@ -7,6 +7,7 @@ UI only: loading, training, saving and pushing are ft-plugin's (`TextClassifier`
 /cancel, /push (see README.md).
 """
 
+import contextlib
 import functools
 import hashlib
 import html
@@ -93,6 +94,8 @@ TRAINING_OPTIONS = (
 # ... within bounds where a value costs the shared machine (a step of 10**6 accumulated batches would outlast Cancel)
 OPTION_LIMITS = {"gradient_accumulation_steps": 16, "max_seq_length": 512}
 SESSIONS_DIR = Path(tempfile.gettempdir()) / "ft-plugin-space-sessions"  # one private folder per browser session
+# A session folder untouched this long goes when another session starts: API clients may never close a session
+SESSION_TTL_HOURS = 24.0
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _extra_bases: set[str] = set()  # local base model folders offered at launch
 
@@ -109,10 +112,21 @@ def session_dir(request: gr.Request | None, create: bool = True) -> Path:
     `create=False` for work that finishes later: a session that ended meanwhile is not brought back to life."""
     folder = SESSIONS_DIR / owner_id(request)
     if create:
+        if not folder.is_dir():
+            prune_stale_sessions()
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     elif not folder.is_dir():
         raise gr.Error("This session has ended: reload the page.")
     return folder
+
+
+def prune_stale_sessions() -> None:
+    """Remove session folders untouched for SESSION_TTL_HOURS (a browser tab's closing removes its own at once)."""
+    oldest = time.time() - SESSION_TTL_HOURS * 3600
+    for folder in SESSIONS_DIR.iterdir() if SESSIONS_DIR.is_dir() else []:
+        with contextlib.suppress(OSError):  # another server thread may be removing it too
+            if folder.stat().st_mtime < oldest:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def runs_dir(request: gr.Request | None) -> Path:

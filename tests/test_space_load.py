@@ -68,6 +68,20 @@ def test_uploads_are_size_limited_and_copied_to_the_sessions_own_folder(app, tin
     assert not folder.exists()
 
 
+def test_session_folders_left_by_clients_that_never_closed_are_removed_after_a_day(app, tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(app, "SESSIONS_DIR", tmp_path / "sessions")
+    stale, recent = app.session_dir(type("A", (), {"session_hash": "api-1"})()), app.session_dir(Session())
+    (stale / "upload.csv").write_text("text,label\n")
+    day_ago = time.time() - app.SESSION_TTL_HOURS * 3600 - 60
+    os.utime(stale, (day_ago, day_ago))
+    app.session_dir(Session())  # an existing session: nothing is pruned
+    assert stale.is_dir()
+    app.session_dir(type("B", (), {"session_hash": "new"})())  # a new session prunes the stale ones
+    assert not stale.exists() and recent.is_dir()
+
+
 @pytest.mark.parametrize("adapter", ["../../etc", "/etc", "/tmp", "outputs/../../root", "a/b/../../c"])
 def test_adapters_outside_the_result_folders_are_refused(app, adapter):
     import gradio as gr
