@@ -48,6 +48,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "latin1.csv": _csv(ROWS).encode() + "caf\xe9 cr\xe8me,positive\n".encode("latin-1"),
         "bom.csv": b"\xef\xbb\xbf" + _csv(ROWS).encode(),
         "crlf.csv": _csv(ROWS).replace("\n", "\r\n").encode(),
+        "crlf.jsonl": _jsonl(ROWS, str_labels=False).replace(b"\n", b"\r\n"),
         "columns.json": json.dumps({"text": [t for t, _ in ROWS], "label": [label for _, label in ROWS]}).encode(),
         "strings.json": json.dumps([t for t, _ in ROWS]).encode(),
         "one_class.csv": _csv([(t, "positive") for t, _ in ROWS]).encode(),
@@ -211,6 +212,7 @@ def test_bf16_without_a_gpu_says_to_add_use_cpu(files, train_argv, capsys):
 DATA_WARNINGS = {
     "UTF-8 with BOM": ("bom.csv", None, ["negative", "neutral", "positive"]),
     "CRLF line ends": ("crlf.csv", None, ["negative", "neutral", "positive"]),
+    "CRLF line ends (jsonl)": ("crlf.jsonl", None, ["0", "1", "2"]),
     "integer labels": ("int_labels.csv", None, ["0", "1", "2"]),
     "missing labels in some rows": ("missing_labels.csv", "Dropped 2 train rows without a label", None),
     "empty texts": ("empty_texts.csv", "Dropped 2 train rows with an empty text", None),
