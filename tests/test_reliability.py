@@ -221,6 +221,52 @@ def test_a_crash_while_saving_never_leaves_a_folder_that_loads_nor_loses_the_pre
     assert not torch.equal(first_weight(saving.load(out)), first)
 
 
+KILLED_WHILE_SAVING = """
+import os, signal, sys, torch
+from pathlib import Path
+from ft_plugin import saving
+from ft_plugin.methods import apply_method
+from ft_plugin.models import load_base_model
+
+model_dir, out, failing_file = sys.argv[1:]
+base, tokenizer = load_base_model(model_dir, ["a", "b", "c"])
+model = apply_method(base, "lora")
+saving.save_result(model, out, tokenizer)
+with torch.no_grad():
+    next(p for name, p in model.named_parameters() if "lora_A" in name).add_(1.0)
+real_replace = os.replace
+def die_on(source, target):  # SIGKILL as the file would land: no finally, no cleanup runs
+    if Path(target).name == failing_file and Path(source).parent.name.startswith(".saving-"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(source, target)
+os.replace = die_on
+saving.save_result(model, out, tokenizer)
+"""
+
+
+@pytest.mark.parametrize("failing_file", ["adapter_model.safetensors", "tokenizer.json"])
+def test_a_real_kill_while_saving_leaves_the_previous_result_and_a_folder_that_does_not_load(
+    tiny_model_dir, lora_model, tmp_path, failing_file
+):
+    """The in-process stand-in above still runs `finally` blocks; SIGKILL runs nothing: the staging folder stays."""
+    from ft_plugin import saving
+
+    driver, out = tmp_path / "save_and_die.py", tmp_path / "result"
+    driver.write_text(KILLED_WHILE_SAVING)
+    command = [sys.executable, str(driver), str(tiny_model_dir), str(out), failing_file]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert list(out.glob(".saving-*")), "killed before its cleanup"
+    with pytest.raises(ModelError, match=r"interrupted; the previous result is kept in '.*\.previous-result'"):
+        saving.load(out)
+    saving.load(out / ".previous-result")  # the first result, whole
+    assert saving.has_result(out)  # a new run still needs --overwrite_output_dir
+    model, tokenizer = lora_model
+    saving.save_result(model, out, tokenizer)  # saving again completes and clears what the kill left
+    assert not (out / ".previous-result").exists() and not list(out.glob(".saving-*"))
+    saving.load(out)
+
+
 def test_the_length_grouped_shuffle_is_a_function_of_seed_and_epoch_even_under_a_skip():
     """What resuming relies on: epoch k's order comes from seed + k, and `set_epoch` reaches the sampler through
     accelerate's SkipBatchSampler -> BatchSamplerShard chain of a resumed multi-process run."""
