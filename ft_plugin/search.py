@@ -202,6 +202,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
             f"No method of --methods {sweep_args.methods} can be applied to {base.name_or_path} "
             f"({'; '.join(f'{m}: {r}' for m, r in dropped.items())}): choose other methods."
         )
+    _check_same_methods(sweep_args.study_name, storage, methods)
     tokenized = data.tokenize(tokenizer, fitting_max_seq_length(data_args.max_seq_length, base, tokenizer))
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     steps_per_epoch = max(1, math.ceil(len(tokenized["train"]) / batch))
@@ -268,6 +269,24 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
         "storage": storage,
     }
     return {"best": best, "rows": rows, "dropped_methods": dropped, "outputs": outputs}
+
+
+def _check_same_methods(study_name: str, storage: str, methods: list[str]) -> None:
+    """An existing study goes on only with the methods it was started with: Optuna fixes a categorical parameter's
+    choices for the life of a study (its error came from inside the first new trial)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # no such study yet
+        return
+    choices = next((list(t.distributions["method"].choices) for t in study.trials if "method" in t.distributions), None)
+    if choices is not None and choices != methods:
+        raise MethodError(
+            f"Study '{study_name}' in '{storage.removeprefix('sqlite:///')}' searches the methods {','.join(choices)}, "
+            f"not {','.join(methods)}: Optuna cannot change a study's choices. Pass --methods {','.join(choices)} to go "
+            "on with it, or a new --study_name (or --output_dir) for the new set."
+        )
 
 
 def _finished_trials(study_name: str, storage: str) -> int:

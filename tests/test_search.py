@@ -67,6 +67,22 @@ def test_three_trial_sweep_writes_leaderboard_plot_and_a_runnable_recipe_then_re
     assert study.trials[3].params not in [trial.params for trial in study.trials[:3]]
 
 
+def test_a_study_goes_on_only_with_its_own_methods(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    """Optuna fixes the method choices of a study: another set is a one-line error before any trial (it was an
+    Optuna traceback from inside the first new trial), and a new --study_name in the same folder works."""
+    argv = sweep_argv(tiny_model_dir, tiny_csv, tmp_path, "--n_trials", "1", "--num_train_epochs", "1")
+    argv[argv.index("lora,bitfit,adapter")] = "lora,bitfit"
+    assert main(argv) == 0
+    capsys.readouterr()
+    argv[argv.index("lora,bitfit")] = "lora,bitfit,ia3"
+    argv[argv.index("--n_trials") + 1] = "2"
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "Study 'ft-plugin-sweep' in '" in error and "searches the methods lora,bitfit, not lora,bitfit,ia3" in error
+    assert "Pass --methods lora,bitfit to go on with it, or a new --study_name" in error
+    assert main([*argv, "--study_name", "with-ia3"]) == 0
+
+
 def test_peak_rss_is_the_peak_of_its_own_window():
     """Each trial's CPU memory is its own peak: `ru_maxrss` would carry an earlier trial's peak into later ones."""
     import torch
