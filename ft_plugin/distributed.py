@@ -34,9 +34,11 @@ class LaunchError(FtPluginError, RuntimeError):
 
 
 def is_main_process(environ: MutableMapping[str, str] | None = None) -> bool:
-    """Whether this process speaks to the user: the only one, or rank 0 of a launch (`RANK` is set by `accelerate
-    launch` and `torchrun`). The others load the same data and fail the same way."""
-    return (os.environ if environ is None else environ).get("RANK", "0") == "0"
+    """Whether this process speaks to the user: the only one, or the first of its machine in a launch (`LOCAL_RANK`,
+    set by `accelerate launch` and `torchrun`; one line per machine, whose files and disk may differ). The other
+    processes of a machine load the same data and fail the same way."""
+    environ = os.environ if environ is None else environ
+    return environ.get("LOCAL_RANK", environ.get("RANK", "0")) == "0"
 
 
 def accelerator_count() -> int:

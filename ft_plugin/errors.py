@@ -17,6 +17,11 @@ class ModelError(FtPluginError, OSError):
     """A base model or adapter that cannot be found or does not fit."""
 
 
+class CheckpointWriteError(FtPluginError, OSError):
+    """A checkpoint file that could not be written (a full disk). Each process writes files of its own (its random
+    state), so any process may meet it alone, and each reports it."""
+
+
 class HubUnreachableError(ModelError):
     """A Hub id that is not cached while the Hub cannot be reached (a candidate to skip, not a typo). `problem` is
     the message without its fix, for callers whose fix differs (a `select-model` candidate)."""

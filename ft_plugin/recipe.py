@@ -7,7 +7,6 @@ hardware through `TrainingArguments`, as in accelerate's examples. `main()` is w
 from __future__ import annotations
 
 import copy
-import errno
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from transformers import (
 from .card import hardware, hyperparameters, render_card
 from .data import DataArguments, TextClassificationData, load_data
 from .distributed import check_batches, check_launch, is_main_process
-from .errors import FtPluginError, MethodError, first_line
+from .errors import CheckpointWriteError, FtPluginError, MethodError
 from .hub import push_after_training
 from .methods import METHODS, apply_method, count_parameters, parse_method, trainable_report
 from .methods.compose import configs_from_arguments
@@ -369,17 +368,7 @@ def train_and_save(trainer: Trainer, resume_from_checkpoint: str | bool | None =
     """Train, evaluate on validation and test, save the result folder (main process only). Returns metrics."""
     args = trainer.args
     started = time.perf_counter()
-    try:
-        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    except Exception as error:
-        if not is_write_failure(error):
-            raise
-        close_progress_bars(trainer)  # the error's line starts below the bar, not on it
-        raise FtPluginError(
-            f"Could not write a checkpoint in '{args.output_dir}' ({first_line(error)}): the disk is full or not "
-            "writable. Free some space (or keep fewer checkpoints: --save_total_limit 1), then run the same command: "
-            "it resumes from the last complete checkpoint."
-        ) from error
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     train_metrics = dict(result.metrics)
     trainable, total = count_parameters(trainer.model)
     train_metrics.update(trainable_params=trainable, total_params=total, train_samples=len(trainer.train_dataset))
@@ -524,26 +513,6 @@ def check_free_space(trainer: Trainer) -> None:
         )
 
 
-# How a full disk surfaces while a checkpoint is written: an OSError from Python's own files, safetensors'
-# SafetensorError, and torch.save's RuntimeError from its zip writer (measured on a 2 MiB tmpfs)
-WRITE_FAILURES = ("No space left on device", "Disk quota exceeded", "inline_container.cc", "PytorchStreamWriter")
-
-
-def close_progress_bars(trainer: Trainer) -> None:
-    """End the Trainer's progress bar where it stopped (its callback closes it only when training ends)."""
-    for callback in trainer.callback_handler.callbacks:
-        if getattr(callback, "training_bar", None) is not None:
-            callback.training_bar.close()
-            callback.training_bar = None
-
-
-def is_write_failure(error: BaseException) -> bool:
-    """Whether `error` is a file that could not be written (a full disk, a quota), whatever library wrote it."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return any(marker in str(error) for marker in WRITE_FAILURES)
-
-
 # -- end reliability ---------------------------------------------------------------------------------------------
 
 
@@ -597,6 +566,11 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
         trainer = build_trainer(model_args, data_args, method_args, training_args, data=data)
         check_free_space(trainer)
         return train_and_save(trainer, resume)
+    except CheckpointWriteError as error:  # any process may meet it alone: each says it, with how to go on
+        if debug:
+            raise
+        print(f"ft-plugin: error: {error} {interrupted_state(argv, method)}", file=sys.stderr)
+        raise SystemExit(2) from None
     except FtPluginError as error:
         if debug:
             raise

@@ -378,7 +378,10 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_same_command_then_t
     assert exited.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]  # under progress bars
     assert message.startswith(f"ft-plugin: error: Could not write a checkpoint in '{tmp_path / 'out'}' (")
-    assert message.endswith("then run the same command: it resumes from the last complete checkpoint.")
+    assert message.endswith(  # the first checkpoint failed; a later one would be named, as after Ctrl-C
+        "or not writable. Free some space (or keep fewer checkpoints: --save_total_limit 1). No checkpoint was saved "
+        f"in '{tmp_path / 'out'}' yet: run the same command to start again."
+    )
     assert not has_result(tmp_path / "out")
     monkeypatch.undo()  # space freed: the same command trains (the partial checkpoint is not resumed from)
     assert main(argv)["train_loss"] > 0 and has_result(tmp_path / "out")
