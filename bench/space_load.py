@@ -116,11 +116,13 @@ def users_process(url: str, texts: list[str], clients: int, seconds: float, read
                  "errors": [e for out in outs for e in out["errors"]], "elapsed": time.perf_counter() - began})  # fmt: skip
 
 
-def wait_until_training(app, timeout: float) -> None:
-    """Return once the Space's job is in its training phase; a TimeoutError after `timeout` seconds (a job that
-    failed, or finished, before the clients could start)."""
+def wait_until_training(app, job, timeout: float) -> None:
+    """Return once the Space's job is in its training phase; an error as soon as the job ends first (it failed, or
+    finished before the clients could start), a TimeoutError after `timeout` seconds."""
     deadline = time.perf_counter() + timeout
     while app.RUNNER.current is None or app.RUNNER.current.phase != "training":
+        if job.done():
+            raise RuntimeError(f"the training job ended before the clients started: {job.outputs()[-1:]}")
         if time.perf_counter() > deadline:
             raise TimeoutError(f"the training job was not training within {timeout:.0f} s")
         time.sleep(0.05)
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.without_training:
             job, result = train_once(control, args)
             try:  # measure while the job really trains, not while it loads data
-                wait_until_training(app, args.train_timeout)
+                wait_until_training(app, job, args.train_timeout)
             except TimeoutError:
                 control.predict(api_name="/cancel")
                 raise

@@ -26,8 +26,8 @@ class HubUnreachableError(ModelError):
     """A Hub id that is not cached while the Hub cannot be reached (a candidate to skip, not a typo). `problem` is
     the message without its fix, for callers whose fix differs (a `select-model` candidate)."""
 
-    def __init__(self, problem: str, fix: str):
-        super().__init__(f"{problem}: {fix}")
+    def __init__(self, problem: str, fix: str = ""):
+        super().__init__(f"{problem}: {fix}" if fix else problem)  # one argument: how a pickled copy comes back
         self.problem = problem
 
 

@@ -79,10 +79,12 @@ def export_result(
     and the model card `README.md`. `output_dir` is only read; a `target_dir` that is not empty needs `overwrite`."""
     from .card import is_hub_id, render_card
 
-    folder, target = Path(output_dir), Path(target_dir)
+    folder, target = Path(output_dir), Path(target_dir).resolve()  # '.', '..' and links: the folder they name
     record = check_result(folder)
-    if target.resolve() == folder.resolve():
+    if target == folder.resolve():
         raise HubError(f"Export to a folder other than the result '{folder}' itself (--to).")
+    if target.exists() and not target.is_dir():
+        raise HubError(f"--to '{target_dir}' is a file: choose a new or empty folder.")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise HubError(f"--to '{target}' is not empty: choose a new or empty folder, or pass --overwrite.")
     merge = merged and record["save_format"] != "full"
@@ -93,11 +95,12 @@ def export_result(
             f"'{folder}' was trained on the local model '{record.get('base_model')}', which other users cannot "
             "download: train on a Hub model id, or export a standalone model with --merged."
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # written beside the target and renamed in whole: a crash or kill never leaves a half-written export there
-    staging = target.with_name(f".{target.name}.exporting-{os.getpid()}")  # mkdir: the user's usual permissions
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed export of the same process id
-    staging.mkdir()
+    # a new folder is written beside its place and renamed in whole: a crash or kill leaves no half-written export;
+    # into an existing folder (empty, or with --overwrite) the files move in, weights last; other files there stay
+    existing = target.is_dir()
+    staging = (target / ".exporting") if existing else target.with_name(f".{target.name}.exporting")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed export
+    staging.mkdir(parents=True)
     try:
         if merge:
             _write_merged(folder, staging, record)
@@ -106,26 +109,16 @@ def export_result(
                 if path.is_file() and path.suffix in PUSHED_SUFFIXES:
                     shutil.copy2(path, staging / path.name)  # a copy: editing the export leaves the result as it was
         _without_local_paths(staging)
-        render_card(staging, repo_id=repo_id, revision=revision).save(staging / "README.md")
-        _replace_folder(staging, target)
+        card = render_card(staging, repo_id=repo_id or f"your-name/{target.name}", revision=revision)  # not staging's
+        card.save(staging / "README.md")
+        if existing:
+            for path in sorted(staging.iterdir(), key=lambda p: p.suffix == ".safetensors"):
+                os.replace(path, target / path.name)
+        else:
+            os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Rename the folder `new` to `target`, replacing what was there (an empty folder, or an `--overwrite`n one)."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.replaced-{os.getpid()}")
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_mergeable(record: dict) -> None:

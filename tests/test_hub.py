@@ -471,15 +471,15 @@ def test_card_of_the_embedded_default_and_local_base_models(tiny_model_dir, tmp_
     export_result(tmp_path / "default", exported, overwrite=True)
     assert (exported / "adapter_config.json").read_text() != "{}"
 
-    # written beside the target and renamed in: while the files are written (a kill would stop it there), the
-    # target is absent or still the previous export, never a half-written one; a failure changes nothing
+    # a new export is written beside its place and renamed in: while the files are written (a kill would stop it
+    # there) the target is absent; an --overwrite keeps the previous files until the new ones move in
     from ft_plugin import card as card_module
 
     seen, render = [], card_module.render_card
 
     def render_and_look(folder, **kwargs):
         seen.append(sorted(p.name for p in (tmp_path / "new-export").glob("*")))
-        seen.append(sorted(p.name for p in exported.iterdir()))
+        seen.append(sorted(p.name for p in exported.iterdir() if not p.name.startswith(".")))
         return render(folder, **kwargs)
 
     monkeypatch.setattr(card_module, "render_card", render_and_look)
@@ -488,6 +488,7 @@ def test_card_of_the_embedded_default_and_local_base_models(tiny_model_dir, tmp_
     export_result(tmp_path / "default", exported, overwrite=True)
     assert seen[0] == [] and "README.md" in seen[1] and (tmp_path / "new-export" / "README.md").is_file()
     assert seen[3] == seen[1] and (exported / "adapter_config.json").read_text() != "{}"
+    assert "your-name/new-export" in (tmp_path / "new-export" / "README.md").read_text()  # its name, not staging's
 
     def crash(folder, **kwargs):
         raise OSError(28, "No space left on device")
@@ -499,6 +500,18 @@ def test_card_of_the_embedded_default_and_local_base_models(tiny_model_dir, tmp_
     with pytest.raises(OSError):
         export_result(tmp_path / "default", exported, overwrite=True)
     assert not (tmp_path / "crashed").exists() and (exported / "adapter_config.json").read_text() == "{}"
+    assert not list(exported.glob(".*")), "no staging folder is left"
+    monkeypatch.undo()
+
+    # --overwrite writes into the folder: the user's other files there stay, even the result itself below it
+    (tmp_path / "notes.txt").write_text("mine")
+    result_files = {p.name: p.read_bytes() for p in (tmp_path / "default").iterdir() if p.is_file()}
+    export_result(tmp_path / "default", tmp_path, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "README.md").is_file()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "default").iterdir() if p.is_file()} == result_files
+    with pytest.raises(HubError, match="--to '.*notes.txt' is a file: choose a new or empty folder"):
+        export_result(tmp_path / "default", tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
     assert not list(tmp_path.glob(".*export*")), "no staging folder is left"
 
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_concurrent_predictions_while_training_have_no_errors(tiny_model_dir, tmp_path):
     env = {**os.environ, "FT_PLUGIN_BENCH_RESULTS": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    # 10,000 texts: the job trains ~1.8x longer than the 5 s window here: the users are measured against training
+    # 2,000 texts x 5 epochs: the job trains ~1.8x longer than the 5 s window here: the users are measured against training
     command = [sys.executable, "bench/space_load.py", "--clients", "4", "--seconds", "5",
                "--train_model", str(tiny_model_dir), "--train_samples", "2000", "--epochs", "5"]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
