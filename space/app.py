@@ -115,6 +115,7 @@ def session_dir(request: gr.Request | None, create: bool = True) -> Path:
         if not folder.is_dir():
             prune_stale_sessions()
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.utime(folder)  # in use: not stale, whatever it holds
     elif not folder.is_dir():
         raise gr.Error("This session has ended: reload the page.")
     return folder
