@@ -130,9 +130,8 @@ class ClassificationTrainer(Trainer):
             for config, weight in zip(adalora, weights):
                 config.orth_reg_weight = weight
 
-    # -- checkpoints of reparameterised prompts (p-tuning, prefix with projection) -------------------------------
     def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's checkpoint, with a full disk as one line (libraries word it differently, below)."""
+        """The Trainer's checkpoint, with a full disk as one line (libraries word it differently: WRITE_FAILURES)."""
         try:
             super()._save_checkpoint(model, trial)
         except Exception as error:
@@ -147,6 +146,7 @@ class ClassificationTrainer(Trainer):
                 "or not writable. Free some space (or keep fewer checkpoints: --save_total_limit 1)."
             ) from error
 
+    # -- checkpoints of reparameterised prompts (p-tuning, prefix with projection) -------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """The Trainer's checkpoint, plus the whole prompt encoder where PEFT saves only its output (see
         `reparameterised_prompt_encoder`), so that resume and load-best restore what was trained."""
