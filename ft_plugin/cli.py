@@ -107,8 +107,14 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_output_file(input_file: str, output_file: str, overwrite: bool) -> None:
-    """Before any work: never write predictions over the input, nor over a file without --overwrite_output_file."""
+    """Before any work: a folder to write in; never predictions over the input, nor over a file without
+    --overwrite_output_file."""
     output = Path(output_file)
+    if not output.resolve().parent.is_dir():  # found only after every prediction had run
+        raise FtPluginError(
+            f"--output_file '{output_file}': the folder '{output.parent}' does not exist: create it first, or choose "
+            "another --output_file."
+        )
     if not output.exists():
         return
     if output.resolve() == Path(input_file).resolve():

@@ -91,6 +91,13 @@ def test_predict_never_writes_over_its_input_nor_an_existing_file_unasked(traine
     inputs = tmp_path / "in.csv"
     inputs.write_text("text,label\nlove great thanks,positive\n")
     original = inputs.read_text()
+    missing = tmp_path / "no-such-folder" / "p.csv"  # refused before the model loads, not after every prediction
+    result = ft_plugin("predict", "--adapter", str(trained), "--input_file", str(inputs), "--output_file", str(missing))
+    assert (
+        result.returncode == 2
+        and "the folder '" in result.stderr
+        and "does not exist: create it first" in result.stderr
+    )
     result = ft_plugin("predict", "--adapter", str(trained), "--input_file", str(inputs), "--output_file", str(inputs))
     assert result.returncode == 2 and "is the input file: choose another --output_file" in result.stderr
     assert inputs.read_text() == original
