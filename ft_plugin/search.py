@@ -274,13 +274,9 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
 def _check_same_methods(study_name: str, storage: str, methods: list[str]) -> None:
     """An existing study goes on only with the methods it was started with: Optuna fixes a categorical parameter's
     choices for the life of a study (its error came from inside the first new trial)."""
-    import optuna
-
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:  # no such study yet
-        return
-    choices = next((list(t.distributions["method"].choices) for t in study.trials if "method" in t.distributions), None)
+    study = _existing_study(study_name, storage)
+    trials = study.trials if study is not None else []
+    choices = next((list(t.distributions["method"].choices) for t in trials if "method" in t.distributions), None)
     if choices is not None and choices != methods:
         raise MethodError(
             f"Study '{study_name}' in '{storage.removeprefix('sqlite:///')}' searches the methods {','.join(choices)}, "
@@ -292,12 +288,21 @@ def _check_same_methods(study_name: str, storage: str, methods: list[str]) -> No
 def _finished_trials(study_name: str, storage: str) -> int:
     import optuna
 
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:  # no such study yet
+    study = _existing_study(study_name, storage)
+    if study is None:
         return 0
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _existing_study(study_name: str, storage: str):
+    """The Optuna study of that name in `storage`, or None when there is none yet."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # no such study yet
+        return None
 
 
 def leaderboard_rows(study) -> list[dict[str, Any]]:
