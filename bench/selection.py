@@ -41,6 +41,7 @@ from ft_plugin.select import (  # noqa: E402
     fine_tune,
     materialise,
     resolve_candidate,
+    run_folder_name,
     sample_texts,
     select_models,
 )
@@ -138,7 +139,8 @@ def bench_dataset(dataset: str, args: argparse.Namespace, work: Path) -> dict:
     for candidate in args.candidates:
         path = materialise(resolve_candidate(candidate), work / "derived")
         extra = ["--num_train_epochs", str(args.epochs), "--learning_rate", str(args.learning_rate), "--seed", "42"]
-        metrics = fine_tune(path, args.method, data, work / dataset / candidate, extra)
+        run_dir = work / run_folder_name(dataset) / run_folder_name(candidate)
+        metrics = fine_tune(path, args.method, data, run_dir, extra)
         fine_tuned[candidate] = {"test_accuracy": metrics["test_accuracy"], "train_seconds": metrics["train_seconds"]}
         print(f"{dataset} {candidate}: test accuracy {metrics['test_accuracy']:.4f} ({metrics['train_seconds']:.0f}s)")
     fine_tune_seconds = sum(row["train_seconds"] for row in fine_tuned.values())

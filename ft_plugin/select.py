@@ -404,6 +404,12 @@ def write_leaderboard(rows: list[CandidateScore], path: str | Path, **extra) -> 
     Path(path).write_text(json.dumps({**extra, "rows": [asdict(row) for row in rows]}, indent=2))
 
 
+def run_folder_name(candidate: str) -> str:
+    """A candidate's name as one folder name for its fine-tuning run: a local path (`/models/bert`) or a Hub id
+    (`org/name`) must not send the run into the model's own folder or nest it."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", candidate).strip("-.") or "candidate"
+
+
 def fine_tune(
     model_name_or_path: str,
     method: str,
@@ -444,7 +450,8 @@ def verify(
     for rank, row in enumerate(rows[:top_k], start=1):
         candidate = resolve_candidate(row.candidate)
         path = materialise(candidate, Path(output_dir) / "derived_models")
-        metrics = fine_tune(path, method, data, Path(output_dir) / f"verify_{row.candidate}", extra_argv)
+        run_dir = Path(output_dir) / f"verify_{run_folder_name(row.candidate)}"
+        metrics = fine_tune(path, method, data, run_dir, extra_argv)
         results.append({"candidate": row.candidate, "predicted_rank": rank, **metrics})
         logger.info("%s (predicted rank %d): test accuracy %.4f", row.candidate, rank, metrics["test_accuracy"])
     return results

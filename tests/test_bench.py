@@ -96,6 +96,7 @@ def test_selection_benchmark_reports_tau_and_the_time_ratio_of_each_scorer(tiny_
         tmp_path,
     )  # fmt: skip
     (dataset,) = payload["datasets"]
+    assert not Path(cut).exists()  # the runs stay in the bench's folder, not beside (or in) the candidate's own
     assert set(dataset["fine_tuned"]) == {str(tiny_model_dir), cut} and set(dataset["kendall_tau"]) == set(SCORERS)
     assert dataset["features_from"] == {cut: f"{tiny_model_dir}, after layer 1 of 2"}  # one forward pass for both
     by_scorer = dataset["time_ratio_by_scorer"]
