@@ -397,7 +397,8 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> str:
 
 # Flags copied from the sweep's own run into the best recipe, when they differ from their defaults.
 RECIPE_DATA_AND_MODEL_FLAGS = (
-    "model_name_or_path", "trust_remote_code", "allow_pickle", "load_in_4bit", "attention_dropout", "class_weights",
+    "model_name_or_path", "trust_remote_code", "allow_pickle", "load_in_4bit", "attention_dropout", "cpu_dropout",
+    "class_weights",
     *(f.name for f in fields(DataArguments)),
 )  # fmt: skip
 RECIPE_TRAINING_FLAGS = (
