@@ -81,7 +81,7 @@ class ModelArguments:
         default="fast",
         metadata={
             "help": "How dropout masks are drawn when training on the CPU: fast (16-bit random numbers, four per "
-            "64-bit draw: ~1.2x faster LoRA steps) or torch (torch's own bernoulli_ masks, ~3x slower there). No "
+            "64-bit draw: ~1.2x faster LoRA steps) or torch (torch's own bernoulli_ masks, ~3x slower to draw). No "
             "effect on GPUs.",
             "choices": ["fast", "torch"],
         },
