@@ -188,7 +188,8 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(output_dir / 'sweep.db').resolve()}"
-    finished = _finished_trials(sweep_args.study_name, storage)
+    existing = _existing_study(sweep_args.study_name, storage)  # None for a new study
+    finished = _finished_trials(existing)
     # a resumed or extended study draws new trials: the same seed would suggest the finished ones again
     seed = sweep_args.seed + finished
     sampler = _optuna_component(optuna.samplers, SAMPLERS, sweep_args.sampler, "sampler", seed=seed)
@@ -202,7 +203,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
             f"No method of --methods {sweep_args.methods} can be applied to {base.name_or_path} "
             f"({'; '.join(f'{m}: {r}' for m, r in dropped.items())}): choose other methods."
         )
-    _check_same_methods(sweep_args.study_name, storage, methods)
+    _check_same_methods(existing, storage, methods)
     tokenized = data.tokenize(tokenizer, fitting_max_seq_length(data_args.max_seq_length, base, tokenizer))
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     steps_per_epoch = max(1, math.ceil(len(tokenized["train"]) / batch))
@@ -271,24 +272,22 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     return {"best": best, "rows": rows, "dropped_methods": dropped, "outputs": outputs}
 
 
-def _check_same_methods(study_name: str, storage: str, methods: list[str]) -> None:
+def _check_same_methods(study, storage: str, methods: list[str]) -> None:
     """An existing study goes on only with the methods it was started with: Optuna fixes a categorical parameter's
     choices for the life of a study (its error came from inside the first new trial)."""
-    study = _existing_study(study_name, storage)
     trials = study.trials if study is not None else []
     choices = next((list(t.distributions["method"].choices) for t in trials if "method" in t.distributions), None)
     if choices is not None and choices != methods:
         raise MethodError(
-            f"Study '{study_name}' in '{storage.removeprefix('sqlite:///')}' searches the methods {','.join(choices)}, "
+            f"Study '{study.study_name}' in '{storage.removeprefix('sqlite:///')}' searches the methods {','.join(choices)}, "
             f"not {','.join(methods)}: Optuna cannot change a study's choices. Pass --methods {','.join(choices)} to go "
             "on with it, or a new --study_name (or --output_dir) for the new set."
         )
 
 
-def _finished_trials(study_name: str, storage: str) -> int:
+def _finished_trials(study) -> int:
     import optuna
 
-    study = _existing_study(study_name, storage)
     if study is None:
         return 0
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
