@@ -339,7 +339,7 @@ def build_trainer(
     if adalora:
         method_args.adalora_total_step = total_training_steps(training_args, len(tokenized["train"]))
     model = apply_method(model, model_args.method, method_args)
-    if model_args.cpu_dropout == "fast" and training_args.device.type == "cpu":
+    if model_args.cpu_dropout == "fast":  # each FastDropout uses torch's own dropout off the CPU
         use_fast_dropout(model)
     logger.info("%s: %s", model_args.method, trainable_report(model))
     # --- hub (issue 4): ft-plugin pushes the saved result folder itself, at the end of `train_and_save`, so the

@@ -404,10 +404,10 @@ def write_leaderboard(rows: list[CandidateScore], path: str | Path, **extra) -> 
     Path(path).write_text(json.dumps({**extra, "rows": [asdict(row) for row in rows]}, indent=2))
 
 
-def run_folder_name(candidate: str) -> str:
-    """A candidate's name as one folder name for its fine-tuning run: a local path (`/models/bert`) or a Hub id
-    (`org/name`) must not send the run into the model's own folder or nest it."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "--", candidate).strip("-.") or "candidate"
+def run_folder_name(name: str) -> str:
+    """A candidate's (or dataset's) name as one folder name for a fine-tuning run: a local path (`/models/bert`) or a
+    Hub id (`org/name`) must not send the run into the model's own folder or nest it."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip("-.") or "candidate"
 
 
 def fine_tune(
