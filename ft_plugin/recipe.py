@@ -30,6 +30,7 @@ from transformers import (
     set_seed,
 )
 
+from .attention import use_fast_attention_dropout
 from .card import hardware, hyperparameters, render_card
 from .data import DataArguments, TextClassificationData, load_data
 from .distributed import check_batches, check_launch, is_main_process
@@ -81,8 +82,8 @@ class ModelArguments:
         default="fast",
         metadata={
             "help": "How dropout masks are drawn when training on the CPU: fast (16-bit random numbers, four per "
-            "64-bit draw: ~1.2x faster LoRA steps) or torch (torch's own bernoulli_ masks, ~3x slower to draw). No "
-            "effect on GPUs.",
+            "64-bit draw, for the hidden, the method's and the attention-probability dropouts: faster steps, less "
+            "memory) or torch (torch's own bernoulli_ masks and SDPA's math path). No effect on GPUs.",
             "choices": ["fast", "torch"],
         },
     )
@@ -339,8 +340,9 @@ def build_trainer(
     if adalora:
         method_args.adalora_total_step = total_training_steps(training_args, len(tokenized["train"]))
     model = apply_method(model, model_args.method, method_args)
-    if model_args.cpu_dropout == "fast":  # each FastDropout uses torch's own dropout off the CPU
+    if model_args.cpu_dropout == "fast":  # both use torch's own dropout off the CPU
         use_fast_dropout(model)
+        use_fast_attention_dropout(model)
     logger.info("%s: %s", model_args.method, trainable_report(model))
     # --- hub (issue 4): ft-plugin pushes the saved result folder itself, at the end of `train_and_save`, so the
     # Trainer must not create the repo at init nor push checkpoints: an offline run still trains and saves.

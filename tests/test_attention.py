@@ -1,0 +1,134 @@
+"""`--cpu_dropout fast` on attention probabilities: the same function and gradients as SDPA's math path with the
+same mask, one implementation switched in memory only, transformers' own SDPA everywhere else."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+import ft_plugin.attention as attention
+from ft_plugin.attention import ATTENTION_IMPLEMENTATION, _DroppedAttention, use_fast_attention_dropout
+from ft_plugin.recipe import build_trainer, parse_args
+
+
+def reference_attention(query, key, value, attention_mask, keep, kept, scaling):
+    """Eager attention with a given dropout mask, differentiated by autograd."""
+    scores = query @ key.transpose(-1, -2) * scaling
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:
+        scores = scores + attention_mask
+    return (torch.softmax(scores, -1) * keep / kept) @ value
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
+def test_dropped_attention_matches_autograd_on_the_same_mask(mask_kind):
+    torch.manual_seed(0)
+    batch, heads, length, size = 3, 2, 7, 4
+    query, key, value = (
+        torch.randn(batch, length, heads * size).view(batch, length, heads, size).transpose(1, 2).requires_grad_()
+        for _ in range(3)
+    )  # strided like BERT's projections
+    padding = torch.ones(batch, 1, length, length, dtype=torch.bool)
+    padding[0, :, :, 5:] = False
+    mask = {"bool": padding, "additive": (~padding).float() * -1e4, "none": None}[mask_kind]
+    grad_output = torch.randn(batch, heads, length, size)
+
+    torch.manual_seed(1)
+    output = _DroppedAttention.apply(query, key, value, mask, 0.3, 0.5)
+    output.backward(grad_output)
+    grads = [t.grad.clone() for t in (query, key, value)]
+    for t in (query, key, value):
+        t.grad = None
+    torch.manual_seed(1)  # the same mask again
+    keep, kept = attention.keep_mask(torch.Size([batch, heads, length, length]), 0.3, torch.device("cpu"))
+    assert 0 < keep.float().mean() < 1
+    expected = reference_attention(query, key, value, mask, keep, kept, 0.5)
+    expected.backward(grad_output)
+    assert torch.allclose(output, expected, atol=1e-6)
+    for got, want in zip(grads, (query.grad, key.grad, value.grad)):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_a_bert_trains_with_the_same_loss_and_gradients_as_eager_attention_with_those_masks(
+    tiny_model_dir, monkeypatch, tmp_path
+):
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, num_labels=3, attention_probs_dropout_prob=0.2
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    batch = tokenizer(["great flight", "the bag was late and the gate was awful"], padding=True, return_tensors="pt")
+    labels = torch.tensor([2, 0])
+    assert model.config._attn_implementation == "sdpa"
+    assert use_fast_attention_dropout(model)
+    assert model.config._attn_implementation == ATTENTION_IMPLEMENTATION
+    masks = []
+    draw = attention.keep_mask
+
+    def recorded(shape, p, device):
+        masks.append(draw(shape, p, device))
+        return masks[-1]
+
+    monkeypatch.setattr(attention, "keep_mask", recorded)
+    model.train()
+    model(**batch, labels=labels).loss.backward()
+    assert len(masks) == model.config.num_hidden_layers and masks[0][0].shape[-1] == batch["input_ids"].shape[-1]
+    fast = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+
+    replay = iter(masks)
+
+    def replayed_dropout(x, p=0.5, training=True, inplace=False):
+        if p == 0:  # the tiny model's hidden dropouts
+            return x
+        keep, kept = next(replay)
+        return x * keep / kept
+
+    model.set_attn_implementation("eager")
+    monkeypatch.setattr(torch.nn.functional, "dropout", replayed_dropout)  # eager attention's dropout
+    model(**batch, labels=labels).loss.backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(fast[name], p.grad, atol=1e-6), name
+
+    monkeypatch.undo()
+    model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+    model.eval()  # evaluation: transformers' SDPA, no dropout
+    with torch.no_grad():
+        logits = model(**batch).logits
+        model.set_attn_implementation("sdpa")
+        assert torch.equal(model(**batch).logits, logits)
+    model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+    model.save_pretrained(tmp_path)
+    assert not [key for key in json.loads((tmp_path / "config.json").read_text()) if "attn" in key]
+
+
+@pytest.mark.parametrize(
+    ("flags", "implementation"),
+    [
+        (["--attention_dropout", "0.1"], ATTENTION_IMPLEMENTATION),  # the default, --cpu_dropout fast
+        (["--attention_dropout", "0.1", "--cpu_dropout", "torch"], "sdpa"),
+        ([], "sdpa"),  # the tiny model has no attention dropout: nothing to switch
+    ],
+)
+def test_build_trainer_switches_attention_only_for_fast_cpu_dropout(
+    tiny_model_dir, tiny_csv, tmp_path, flags, implementation
+):
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--report_to", "none",
+            "--method", "lora", "--output_dir", str(tmp_path), *flags]  # fmt: skip
+    trainer = build_trainer(*parse_args(argv))
+    assert trainer.model.get_base_model().config._attn_implementation == implementation
+
+
+@pytest.mark.parametrize(("method", "learning_rate"), [("lora", "5e-3"), ("prefix", "3e-2"), ("full", "5e-3")])
+def test_training_with_fast_attention_dropout_learns(tiny_model_dir, tiny_csv, tmp_path, method, learning_rate):
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--report_to", "none",
+            "--method", method, "--output_dir", str(tmp_path), "--attention_dropout", "0.1",
+            "--num_train_epochs", "2", "--eval_strategy", "no", "--learning_rate", learning_rate]  # fmt: skip
+    trainer = build_trainer(*parse_args(argv))
+    base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    assert base.config._attn_implementation == ATTENTION_IMPLEMENTATION
+    trainer.train()
+    assert trainer.evaluate()["eval_loss"] < 1.0986  # below chance (ln 3): it learned through the new attention
