@@ -7,7 +7,7 @@
 
 Same data (the embedded tweets), batch size, max sequence length, steps and threads for every variant; the first
 `--warmup` steps of each run are not timed; variants alternate within each repeat. Reports medians, ratios, and
-achieved model FLOP/s as a share of an fp32 GEMM peak measured in the same run. Writes bench/results/throughput.json.
+achieved model FLOP/s as a share of an fp32 GEMM peak measured in the same run (in every repeat; the median). Writes bench/results/throughput.json.
 """
 
 from __future__ import annotations
@@ -117,7 +117,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     config = AutoConfig.from_pretrained(options.model_path)
     matmul_params = encoder_matmul_parameters(AutoModel.from_pretrained(options.model_path))
-    peak = gemm_peak_flops(config.hidden_size)
 
     variants = {
         "ft-plugin": lambda m, c: run_ft_plugin(options, m, c),
@@ -129,7 +128,10 @@ def main(argv: list[str] | None = None) -> dict:
         extra = shlex.split(flags)
         variants[f"ft-plugin {name}"] = lambda m, c, extra=extra: run_ft_plugin(options, m, c, extra)
     measured: dict[tuple[str, str], list[dict]] = {}
+    peaks = []  # the GEMM peak in every repeat, beside the runs it divides: a machine's speed drifts
     for repeat in range(options.repeats):
+        peaks.append(gemm_peak_flops(config.hidden_size))
+        print(f"repeat {repeat + 1}: fp32 GEMM peak {peaks[-1] / 1e9:.1f} GFLOP/s")
         for method in options.methods:
             for name, run in variants.items():
                 clock = StepClock()
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"repeat {repeat + 1}: {method:5s} {name:30s} {measured[(method, name)][-1]['samples_per_s']:.2f} samples/s"
                 )
 
+    peak = statistics.median(peaks)
     rows = []
     for (method, name), runs in measured.items():
         median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     profile = profile_ft_plugin(options, options.methods[0]) if options.profile else None
     settings = {k: v for k, v in vars(options).items() if k != "model_path"}
-    payload = {"settings": settings, "gemm_peak_flops": peak, "rows": rows, "profile": profile}
+    payload = {"settings": settings, "gemm_peak_flops": peak, "gemm_peaks": peaks, "rows": rows, "profile": profile}
     path = write_json(options.output, payload)
     print(f"\nWrote {path}")
     return {"rows": rows, "gemm_peak_flops": peak}
