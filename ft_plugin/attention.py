@@ -6,8 +6,10 @@ softmax output, the mask and the dropped-out probabilities (batch x heads x leng
 backward pass. `sdpa_with_fast_dropout`, registered with transformers' `AttentionInterface` as
 `ATTENTION_IMPLEMENTATION`, computes the same function in one `torch.autograd.Function`: the mask comes from
 `keep_mask` (as `FastDropout`'s), and only the softmax output and the one-byte mask are kept; the dropped-out
-probabilities are recomputed in the backward pass. Everywhere else (evaluation, no dropout, GPUs, `torch.compile`,
-causal or grouped-query attention, other dtypes) it is transformers' own SDPA function, unchanged.
+probabilities are recomputed in the backward pass. (A query row whose keys are all masked averages the values, as
+transformers' eager attention does, where SDPA gives 0: padding rows of left-padded causal models only.) Everywhere
+else (evaluation, no dropout, GPUs, `torch.compile`, causal or grouped-query attention, other dtypes, learned or
+unusually shaped masks) it is transformers' own SDPA function, unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from .dropout import apply_keep_mask, keep_mask
+from .dropout import apply_keep_mask, has_fast_mask, keep_mask
 from .models import ATTENTION_DROPOUT_KEYS
 
 ATTENTION_IMPLEMENTATION = "ft_plugin_sdpa"  # SDPA, with `keep_mask` dropout when training on the CPU
@@ -59,16 +61,29 @@ class _DroppedAttention(torch.autograd.Function):
 def _takes_fast_dropout(module: nn.Module, query, key, attention_mask, dropout: float, is_causal, kwargs) -> bool:
     """Whether this call is CPU training with dropout in the plain bidirectional form `_DroppedAttention` computes."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    scores_shape = (*query.shape[:-1], key.shape[-2])
     return (
-        dropout > 0
+        has_fast_mask(dropout)
         and query.device.type == "cpu"
         and query.dtype == torch.float32
-        and torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and not (causal and attention_mask is None)
-        and query.shape[1] == key.shape[1]  # no grouped-query attention
+        and query.shape[:2] == key.shape[:2]  # same batch, no grouped-query attention
+        and (attention_mask is None or fits_in_place(attention_mask, scores_shape))
+        and not kwargs.get("output_attentions")
         and not any(kwargs.get(name) is not None for name in ("position_bias", "cache", "softcap"))
     )
+
+
+def fits_in_place(attention_mask: torch.Tensor, scores_shape: tuple[int, ...]) -> bool:
+    """Whether the mask can be applied to the scores in place: a constant that broadcasts to their shape."""
+    try:
+        return (
+            not attention_mask.requires_grad
+            and torch.broadcast_shapes(attention_mask.shape, scores_shape) == scores_shape
+        )
+    except RuntimeError:  # shapes that do not broadcast: SDPA's own message
+        return False
 
 
 def sdpa_with_fast_dropout(

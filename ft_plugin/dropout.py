@@ -9,7 +9,7 @@ expectation is the input, as with `nn.Dropout`; only p's quantisation to 1/65536
 from numpy's PCG64 (~3x faster than torch's `random_`), seeded for each mask by one number drawn from torch's default
 generator, so `--seed` and checkpoints reproduce the masks as they do torch's. Like torch, it keeps a one-byte mask
 for the backward pass, and applies it as bytes (torch casts a bool mask element by element, ~3x slower).
-GPUs keep torch's own dropout (fused there); so do an in-place dropout and `torch.compile` (which fuses its own).
+GPUs keep torch's own dropout (fused there); so do an in-place dropout, `torch.compile` (which fuses its own) and\na p within 1/131072 of 0 or 1.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.
     dropped_levels = round(p * _LEVELS)
     mask = torch.from_numpy(words[:count]).view(shape) >= dropped_levels - _LEVELS // 2
     return mask.to(device), 1 - dropped_levels / _LEVELS
+
+
+def has_fast_mask(p: float) -> bool:
+    """Whether `keep_mask` can draw a mask for `p`: some elements dropped, some kept after rounding to 1/65536."""
+    return 0 < round(p * _LEVELS) < _LEVELS
 
 
 def apply_keep_mask(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
@@ -55,10 +60,9 @@ class FastDropout(nn.Dropout):
     """`nn.Dropout` with ft-plugin's cheaper mask on the CPU; torch's own elsewhere."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or self.inplace or x.device.type != "cpu" or torch.compiler.is_compiling():
+        fast = self.training and has_fast_mask(self.p) and not self.inplace and x.device.type == "cpu"
+        if not fast or torch.compiler.is_compiling():
             return super().forward(x)
-        if self.p == 1:
-            return x * 0
         mask, kept = keep_mask(x.shape, self.p, x.device)
         return _ApplyMask.apply(x, mask, 1 / kept)
 

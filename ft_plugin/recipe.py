@@ -312,6 +312,15 @@ def fitting_max_seq_length(max_seq_length: int, model, tokenizer) -> int:
     return max_seq_length
 
 
+def with_cpu_dropout(model, cpu_dropout: str):
+    """`--cpu_dropout fast`: ft-plugin's masks for the hidden, the method's and the attention-probability dropouts
+    (each uses torch's own dropout off the CPU); `torch`: the model as it is."""
+    if cpu_dropout == "fast":
+        use_fast_dropout(model)
+        use_fast_attention_dropout(model)
+    return model
+
+
 def build_trainer(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -339,10 +348,7 @@ def build_trainer(
     adalora = "adalora" in model_args.method.split("+")
     if adalora:
         method_args.adalora_total_step = total_training_steps(training_args, len(tokenized["train"]))
-    model = apply_method(model, model_args.method, method_args)
-    if model_args.cpu_dropout == "fast":  # both use torch's own dropout off the CPU
-        use_fast_dropout(model)
-        use_fast_attention_dropout(model)
+    model = with_cpu_dropout(apply_method(model, model_args.method, method_args), model_args.cpu_dropout)
     logger.info("%s: %s", model_args.method, trainable_report(model))
     # --- hub (issue 4): ft-plugin pushes the saved result folder itself, at the end of `train_and_save`, so the
     # Trainer must not create the repo at init nor push checkpoints: an offline run still trains and saves.

@@ -168,7 +168,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     Returns `{"best": row, "rows": [...], "outputs": {name: path}}`.
     """
     from .data import load_data
-    from .recipe import fitting_max_seq_length, load_base, train_class_weights
+    from .recipe import fitting_max_seq_length, load_base, train_class_weights, with_cpu_dropout
     from .trainer import classification_trainer
 
     try:
@@ -231,9 +231,10 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
         """The trial's method on a copy of the base model. The Trainer calls this before `hp_space`; Optuna returns
         the same value when a trial suggests a name twice, so both see the same method and options."""
         if trial is None:  # the Trainer's constructor builds one model before any trial
-            return apply_method(copy.deepcopy(base), methods[0], method_args)
+            return with_cpu_dropout(apply_method(copy.deepcopy(base), methods[0], method_args), model_args.cpu_dropout)
         method = trial.suggest_categorical("method", methods)
-        return apply_method(copy.deepcopy(base), method, replace(method_args, **method_params(method, trial)))
+        model = apply_method(copy.deepcopy(base), method, replace(method_args, **method_params(method, trial)))
+        return with_cpu_dropout(model, model_args.cpu_dropout)
 
     recorder = TrialRecorder()
     weights = train_class_weights(model_args, data, tokenized)
@@ -449,7 +450,7 @@ def write_best_recipe(best, model_args, data_args, method_args, training_args, o
 FORWARDED_FLAGS = (
     "model_name_or_path", "dataset_name", "train_file", "validation_file", "test_file", "text_column",
     "label_column", "max_train_samples", "max_eval_samples", "max_seq_length", "num_train_epochs",
-    "per_device_train_batch_size", "target_modules", "class_weights", "output_dir",
+    "per_device_train_batch_size", "target_modules", "class_weights", "attention_dropout", "cpu_dropout", "output_dir",
 )  # fmt: skip
 
 

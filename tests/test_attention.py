@@ -24,15 +24,15 @@ def reference_attention(query, key, value, attention_mask, keep, kept, scaling):
     return (torch.softmax(scores, -1) * keep / kept) @ value
 
 
-@pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
-def test_dropped_attention_matches_autograd_on_the_same_mask(mask_kind):
+@pytest.mark.parametrize(("mask_kind", "prefix"), [("bool", 0), ("additive", 0), ("none", 0), ("bool", 3)])
+def test_dropped_attention_matches_autograd_on_the_same_mask(mask_kind, prefix):
     torch.manual_seed(0)
     batch, heads, length, size = 3, 2, 7, 4
     query, key, value = (
-        torch.randn(batch, length, heads * size).view(batch, length, heads, size).transpose(1, 2).requires_grad_()
-        for _ in range(3)
-    )  # strided like BERT's projections
-    padding = torch.ones(batch, 1, length, length, dtype=torch.bool)
+        torch.randn(batch, length + extra, heads * size).view(batch, -1, heads, size).transpose(1, 2).requires_grad_()
+        for extra in (0, prefix, prefix)
+    )  # strided like BERT's projections; prefix tuning's keys and values are longer than the queries
+    padding = torch.ones(batch, 1, length, length + prefix, dtype=torch.bool)
     padding[0, :, :, 5:] = False
     mask = {"bool": padding, "additive": (~padding).float() * -1e4, "none": None}[mask_kind]
     grad_output = torch.randn(batch, heads, length, size)
@@ -44,7 +44,7 @@ def test_dropped_attention_matches_autograd_on_the_same_mask(mask_kind):
     for t in (query, key, value):
         t.grad = None
     torch.manual_seed(1)  # the same mask again
-    keep, kept = attention.keep_mask(torch.Size([batch, heads, length, length]), 0.3, torch.device("cpu"))
+    keep, kept = attention.keep_mask(torch.Size([batch, heads, length, length + prefix]), 0.3, torch.device("cpu"))
     assert 0 < keep.float().mean() < 1
     expected = reference_attention(query, key, value, mask, keep, kept, 0.5)
     expected.backward(grad_output)
@@ -53,7 +53,7 @@ def test_dropped_attention_matches_autograd_on_the_same_mask(mask_kind):
         assert torch.allclose(got, want, atol=1e-5)
 
 
-def test_a_bert_trains_with_the_same_loss_and_gradients_as_eager_attention_with_those_masks(
+def test_a_bert_has_the_same_loss_and_gradients_as_with_eager_attention_and_those_masks(
     tiny_model_dir, monkeypatch, tmp_path
 ):
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -74,7 +74,8 @@ def test_a_bert_trains_with_the_same_loss_and_gradients_as_eager_attention_with_
 
     monkeypatch.setattr(attention, "keep_mask", recorded)
     model.train()
-    model(**batch, labels=labels).loss.backward()
+    loss = model(**batch, labels=labels).loss
+    loss.backward()
     assert len(masks) == model.config.num_hidden_layers and masks[0][0].shape[-1] == batch["input_ids"].shape[-1]
     fast = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
@@ -89,7 +90,9 @@ def test_a_bert_trains_with_the_same_loss_and_gradients_as_eager_attention_with_
 
     model.set_attn_implementation("eager")
     monkeypatch.setattr(torch.nn.functional, "dropout", replayed_dropout)  # eager attention's dropout
-    model(**batch, labels=labels).loss.backward()
+    eager_loss = model(**batch, labels=labels).loss
+    eager_loss.backward()
+    assert torch.allclose(loss, eager_loss, atol=1e-6)
     for name, p in model.named_parameters():
         assert torch.allclose(fast[name], p.grad, atol=1e-6), name
 
@@ -123,12 +126,64 @@ def test_build_trainer_switches_attention_only_for_fast_cpu_dropout(
 
 
 @pytest.mark.parametrize(("method", "learning_rate"), [("lora", "5e-3"), ("prefix", "3e-2"), ("full", "5e-3")])
-def test_training_with_fast_attention_dropout_learns(tiny_model_dir, tiny_csv, tmp_path, method, learning_rate):
+def test_training_with_fast_attention_dropout_learns(
+    tiny_model_dir, tiny_csv, tmp_path, monkeypatch, method, learning_rate
+):
     argv = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--report_to", "none",
             "--method", method, "--output_dir", str(tmp_path), "--attention_dropout", "0.1",
             "--num_train_epochs", "2", "--eval_strategy", "no", "--learning_rate", learning_rate]  # fmt: skip
     trainer = build_trainer(*parse_args(argv))
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     assert base.config._attn_implementation == ATTENTION_IMPLEMENTATION
+    shapes = []
+    draw = attention.keep_mask
+    monkeypatch.setattr(attention, "keep_mask", lambda shape, p, device: shapes.append(shape) or draw(shape, p, device))
     trainer.train()
+    assert shapes and all(len(shape) == 4 for shape in shapes)  # the attention probabilities took ft-plugin's masks
     assert trainer.evaluate()["eval_loss"] < 1.0986  # below chance (ln 3): it learned through the new attention
+
+
+def attention_inputs(heads_kv: int = 2, dtype=torch.float32):
+    torch.manual_seed(0)
+    query = torch.randn(2, 2, 5, 4, dtype=dtype)
+    key, value = (torch.randn(2, heads_kv, 5, 4, dtype=dtype) for _ in range(2))
+    return query, key, value
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["evaluation", "p rounds to 1", "bf16", "grouped-query", "causal without a mask", "position bias", "learned mask",
+     "mask of another batch size"],
+)  # fmt: skip
+def test_what_the_fast_path_cannot_compute_goes_to_transformers_sdpa(monkeypatch, case):
+    calls = []
+    monkeypatch.setattr(
+        attention, "sdpa_attention_forward", lambda *args, **kwargs: calls.append(kwargs) or (None, None)
+    )
+    module = torch.nn.Module()
+    module.is_causal = case == "causal without a mask"
+    query, key, value = attention_inputs(
+        1 if case == "grouped-query" else 2, torch.bfloat16 if case == "bf16" else torch.float32
+    )
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    kwargs = {"dropout": 0.1}
+    if case == "evaluation":
+        kwargs["dropout"] = 0.0
+    elif case == "p rounds to 1":
+        kwargs["dropout"] = 1 - 1e-6
+    elif case == "causal without a mask":
+        mask = None
+    elif case == "position bias":
+        kwargs["position_bias"] = torch.zeros(1, 2, 5, 5)
+    elif case == "learned mask":
+        mask = torch.zeros(2, 1, 5, 5, requires_grad=True)
+    elif case == "mask of another batch size":
+        mask = torch.ones(4, 1, 5, 5, dtype=torch.bool)
+    attention.sdpa_with_fast_dropout(module, query, key, value, mask, **kwargs)
+    assert len(calls) == 1
+
+    calls.clear()  # the plain bidirectional case, training on the CPU in fp32: the fast path
+    module.is_causal = False
+    query, key, value = attention_inputs()
+    output, weights = attention.sdpa_with_fast_dropout(module, query, key, value, None, dropout=0.1)
+    assert not calls and output.shape == (2, 5, 2, 4) and weights is None

@@ -40,6 +40,8 @@ def test_fast_dropout_is_the_identity_in_eval_mode_and_at_p_0_and_follows_the_se
     assert FastDropout(0.5).eval()(x) is x
     assert torch.equal(FastDropout(0.0).train()(x), x)
     assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))
+    nearly_all = FastDropout(1 - 1e-6).train()(x)  # rounds to "drop all": torch's dropout, not a division by 0
+    assert torch.isfinite(nearly_all).all()
     dropout = FastDropout(0.5).train()
     torch.manual_seed(7)
     first, second = dropout(x), dropout(x)
