@@ -9,7 +9,8 @@ expectation is the input, as with `nn.Dropout`; only p's quantisation to 1/65536
 from numpy's PCG64 (~3x faster than torch's `random_`), seeded for each mask by one number drawn from torch's default
 generator, so `--seed` and checkpoints reproduce the masks as they do torch's. Like torch, it keeps a one-byte mask
 for the backward pass, and applies it as bytes (torch casts a bool mask element by element, ~3x slower).
-GPUs keep torch's own dropout (fused there); so do an in-place dropout, `torch.compile` (which fuses its own) and\na p within 1/131072 of 0 or 1.
+GPUs keep torch's own dropout (fused there); so do an in-place dropout, `torch.compile` (which fuses its own) and
+a p within 1/131072 of 0 or 1.
 """
 
 from __future__ import annotations
