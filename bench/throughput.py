@@ -7,7 +7,8 @@
 
 Same data (the embedded tweets), batch size, max sequence length, steps and threads for every variant; the first
 `--warmup` steps of each run are not timed; variants alternate within each repeat. Reports medians, ratios, and
-achieved model FLOP/s as a share of an fp32 GEMM peak measured in the same run (in every repeat; the median). Writes bench/results/throughput.json.
+achieved model FLOP/s as a share of an fp32 GEMM peak measured in the same run (in every repeat; the median).
+Writes bench/results/throughput.json.
 """
 
 from __future__ import annotations

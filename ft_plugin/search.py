@@ -231,10 +231,11 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
         """The trial's method on a copy of the base model. The Trainer calls this before `hp_space`; Optuna returns
         the same value when a trial suggests a name twice, so both see the same method and options."""
         if trial is None:  # the Trainer's constructor builds one model before any trial
-            return with_cpu_dropout(apply_method(copy.deepcopy(base), methods[0], method_args), model_args.cpu_dropout)
-        method = trial.suggest_categorical("method", methods)
-        model = apply_method(copy.deepcopy(base), method, replace(method_args, **method_params(method, trial)))
-        return with_cpu_dropout(model, model_args.cpu_dropout)
+            method, options = methods[0], method_args
+        else:
+            method = trial.suggest_categorical("method", methods)
+            options = replace(method_args, **method_params(method, trial))
+        return with_cpu_dropout(apply_method(copy.deepcopy(base), method, options), model_args.cpu_dropout)
 
     recorder = TrialRecorder()
     weights = train_class_weights(model_args, data, tokenized)

@@ -59,6 +59,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture()
+def attention_masks(monkeypatch) -> list:
+    """Every (mask, kept share) that `--cpu_dropout fast` draws for attention probabilities during the test."""
+    import ft_plugin.attention as attention
+
+    drawn = []
+    draw = attention.keep_mask
+    monkeypatch.setattr(attention, "keep_mask", lambda *args: drawn.append(draw(*args)) or drawn[-1])
+    return drawn
+
+
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory) -> Path:
     """A 3-class CSV (text,label) of 240 separable rows."""

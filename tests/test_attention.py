@@ -54,7 +54,7 @@ def test_dropped_attention_matches_autograd_on_the_same_mask(mask_kind, prefix):
 
 
 def test_a_bert_has_the_same_loss_and_gradients_as_with_eager_attention_and_those_masks(
-    tiny_model_dir, monkeypatch, tmp_path
+    tiny_model_dir, monkeypatch, attention_masks, tmp_path
 ):
     model = AutoModelForSequenceClassification.from_pretrained(
         tiny_model_dir, num_labels=3, attention_probs_dropout_prob=0.2
@@ -65,14 +65,7 @@ def test_a_bert_has_the_same_loss_and_gradients_as_with_eager_attention_and_thos
     assert model.config._attn_implementation == "sdpa"
     assert use_fast_attention_dropout(model)
     assert model.config._attn_implementation == ATTENTION_IMPLEMENTATION
-    masks = []
-    draw = attention.keep_mask
-
-    def recorded(shape, p, device):
-        masks.append(draw(shape, p, device))
-        return masks[-1]
-
-    monkeypatch.setattr(attention, "keep_mask", recorded)
+    masks = attention_masks
     model.train()
     loss = model(**batch, labels=labels).loss
     loss.backward()
@@ -127,7 +120,7 @@ def test_build_trainer_switches_attention_only_for_fast_cpu_dropout(
 
 @pytest.mark.parametrize(("method", "learning_rate"), [("lora", "5e-3"), ("prefix", "3e-2"), ("full", "5e-3")])
 def test_training_with_fast_attention_dropout_learns(
-    tiny_model_dir, tiny_csv, tmp_path, monkeypatch, method, learning_rate
+    tiny_model_dir, tiny_csv, tmp_path, attention_masks, method, learning_rate
 ):
     argv = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv), "--report_to", "none",
             "--method", method, "--output_dir", str(tmp_path), "--attention_dropout", "0.1",
@@ -135,11 +128,10 @@ def test_training_with_fast_attention_dropout_learns(
     trainer = build_trainer(*parse_args(argv))
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     assert base.config._attn_implementation == ATTENTION_IMPLEMENTATION
-    shapes = []
-    draw = attention.keep_mask
-    monkeypatch.setattr(attention, "keep_mask", lambda shape, p, device: shapes.append(shape) or draw(shape, p, device))
     trainer.train()
-    assert shapes and all(len(shape) == 4 for shape in shapes)  # the attention probabilities took ft-plugin's masks
+    assert attention_masks and all(
+        mask.dim() == 4 for mask, _ in attention_masks
+    )  # the attention probabilities took ft-plugin's masks
     assert trainer.evaluate()["eval_loss"] < 1.0986  # below chance (ln 3): it learned through the new attention
 
 

@@ -85,16 +85,11 @@ def test_a_study_goes_on_only_with_its_own_methods(tiny_model_dir, tiny_csv, tmp
 
 @pytest.mark.parametrize(("cpu_dropout", "fast"), [("fast", True), ("torch", False)])
 def test_sweep_trials_train_with_the_cpu_dropout_asked_for(
-    tiny_model_dir, tiny_csv, tmp_path, monkeypatch, cpu_dropout, fast
+    tiny_model_dir, tiny_csv, tmp_path, attention_masks, cpu_dropout, fast
 ):
-    import ft_plugin.attention as attention
-
-    masks = []
-    draw = attention.keep_mask
-    monkeypatch.setattr(attention, "keep_mask", lambda shape, p, device: masks.append(shape) or draw(shape, p, device))
     argv = sweep_argv(tiny_model_dir, tiny_csv, tmp_path / "sweep", "--n_trials", "1", "--attention_dropout", "0.1")
     assert main([*argv, "--cpu_dropout", cpu_dropout]) == 0
-    assert bool(masks) == fast  # the trials' attention dropout took ft-plugin's masks only with `fast`
+    assert bool(attention_masks) == fast  # the trials' attention dropout took ft-plugin's masks only with `fast`
 
 
 def test_peak_rss_is_the_peak_of_its_own_window():
