@@ -16,10 +16,19 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from ft_plugin.allocator import allocator_in_use, use_fast_allocator
+
 
 def results_dir() -> Path:
     """Where tables go: bench/results/, or $FT_PLUGIN_BENCH_RESULTS (tests: smoke runs never overwrite the figures)."""
     return Path(os.environ.get("FT_PLUGIN_BENCH_RESULTS", Path(__file__).parent / "results"))
+
+
+def run_as_command(main: Callable[[], None]) -> None:
+    """A benchmark's `__main__`: on the allocator that ft-plugin's commands run on (mimalloc by default; the
+    process re-runs itself once, ft_plugin/allocator.py), so that times and memory are what users get."""
+    use_fast_allocator()
+    main()
 
 
 def run_fresh(function: Callable, *args):
@@ -109,6 +118,7 @@ def machine() -> dict:
         "processor": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "allocator": allocator_in_use(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 

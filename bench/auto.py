@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import print_table, write_json  # noqa: E402
+from bench._common import print_table, run_as_command, write_json  # noqa: E402
 from ft_plugin.auto import DEFAULT_AUTO_METHODS, AutoArguments  # noqa: E402
 from ft_plugin.recipe import main as recipe_main  # noqa: E402
 
@@ -107,4 +107,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_command(main)

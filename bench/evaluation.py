@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch.utils.data import SequentialSampler  # noqa: E402
 from transformers import Trainer  # noqa: E402
 
-from bench._common import CountingCollator, machine, print_table, write_json  # noqa: E402
+from bench._common import CountingCollator, machine, print_table, run_as_command, write_json  # noqa: E402
 from ft_plugin.recipe import build_trainer, parse_args  # noqa: E402
 
 
@@ -83,4 +83,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_command(main)

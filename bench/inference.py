@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench._common import print_table, run_fresh, write_json  # noqa: E402
+from bench._common import print_table, run_as_command, run_fresh, write_json  # noqa: E402
 from ft_plugin.data import DataArguments, load_data  # noqa: E402
 from ft_plugin.inference import TextClassifier, quantize_int8  # noqa: E402
 from ft_plugin.metrics import classification_metrics  # noqa: E402
@@ -170,4 +170,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_command(main)

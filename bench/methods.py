@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import current_rss_mb, print_table, results_dir, run_fresh, write_json  # noqa: E402
+from bench._common import current_rss_mb, print_table, results_dir, run_as_command, run_fresh, write_json  # noqa: E402
 from ft_plugin.methods import METHODS  # noqa: E402
 
 WEIGHT_FILES = ("adapter_model.safetensors", "delta_model.safetensors", "model.safetensors")
@@ -142,4 +142,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_command(main)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import print_table, write_json  # noqa: E402
+from bench._common import print_table, run_as_command, write_json  # noqa: E402
 from ft_plugin.auto import DEFAULT_AUTO_METHODS, StopAtStep  # noqa: E402
 from ft_plugin.data import TextClassificationData  # noqa: E402
 
@@ -100,4 +100,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_command(main)

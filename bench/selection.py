@@ -33,7 +33,7 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import print_table, write_json  # noqa: E402
+from bench._common import print_table, run_as_command, write_json  # noqa: E402
 from ft_plugin.data import DataArguments, load_data  # noqa: E402
 from ft_plugin.select import (  # noqa: E402
     DEFAULT_CANDIDATES,
@@ -197,4 +197,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_command(main)

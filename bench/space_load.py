@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import print_table, write_json  # noqa: E402
+from bench._common import print_table, run_as_command, write_json  # noqa: E402
 
 CALL_TIMEOUT = 30.0  # seconds; a call slower than this counts as an error
 
@@ -226,4 +226,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_command(main)

@@ -29,6 +29,7 @@ from bench._common import (  # noqa: E402
     gemm_peak_flops,
     print_table,
     record,
+    run_as_command,
     training_flops,
     write_json,
 )
@@ -192,4 +193,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_command(main)

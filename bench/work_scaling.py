@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import StepClock, current_rss_mb, print_table, run_fresh, write_json  # noqa: E402
+from bench._common import StepClock, current_rss_mb, print_table, run_as_command, run_fresh, write_json  # noqa: E402
 
 TWEETS_PER_TEXT = 40  # ~1200 tokens: every text fills even the longest --max_seq_length
 
@@ -156,4 +156,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_command(main)

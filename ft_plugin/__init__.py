@@ -13,11 +13,31 @@ import warnings
 # peft calls a transformers property deprecated in v5; the warning is not actionable for our users.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
-from .errors import DataError, FtPluginError, MethodError, ModelError  # noqa: E402
-from .methods import METHODS, MethodSpec, apply_method, register_method, trainable_report  # noqa: E402
-from .saving import load, save_result  # noqa: E402
+import importlib  # noqa: E402
 
-apply = apply_method
+from .errors import DataError, FtPluginError, MethodError, ModelError  # noqa: E402
+
+# Imported on first use (PEP 562), so that `import ft_plugin.cli` or `ft_plugin.allocator` does not pull in torch
+# before an entry point has chosen the memory allocator (ft_plugin/allocator.py).
+_LAZY_ATTRIBUTES = {
+    "METHODS": "methods",
+    "MethodSpec": "methods",
+    "apply_method": "methods",
+    "apply": "methods",
+    "register_method": "methods",
+    "trainable_report": "methods",
+    "load": "saving",
+    "save_result": "saving",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY_ATTRIBUTES:
+        raise AttributeError(f"module 'ft_plugin' has no attribute '{name}'")
+    module = importlib.import_module(f".{_LAZY_ATTRIBUTES[name]}", __name__)
+    value = getattr(module, "apply_method" if name == "apply" else name)
+    globals()[name] = value
+    return value
 
 
 def push(*args, **kwargs) -> str:

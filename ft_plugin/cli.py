@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from .allocator import use_fast_allocator
 from .errors import FtPluginError
 
 
@@ -290,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `ft-plugin` command itself (not a call from Python): re-run it on mimalloc
+        use_fast_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["--debug", "train"]:  # the global flag, which the recipe reads among its own
         argv = ["train", "--debug", *argv[2:]]
@@ -306,6 +309,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ft-plugin: error: {error}", file=sys.stderr)
         return 2
+
+
+def run_recipe(method: str) -> None:
+    """A recipe script's entry point (`python recipes/lora_bert.py`, `accelerate launch recipes/...`): re-run the
+    script on mimalloc, then `ft_plugin.recipe.main` with the script's method and flags."""
+    use_fast_allocator()
+    from .recipe import main as recipe_main
+
+    recipe_main(method=method)
 
 
 if __name__ == "__main__":

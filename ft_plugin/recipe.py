@@ -30,6 +30,7 @@ from transformers import (
     set_seed,
 )
 
+from .allocator import allocator_in_use
 from .attention import use_fast_attention_dropout
 from .card import hardware, hyperparameters, render_card
 from .data import DataArguments, TextClassificationData, load_data
@@ -575,6 +576,7 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict[str, 
     argv = [a for a in argv if a != "--debug"]
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
+    logger.info("Memory allocator: %s", allocator_in_use())  # mimalloc from the entry points (ft_plugin/allocator.py)
     try:
         argv = expand_config_file(argv)
         check_launch(argv)  # before TrainingArguments picks the device and process group

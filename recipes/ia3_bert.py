@@ -7,7 +7,7 @@
 Takes every run_glue.py flag (--model_name_or_path, --train_file, --num_train_epochs, ...); `--help` lists them.
 """
 
-from ft_plugin.recipe import main
+from ft_plugin.cli import run_recipe
 
 if __name__ == "__main__":
-    main(method="ia3")
+    run_recipe("ia3")

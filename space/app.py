@@ -32,6 +32,7 @@ import huggingface_hub
 import pandas as pd
 import torch
 
+from ft_plugin.allocator import use_fast_allocator
 from ft_plugin.data import (
     LABEL_COLUMN_CANDIDATES,
     TEXT_COLUMN_CANDIDATES,
@@ -975,4 +976,5 @@ def launch(extra_base_models: list[str] | None = None, **kwargs) -> gr.Blocks:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # training jobs on mimalloc, as `ft-plugin space` (re-runs the script once)
     launch()

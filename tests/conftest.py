@@ -11,6 +11,9 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Entry points (recipes run as __main__, `ft-plugin` main()) re-execute their process on mimalloc: never pytest's.
+# The tests that start commands as a user does (test_e2e, test_distributed, test_allocator) set it back.
+os.environ["FT_PLUGIN_ALLOCATOR"] = "system"
 
 WORDS = {
     "negative": ["awful", "bad", "terrible", "hate", "broken", "late"],

@@ -20,7 +20,7 @@ ACCELERATE_CONFIGS = sorted((ROOT / "accelerate_configs").glob("*.yaml"))
 
 
 def recipe_method(recipe: Path) -> str:
-    return recipe.read_text().split('main(method="')[1].split('"')[0]
+    return recipe.read_text().split('run_recipe("')[1].split('"')[0]
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
