@@ -18,26 +18,31 @@ import importlib  # noqa: E402
 from .errors import DataError, FtPluginError, MethodError, ModelError  # noqa: E402
 
 # Imported on first use (PEP 562), so that `import ft_plugin.cli` or `ft_plugin.allocator` does not pull in torch
-# before an entry point has chosen the memory allocator (ft_plugin/allocator.py).
+# before an entry point has chosen the memory allocator (ft_plugin/allocator.py): name -> (module, attribute).
 _LAZY_ATTRIBUTES = {
-    "METHODS": "methods",
-    "MethodSpec": "methods",
-    "apply_method": "methods",
-    "apply": "methods",
-    "register_method": "methods",
-    "trainable_report": "methods",
-    "load": "saving",
-    "save_result": "saving",
+    "METHODS": ("methods", "METHODS"),
+    "MethodSpec": ("methods", "MethodSpec"),
+    "apply": ("methods", "apply_method"),
+    "apply_method": ("methods", "apply_method"),
+    "register_method": ("methods", "register_method"),
+    "trainable_report": ("methods", "trainable_report"),
+    "load": ("saving", "load"),
+    "save_result": ("saving", "save_result"),
 }
 
 
 def __getattr__(name: str):
+    """The public names above, imported when first used."""
     if name not in _LAZY_ATTRIBUTES:
         raise AttributeError(f"module 'ft_plugin' has no attribute '{name}'")
-    module = importlib.import_module(f".{_LAZY_ATTRIBUTES[name]}", __name__)
-    value = getattr(module, "apply_method" if name == "apply" else name)
+    module, attribute = _LAZY_ATTRIBUTES[name]
+    value = getattr(importlib.import_module(f".{module}", __name__), attribute)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_ATTRIBUTES})
 
 
 def push(*args, **kwargs) -> str:

@@ -2,17 +2,19 @@
 keeps glibc's).
 
 A training step on the CPU allocates and frees its activations, blocks of one to tens of MB, every step. glibc's
-malloc serves them from its heap once the first are freed (its mmap threshold rises to their size) and reuses the
-holes they leave poorly: the resident memory of a LoRA step on MiniLM-L6 grew to ~1.8x the memory its tensors
-needed, which hid most of what LoRA saves over full fine-tuning (bench/README.md). mimalloc (from the PyPI wheel
-`cmeel-mimalloc`, a dependency on Linux) reuses them: side by side, LoRA's training memory fell from 750 to 421 MB
-and full FT's from 922 to 702 MB, at the same speed. (PyTorch's own CPU launcher, `torch.backends.xeon.run_cpu`,
-preloads tcmalloc or jemalloc for the same reason.)
+malloc serves them from its heap once the first are freed (its mmap threshold rises to their size), reuses the holes
+they leave poorly and keeps them resident, which hid most of what LoRA saves over full fine-tuning. mimalloc (from
+the PyPI wheel `cmeel-mimalloc`, a dependency on Linux) reuses them: in `bench/methods.py` (500 tweets), LoRA's
+training memory fell from 749 to 433 MB and full FT's from 908 to 706 MB (LoRA / full 0.83x -> 0.61x), as fast or
+faster (bench/README.md). PyTorch's own CPU launcher, `torch.backends.xeon.run_cpu`, preloads tcmalloc or
+jemalloc for the same reason.
 
-A process can only take another malloc when it starts (`LD_PRELOAD`), so the entry points (the `ft-plugin`
-command, the recipes, the benchmarks, the Space) call `use_fast_allocator()` first thing: it re-executes the same
-command once with mimalloc preloaded, before torch is imported. Library code (`import ft_plugin`) never does.
-An `LD_PRELOAD` that already names an allocator (tcmalloc, jemalloc, mimalloc) is left as it is.
+A process can only take another malloc when it starts (`LD_PRELOAD`), so the entry points call
+`use_fast_allocator()` first: the `ft-plugin` command and the recipes before torch is imported, the benchmarks and
+`python space/app.py` after their imports. It re-executes the same command once with mimalloc preloaded; child
+processes inherit it. Library code (`import ft_plugin`) never does, nor does a process that running its command
+line again would not bring back (a notebook, stdin, a runpy driver). An `LD_PRELOAD` that already names an
+allocator (tcmalloc, jemalloc, mimalloc) is left as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from pathlib import Path
 
 ALLOCATOR_VARIABLE = "FT_PLUGIN_ALLOCATOR"
 ALLOCATOR_CHOICES = ("mimalloc", "system")  # the first is the default
+_RERUN_VARIABLE = "FT_PLUGIN_ALLOCATOR_RERUN"  # set for the re-executed process only: never twice
+# Freed memory stays with mimalloc for the next step instead of going back to the system after 1 s (its default),
+# as PyTorch's CPU launcher turns jemalloc's decay off: a step re-faults no pages (bench/README.md).
+MIMALLOC_KEEP_FREED = ("MIMALLOC_PURGE_DELAY", "-1")
 _ALLOCATOR_LIBRARY = re.compile(r"lib(mimalloc|tcmalloc\w*|jemalloc)[.\w-]*\.so")
 
 
@@ -66,19 +72,47 @@ def chosen_allocator() -> str:
     return choice
 
 
+def started_as_this_program() -> bool:
+    """Whether running this process's command line again comes back to this program with the same arguments: a
+    script, a `-m` module or a `-c` program, not `python -` (stdin is used up), an interactive or IPython session,
+    or a driver that changed `sys.argv` to run an entry point with runpy."""
+    if sys.flags.interactive or hasattr(sys, "ps1") or "IPython" in sys.modules:
+        return False
+    original, argv = sys.orig_argv, sys.argv
+    start = len(original) - len(argv)  # where this program's own name stands in the command line
+    if start < 1 or not argv or original[start + 1 :] != argv[1:]:
+        return False
+    program, before = original[start], original[start - 1]
+    return (program == argv[0] != "-") or (before == "-c" == argv[0]) or before == "-m"
+
+
 def use_fast_allocator() -> None:
-    """Re-execute this process's command with mimalloc preloaded, unless it runs on one already, the user chose
-    `FT_PLUGIN_ALLOCATOR=system`, or the platform or install cannot (not Linux, no `cmeel-mimalloc`).
-    Call it first thing in an entry point, before threads start or anything is printed."""
-    if chosen_allocator() == "system" or sys.platform != "linux" or not sys.executable:
+    """Re-execute this process's command with mimalloc preloaded, unless it runs on an allocator already, the user
+    chose `FT_PLUGIN_ALLOCATOR=system`, or it cannot (not Linux, no `cmeel-mimalloc`, a command that would not come
+    back here). Call it first thing in an entry point: code before it runs twice."""
+    rerun = os.environ.pop(_RERUN_VARIABLE, None) is not None  # the re-run, whatever the loader made of LD_PRELOAD
+    if rerun or chosen_allocator() == "system":
         return
     preload = os.environ.get("LD_PRELOAD", "")
-    if allocator_named(preload):  # ours after the re-execution, or the user's own choice
+    if allocator_named(preload):  # the user's own choice
         return
-    library = mimalloc_library()
-    if library is None:
+    library = mimalloc_library() if sys.platform == "linux" and sys.executable else None
+    if library is None or not started_as_this_program():
+        if ALLOCATOR_VARIABLE in os.environ:  # asked for by name: say why not
+            reason = (
+                "it is not installed (pip install cmeel-mimalloc; Linux only)"
+                if library is None
+                else ("this process was not started as a command (a notebook, stdin or a runpy driver)")
+            )
+            print(f"ft-plugin: warning: {ALLOCATOR_VARIABLE}=mimalloc, but {reason}: glibc's malloc.", file=sys.stderr)
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    environment = {**os.environ, "LD_PRELOAD": os.pathsep.join(filter(None, [str(library), preload]))}
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    environment = {
+        MIMALLOC_KEEP_FREED[0]: MIMALLOC_KEEP_FREED[1],  # unless the user set it (below)
+        **os.environ,
+        "LD_PRELOAD": os.pathsep.join(filter(None, [str(library), preload])),
+        _RERUN_VARIABLE: "1",
+    }
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)

@@ -37,7 +37,8 @@ print(json.dumps({"logits": logits.tolist(), "labels": [cfg.id2label[i] for i in
 
 @pytest.mark.e2e
 def test_accelerate_launch_lora_on_the_embedded_default(tmp_path):
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "FT_PLUGIN_ALLOCATOR": "mimalloc"}
+    env = {key: value for key, value in os.environ.items() if key != "FT_PLUGIN_ALLOCATOR"}  # as users run it
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
     out = tmp_path / "lora"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml",
@@ -46,7 +47,8 @@ def test_accelerate_launch_lora_on_the_embedded_default(tmp_path):
     ]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Memory allocator: mimalloc" in result.stderr  # the recipe re-ran itself on it, as by default
+    if sys.platform == "linux":  # the recipe re-ran itself on mimalloc (ft_plugin/allocator.py)
+        assert "Memory allocator: mimalloc" in result.stderr
 
     metrics = json.loads((out / "all_results.json").read_text())
     majority = 15978 / 37243  # the largest class's share of the corpus (negative)
