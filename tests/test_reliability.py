@@ -24,17 +24,20 @@ from ft_plugin.errors import ModelError
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-6
 
-# The recipe's own main(), plus a callback that prints each step and sleeps a little so the test can kill the
-# process at a known step (the sleep changes no random state, so every run below uses this same driver).
+# The recipe's own main(), plus a callback that prints each step and sleeps a little, and at FT_TEST_WAIT_AT waits
+# for the test's signal, so that a busy machine cannot let the run finish before the test reads that step (the
+# sleep changes no random state, so every run below uses this same driver).
 DRIVER = """
-import sys, time
+import os, sys, time
 from transformers import TrainerCallback
 import ft_plugin.recipe as recipe
+
+WAIT_AT = int(os.environ.get("FT_TEST_WAIT_AT", "0"))
 
 class Pace(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         print(f"ft-test step {state.global_step}", flush=True)
-        time.sleep(0.05)
+        time.sleep(120 if state.global_step == WAIT_AT else 0.05)
 
 build_trainer = recipe.build_trainer
 recipe.build_trainer = lambda *a, **k: build_trainer(*a, callbacks=[Pace()], **k)
@@ -52,8 +55,9 @@ def _command(driver: Path, model: Path, csv: Path, out: Path, *extra: str, launc
     ]  # fmt: skip
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+def _env(wait_at: int = 0) -> dict[str, str]:
+    """The driver's environment; `wait_at`: the step at which it waits for the test's signal."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "FT_TEST_WAIT_AT": str(wait_at)}
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess:
@@ -65,7 +69,7 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
 def _kill_at(command: list[str], step: int) -> None:
     """Start training and SIGKILL it as soon as it reports `step`."""
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(),
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(wait_at=step),
         start_new_session=True,  # its own process group: the launcher and all its workers die together
     )  # fmt: skip
     try:
@@ -302,7 +306,7 @@ def test_ctrl_c_prints_one_line_naming_the_checkpoint_to_resume_from(driver, tin
     out = tmp_path / "out"
     process = subprocess.Popen(
         _command(driver, tiny_model_dir, tiny_csv, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=ROOT, env=_env(),
+        cwd=ROOT, env=_env(wait_at=KILL_AT),
     )  # fmt: skip
     for line in process.stdout:
         if f"ft-test step {KILL_AT}" in line:  # after checkpoint-15
