@@ -37,7 +37,7 @@ WAIT_AT = int(os.environ.get("FT_TEST_WAIT_AT", "0"))
 class Pace(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         print(f"ft-test step {state.global_step}", flush=True)
-        time.sleep(120 if state.global_step == WAIT_AT else 0.05)
+        time.sleep(60 if state.global_step == WAIT_AT else 0.05)
 
 build_trainer = recipe.build_trainer
 recipe.build_trainer = lambda *a, **k: build_trainer(*a, callbacks=[Pace()], **k)
@@ -307,6 +307,8 @@ def test_ctrl_c_prints_one_line_naming_the_checkpoint_to_resume_from(driver, tin
     process = subprocess.Popen(
         _command(driver, tiny_model_dir, tiny_csv, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=ROOT, env=_env(wait_at=KILL_AT),
+        # Ctrl-C's default action, even where pytest itself ignores SIGINT (started with `&` by a script or nohup)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     for line in process.stdout:
         if f"ft-test step {KILL_AT}" in line:  # after checkpoint-15
