@@ -10,8 +10,8 @@ faster (bench/README.md). PyTorch's own CPU launcher, `torch.backends.xeon.run_c
 jemalloc for the same reason.
 
 A process can only take another malloc when it starts (`LD_PRELOAD`), so the entry points call
-`use_fast_allocator()` first: the `ft-plugin` command and the recipes before torch is imported, the benchmarks and
-`python space/app.py` after their imports. It re-executes the same command once with mimalloc preloaded; child
+`use_fast_allocator()` first: the `ft-plugin` command, the recipes and `python space/app.py` before torch is
+imported, the benchmarks after their imports. It re-executes the same command once with mimalloc preloaded; child
 processes inherit it. Library code (`import ft_plugin`) never does, nor does a process that running its command
 line again would not bring back (a notebook, stdin, a runpy driver). An `LD_PRELOAD` that already names an
 allocator (tcmalloc, jemalloc, mimalloc) is left as it is.
@@ -42,6 +42,11 @@ def mimalloc_library() -> Path | None:
         return None
     libraries = sorted(Path(f.locate()) for f in files if f.name.startswith("libmimalloc.so"))
     return next((library for library in libraries if library.is_file()), None)
+
+
+def mimalloc_available() -> bool:
+    """Whether `use_fast_allocator()` can preload mimalloc here: Linux, with the `cmeel-mimalloc` wheel installed."""
+    return sys.platform == "linux" and bool(sys.executable) and mimalloc_library() is not None
 
 
 def allocator_named(preload: str) -> str | None:
@@ -96,7 +101,7 @@ def use_fast_allocator() -> None:
     preload = os.environ.get("LD_PRELOAD", "")
     if allocator_named(preload):  # the user's own choice
         return
-    library = mimalloc_library() if sys.platform == "linux" and sys.executable else None
+    library = mimalloc_library() if mimalloc_available() else None
     if library is None or not started_as_this_program():
         if ALLOCATOR_VARIABLE in os.environ:  # asked for by name: say why not
             reason = (

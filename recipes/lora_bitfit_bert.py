@@ -1,4 +1,4 @@
-"""LoRA + BitFit combined: low-rank updates of query/value plus bias offsets everywhere.
+"""LoRA + BitFit combined: low-rank updates of the layers that read the hidden state plus bias offsets everywhere.
 
     accelerate launch --config_file accelerate_configs/cpu.yaml recipes/lora_bitfit_bert.py --output_dir out/lora_bitfit
     python recipes/lora_bitfit_bert.py --lora_r 8 --max_train_samples 2000 --output_dir out/lora_bitfit

@@ -27,12 +27,16 @@ from collections import OrderedDict
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from ft_plugin.allocator import use_fast_allocator
+
+if __name__ == "__main__":  # `python app.py`, as a Space starts: training jobs on mimalloc, as `ft-plugin space`
+    use_fast_allocator()  # re-runs the script once, so before the heavy imports below
+
 import gradio as gr
 import huggingface_hub
 import pandas as pd
 import torch
 
-from ft_plugin.allocator import use_fast_allocator
 from ft_plugin.data import (
     LABEL_COLUMN_CANDIDATES,
     TEXT_COLUMN_CANDIDATES,
@@ -976,5 +980,4 @@ def launch(extra_base_models: list[str] | None = None, **kwargs) -> gr.Blocks:
 
 
 if __name__ == "__main__":
-    use_fast_allocator()  # training jobs on mimalloc, as `ft-plugin space` (re-runs the script once)
     launch()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ft_plugin.allocator import allocator_named, mimalloc_library
+from ft_plugin.allocator import allocator_named, mimalloc_available, mimalloc_library
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = (
@@ -26,7 +26,7 @@ REPORT = (
     " 'purge': os.environ.get('MIMALLOC_PURGE_DELAY')}))\n"
 )
 needs_mimalloc = pytest.mark.skipif(
-    sys.platform != "linux" or mimalloc_library() is None, reason="mimalloc is preloaded on Linux, from cmeel-mimalloc"
+    not mimalloc_available(), reason="mimalloc is preloaded on Linux, from cmeel-mimalloc"
 )
 
 

@@ -18,14 +18,14 @@ import pytest
 from safetensors.torch import load_file
 
 from ft_plugin import distributed
-from ft_plugin.allocator import mimalloc_library
+from ft_plugin.allocator import mimalloc_available
 from ft_plugin.distributed import LaunchError, check_accelerate_config, check_batches, check_launch
 from ft_plugin.recipe import main
 
 from .conftest import accelerate_launch, make_texts
 
 ROOT = Path(__file__).resolve().parents[1]
-RERUNS_ON_MIMALLOC = sys.platform == "linux" and mimalloc_library() is not None  # ft_plugin/allocator.py
+RERUNS_ON_MIMALLOC = mimalloc_available()  # ft_plugin/allocator.py
 LOSS_TOLERANCE = 1e-4
 PROBABILITY_TOLERANCE = 1e-5
 COMPARED = ("eval_accuracy", "eval_f1_macro", "eval_loss", "test_accuracy", "test_f1_macro", "test_loss", "train_loss")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ft_plugin.allocator import mimalloc_available
+
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
     "@united thanks for the quick rebooking, great crew!",
@@ -47,7 +49,7 @@ def test_accelerate_launch_lora_on_the_embedded_default(tmp_path):
     ]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    if sys.platform == "linux":  # the recipe re-ran itself on mimalloc (ft_plugin/allocator.py)
+    if mimalloc_available():  # the recipe re-ran itself on mimalloc (ft_plugin/allocator.py)
         assert "Memory allocator: mimalloc" in result.stderr
 
     metrics = json.loads((out / "all_results.json").read_text())

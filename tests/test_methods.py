@@ -128,6 +128,43 @@ def test_all_linear_adapts_every_linear_layer_but_the_head(tiny_model_dir, metho
     assert adapted == {"query", "key", "value", "dense"}  # the head is trained whole, not adapted
 
 
+@pytest.mark.parametrize("method", ["lora", "lora+bitfit", "dora"])
+def test_lora_adapts_the_block_layers_that_read_the_hidden_state_by_default(tiny_model_dir, method):
+    """Query, key, value, attention output and feed-forward up projection of every block; not the feed-forward
+    down projection (its input is 2x wider here), the pooler or the head. Inside a combination too, where BitFit
+    has wrapped the layers first."""
+    model, _ = _build(tiny_model_dir, method, {})
+    adapted = {
+        name.split(".layer.", 1)[1].split(".", 1)[1]
+        for name, module in model.named_modules()
+        if hasattr(module, "lora_A") and len(module.lora_A)
+    }
+    expected = {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"}
+    assert adapted == expected | {"intermediate.dense"}
+    layers = {name.split(".layer.", 1)[1].split(".", 1)[0] for name, m in model.named_modules() if hasattr(m, "lora_A")}
+    assert layers == {"0", "1"}
+
+
+def test_hidden_state_targets_name_each_layer_once_or_in_full_when_a_suffix_would_reach_another():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from ft_plugin.methods.peft_tuners import hidden_state_targets
+
+    config = DistilBertConfig(vocab_size=50, dim=16, hidden_dim=32, n_layers=2, n_heads=2)
+    targets = hidden_state_targets(DistilBertForSequenceClassification(config))
+    assert targets == ["attention.k_lin", "attention.out_lin", "attention.q_lin", "attention.v_lin", "ffn.lin1"]
+
+    class Blocks(torch.nn.Module):  # `dense` in the blocks, and a head layer also called `dense`
+        def __init__(self):
+            super().__init__()
+            self.config = type("Config", (), {"hidden_size": 8})()
+            self.layers = torch.nn.ModuleList(torch.nn.ModuleDict({"dense": torch.nn.Linear(8, 8)}) for _ in range(2))
+            self.head = torch.nn.ModuleDict({"dense": torch.nn.Linear(8, 8)})
+
+    assert hidden_state_targets(Blocks()) == ["layers.0.dense", "layers.1.dense"]
+    assert hidden_state_targets(torch.nn.Sequential(torch.nn.Linear(4, 4))) is None  # no config: PEFT's default
+
+
 def test_prompt_init_text_reads_the_packaged_tokenizer_not_the_hub(monkeypatch):
     """The embedded base is named by its Hub id; its tokenizer comes from the package folder (offline, the Hub id
     cost ~90 s of retries), while the saved config still names the Hub id."""

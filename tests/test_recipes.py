@@ -40,8 +40,10 @@ def test_every_shipped_config_parses_into_the_recipe_arguments(config):
 
 
 def test_flags_after_a_config_file_override_it():
-    _, _, method_args, training_args = parse_args([str(ROOT / "recipes/configs/lora_bert.yaml"), "--lora_r", "4"])
-    assert method_args.lora_r == 4 and method_args.target_modules == ["query", "value"]
+    _, data_args, method_args, training_args = parse_args(
+        [str(ROOT / "recipes/configs/lora_bert.yaml"), "--lora_r", "4"]
+    )
+    assert method_args.lora_r == 4 and data_args.max_train_samples == 4000  # the flag, and the file's own value
     assert training_args.learning_rate == 2e-3
 
 

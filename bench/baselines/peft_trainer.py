@@ -21,7 +21,7 @@ def build_trainer(model_path, texts, labels, num_labels, method, batch_size, max
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
     if method == "lora":
-        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1)
+        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16)
         model = get_peft_model(model, config)
     dataset = Dataset.from_dict({"text": texts, "label": labels})
     dataset = dataset.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True)
