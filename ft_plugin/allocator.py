@@ -35,7 +35,10 @@ _ALLOCATOR_LIBRARY = re.compile(r"lib(mimalloc|tcmalloc\w*|jemalloc)[.\w-]*\.so"
 
 
 def mimalloc_library() -> Path | None:
-    """The mimalloc shared library that the `cmeel-mimalloc` wheel installed, or None."""
+    """The mimalloc shared library that the `cmeel-mimalloc` wheel installed, or None (also off Linux, where it is
+    not preloaded, and without an interpreter path to re-run)."""
+    if sys.platform != "linux" or not sys.executable:
+        return None
     try:
         files = metadata.files("cmeel-mimalloc") or []
     except metadata.PackageNotFoundError:
@@ -46,7 +49,7 @@ def mimalloc_library() -> Path | None:
 
 def mimalloc_available() -> bool:
     """Whether `use_fast_allocator()` can preload mimalloc here: Linux, with the `cmeel-mimalloc` wheel installed."""
-    return sys.platform == "linux" and bool(sys.executable) and mimalloc_library() is not None
+    return mimalloc_library() is not None
 
 
 def allocator_named(preload: str) -> str | None:
@@ -101,7 +104,7 @@ def use_fast_allocator() -> None:
     preload = os.environ.get("LD_PRELOAD", "")
     if allocator_named(preload):  # the user's own choice
         return
-    library = mimalloc_library() if mimalloc_available() else None
+    library = mimalloc_library()
     if library is None or not started_as_this_program():
         if ALLOCATOR_VARIABLE in os.environ:  # asked for by name: say why not
             reason = (

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import peft
 from peft import TaskType
+from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
 from ..errors import MethodError
@@ -170,11 +171,6 @@ def _targets(config, default=None) -> dict:
     return {"target_modules": list(targets)} if targets else {}
 
 
-def _matches(name: str, targets: list[str]) -> bool:
-    """Whether PEFT's list form of `target_modules` (module name suffixes) selects the module `name`."""
-    return any(name == target or name.endswith(f".{target}") for target in targets)
-
-
 def _after_block_number(name: str) -> str | None:
     """`bert.encoder.layer.3.attention.self.query` -> `attention.self.query`; None outside numbered blocks."""
     parts = name.split(".")
@@ -198,7 +194,8 @@ def hidden_state_targets(model: nn.Module) -> list[str] | None:
     if not chosen:
         return None
     suffixes = sorted({_after_block_number(name) for name in chosen})
-    precise = [name for name, _ in linear if _matches(name, suffixes)] == chosen
+    selects = peft.LoraConfig(target_modules=suffixes)  # matched by PEFT's own rule
+    precise = [name for name, _ in linear if check_target_module_exists(selects, name)] == chosen
     return suffixes if precise else chosen
 
 
