@@ -51,11 +51,13 @@ def train_small_lora(model_name_or_path: str | None, max_seq_length: int, lora_f
 
 
 def space_latencies(adapter: str, texts: list[str], repeats: int) -> list[float]:
-    """Single-text /predict calls of one `gradio_client` user on the Space (launched here, on 127.0.0.1)."""
+    """Single-text /predict calls of one `gradio_client` user on the Space (launched here, on 127.0.0.1). The Space
+    serves with the threads a training job leaves it; this process's own thread count is restored afterwards."""
     from gradio_client import Client
 
     from bench.space_load import free_port, load_app
 
+    threads = torch.get_num_threads()
     app = load_app(Path(tempfile.mkdtemp(prefix="bench-space-runs-")), results_dir=Path(adapter).parent)
     port = free_port()
     demo = app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -69,6 +71,7 @@ def space_latencies(adapter: str, texts: list[str], repeats: int) -> list[float]
         return runs[10:]
     finally:
         demo.close()
+        torch.set_num_threads(threads)
 
 
 def latencies(classifiers: dict[str, TextClassifier], texts: list[str], batch: int, repeats: int) -> dict:

@@ -2,6 +2,7 @@
 
     python bench/methods.py                                  # all methods, 2 seeds (long: ~1 h on 2 cores)
     python bench/methods.py --methods lora full --seeds 1 --max_train_samples 500
+    python bench/methods.py --methods full lora --variant "full lr 2e-4=full --learning_rate 2e-4"
 
 Fixed split (the embedded default's), fixed budget (same samples, epochs, batch size for every method), each
 method at its default hyper-parameters and learning rate. Each run is a fresh process (for a clean peak RSS).
@@ -9,7 +10,8 @@ Reports test accuracy, macro-F1, trainable parameters, train time, peak memory a
 fine-tuning as the reference row. Memory: peak RSS of the whole process (Python, torch, data and model included)
 and the training memory, the peak above the RSS just before `trainer.train()` (gradients, optimizer state,
 activations; on GPU also CUDA max allocated). Writes bench/results/methods.json and methods.png (accuracy vs
-trainable params).
+trainable params). `--variant NAME=METHOD FLAGS` adds a row for a method with other flags (a tuned reference
+beside the defaults), run in the same way.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from ft_plugin.methods import METHODS  # noqa: E402
 WEIGHT_FILES = ("adapter_model.safetensors", "delta_model.safetensors", "model.safetensors")
 
 
-def train_once(method: str, seed: int, options: dict) -> dict:
-    """One training run in this (fresh) process; returns its metrics and peak memory."""
+def train_once(method: str, seed: int, options: dict, extra_flags: str = "") -> dict:
+    """One training run in this (fresh) process; returns its metrics and peak memory. `extra_flags` (a variant's)
+    come last, so they win over the budget's."""
     import torch
 
     from ft_plugin.recipe import build_trainer, parse_args, train_and_save
@@ -41,7 +44,7 @@ def train_once(method: str, seed: int, options: dict) -> dict:
     argv = ["--method", method, "--output_dir", output_dir, "--seed", str(seed), "--save_strategy", "no",
             "--eval_strategy", "no", "--load_best_model_at_end", "false", "--logging_strategy", "no",
             *(f"--{key}={value}" for key, value in options.items() if value is not None and key != "flags"),
-            *shlex.split(options.get("flags") or "")]  # fmt: skip
+            *shlex.split(options.get("flags") or ""), *shlex.split(extra_flags)]  # fmt: skip
     trainer = build_trainer(*parse_args(argv))
     before_training_mb = current_rss_mb()  # the process with data, base model and delta weights loaded
     metrics = train_and_save(trainer)
@@ -81,6 +84,17 @@ def plot(rows: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def parse_variant(spec: str) -> tuple[str, str, str]:
+    """`NAME=METHOD FLAGS` -> (row name, method, flags)."""
+    name, _, command = spec.partition("=")
+    method, _, flags = command.strip().partition(" ")
+    if not name.strip() or not method:
+        raise SystemExit(
+            f'methods.py: error: --variant {spec!r}: write NAME=METHOD FLAGS, e.g. "tuned=full --learning_rate 2e-4".'
+        )
+    return name.strip(), method, flags
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -93,23 +107,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--output", default="methods")
     parser.add_argument("--flags", default="", help='More recipe flags for every run, e.g. "--lora_r 16".')
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME=METHOD FLAGS",
+        help='Also a row for METHOD with more recipe flags, e.g. --variant "full lr 2e-4=full --learning_rate 2e-4".',
+    )  # fmt: skip
     options = parser.parse_args(argv)
+    entries = [(method, method, "") for method in options.methods] + [parse_variant(spec) for spec in options.variant]
     budget = {k: getattr(options, k) for k in ("model_name_or_path", "max_train_samples", "max_predict_samples",
                                                "num_train_epochs", "per_device_train_batch_size", "max_seq_length",
                                                "flags")}  # fmt: skip
     budget["max_eval_samples"] = 8  # no evaluation during training; the validation split is not used
 
     rows = []
-    for method in options.methods:
-        runs = [run_fresh(train_once, method, seed, budget) for seed in range(42, 42 + options.seeds)]
-        row = {"method": method, "family": METHODS[method].family if method in METHODS else "combination"}
+    for name, method, extra_flags in entries:
+        runs = [run_fresh(train_once, method, seed, budget, extra_flags) for seed in range(42, 42 + options.seeds)]
+        row = {"method": name, "family": METHODS[method].family if method in METHODS else "combination"}
         for key in runs[0]:
             values = [run[key] for run in runs if run[key] is not None]
             row[key] = statistics.median(values) if values else None
         row["accuracy_per_seed"] = [run["test_accuracy"] for run in runs]
         row["trainable_%"] = 100 * row["trainable_params"] / row["total_params"]
         rows.append(row)
-        print(f"{method}: accuracy {row['accuracy_per_seed']}, {row['train_seconds']:.0f} s", flush=True)
+        print(f"{name}: accuracy {row['accuracy_per_seed']}, {row['train_seconds']:.0f} s", flush=True)
         write_json(options.output, {"settings": vars(options), "rows": rows, "complete": False})  # survive interruption
     reference = next((row for row in rows if row["method"] == "full"), None)
     for row in rows:

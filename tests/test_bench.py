@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from ft_plugin.select import SCORERS
 
@@ -34,7 +35,8 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
         ("throughput", ["--steps", "2", "--warmup", "1", "--repeats", "1", "--batch_size", "4", "--max_length", "32",
                         "--methods", "lora", "--profile", "--variant", "no-attn-dropout=--attention_dropout 0"]),
         ("methods", ["--methods", "lora", "adapter", "--seeds", "1", "--max_train_samples", "32",
-                     "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32"]),
+                     "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32",
+                     "--variant", "lora r4=lora --lora_r 4"]),
         ("inference", ["--repeats", "3", "--max_seq_length", "32", "--accuracy_samples", "40",
                        "--lora_flags=--target_modules all-linear"]),
         ("work_scaling", ["--lengths", "16", "32", "--sizes", "32", "--batch_sizes", "4", "--batch_size", "4",
@@ -50,8 +52,12 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
 def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_csv, tmp_path):
     if script in ("auto", "race_curves"):  # several training runs: on the tiny CSV, not the 37k embedded tweets
         args = [*args, "--train_file", str(tiny_csv)]
+    threads = torch.get_num_threads()
     payload = run_bench(script, [*args, "--model_name_or_path", str(tiny_model_dir)], tmp_path)
     assert payload["machine"]["threads"] >= 1 and payload["rows"]
+    # a benchmark leaves the process's threads as it found them (the inference one launches the Space, which serves
+    # with fewer), so the threads it records are the ones its figures were measured with
+    assert torch.get_num_threads() == payload["machine"]["threads"] == threads
     if script == "throughput":
         variants = {row["variant"] for row in payload["rows"]}
         assert len(variants) == 4 and all(row["samples_per_s"] > 0 for row in payload["rows"])
@@ -62,6 +68,9 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
     if script == "methods":
         assert (tmp_path / "methods.png").stat().st_size > 0
         assert all(0 <= row["test_accuracy"] <= 1 and row["trainable_params"] > 0 for row in payload["rows"])
+        rows = {row["method"]: row for row in payload["rows"]}  # the variant is a row of its own, on its own flags
+        assert list(rows) == ["lora", "adapter", "lora r4"] and rows["lora r4"]["family"] == rows["lora"]["family"]
+        assert rows["lora r4"]["trainable_params"] < rows["lora"]["trainable_params"]
     if script == "work_scaling":
         by_length = payload["by_length"]
         assert [row["max_seq_length"] for row in by_length] == [16, 32]
@@ -85,6 +94,26 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
         assert payload["accuracy"]["texts"] == 40 and 0 <= payload["accuracy"]["merged int8"] <= 1
         assert all(0 < row["p50_ms"] <= row["p95_ms"] for row in payload["rows"])
         assert {"query", "key", "value", "dense"} <= set(payload["lora_target_modules"])  # --lora_flags reached it
+
+
+def test_the_lora_baselines_adapt_the_layers_that_ft_plugin_adapts_by_default(tiny_model_dir):
+    """A fair opponent: the hand-written baselines (their LoRA layers written as a user would) put LoRA on the same
+    layers as the recipe's default, so a speed ratio compares the same work."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from transformers import AutoModelForSequenceClassification
+
+    from bench.baselines.peft_trainer import LORA_TARGETS
+    from ft_plugin.methods.peft_tuners import hidden_state_targets
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3)
+
+    def adapted(targets: list[str]) -> set[str]:
+        config = LoraConfig(target_modules=targets)
+        return {name for name, _ in model.named_modules() if check_target_module_exists(config, name)}
+
+    layers = adapted(LORA_TARGETS)
+    assert layers == adapted(hidden_state_targets(model)) and len(layers) == 5 * model.config.num_hidden_layers
 
 
 def test_selection_benchmark_reports_tau_and_the_time_ratio_of_each_scorer(tiny_model_dir, tiny_csv, tmp_path):

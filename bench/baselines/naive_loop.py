@@ -6,13 +6,17 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from bench.baselines.peft_trainer import LORA_TARGETS
+
 
 def train(model_path, texts, labels, num_labels, method, batch_size, max_length, steps, on_step):
     """Train `steps` steps; `on_step(batch)` is called after each optimizer step (for timing and counting)."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
     if method == "lora":
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16))
+        model = get_peft_model(
+            model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, target_modules=LORA_TARGETS)
+        )
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     data = torch.utils.data.TensorDataset(encoded["input_ids"], encoded["attention_mask"], torch.tensor(labels))
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)

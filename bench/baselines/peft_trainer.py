@@ -1,7 +1,7 @@
 """The hand-written baseline: the plain Trainer + peft script a user writes from the PEFT docs.
 
 Kept short so anyone can check it is a fair opponent: same model, data, batch size, sequence length, learning
-rate and steps as ft-plugin's recipe; dynamic padding as in the docs; no ft-plugin import.
+rate, LoRA layers and steps as ft-plugin's recipe; dynamic padding as in the docs; no ft-plugin import.
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ from transformers import (
     TrainingArguments,
 )
 
+LORA_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense"]
+
 
 def build_trainer(model_path, texts, labels, num_labels, method, batch_size, max_length, steps, output_dir, callbacks):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
     if method == "lora":
-        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16)
+        # ft-plugin's default layers for BERT, written out: those that read the hidden state
+        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, target_modules=LORA_TARGETS)
         model = get_peft_model(model, config)
     dataset = Dataset.from_dict({"text": texts, "label": labels})
     dataset = dataset.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True)
