@@ -38,8 +38,9 @@ def bench(args: argparse.Namespace) -> dict:
         "--eval_strategy", "no", "--save_strategy", "no",
         "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true", "--seed", "42",
     ]  # fmt: skip
-    if args.train_file:
-        common += ["--train_file", args.train_file]
+    for split in ("train_file", "validation_file", "test_file"):  # missing splits are carved from the train file
+        if getattr(args, split):
+            common += [f"--{split}", getattr(args, split)]
     work = Path(tempfile.mkdtemp(prefix="bench_auto_"))
     exhaustive = {}
     for method in args.methods.split(","):
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", default="minilm-l6", help="Default: the embedded MiniLM-L6.")
     parser.add_argument("--train_file", default=None, help="Default: the embedded tweets.")
+    parser.add_argument("--validation_file", default=None, help="Default: carved from --train_file.")
+    parser.add_argument("--test_file", default=None, help="Default: carved from --train_file.")
     parser.add_argument("--methods", default=DEFAULT_AUTO_METHODS)
     parser.add_argument("--max_train_samples", type=int, default=2000)
     parser.add_argument("--max_eval_samples", type=int, default=500)
