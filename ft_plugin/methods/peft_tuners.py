@@ -200,12 +200,9 @@ def hidden_state_targets(model: nn.Module) -> list[str] | None:
 
 
 def _lora(config: LoraArguments, model: nn.Module) -> peft.PeftConfig:
-    targets = _targets(config)
-    if not targets and (default := hidden_state_targets(model)):
-        targets = {"target_modules": default}
     return peft.LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        **targets, **sequence_classification(model),
+        **_targets(config, hidden_state_targets(model)), **sequence_classification(model),
     )  # fmt: skip
 
 
