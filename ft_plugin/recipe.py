@@ -363,12 +363,6 @@ def build_trainer(
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience))
     if adalora:
         callbacks.append(AdaLoraCallback())
-        if trainer_args.load_best_model_at_end:  # the Trainer would fail loading it with a size mismatch
-            logger.warning(
-                "AdaLoRA reallocates its ranks during training, so an earlier best checkpoint does not fit the final "
-                "model: --load_best_model_at_end is off for this run (the final model is kept and evaluated)."
-            )
-            trainer_args.load_best_model_at_end = False  # the caller's arguments stay as they were
     class_weights = train_class_weights(model_args, data, tokenized)
     trainer = classification_trainer(trainer_args, tokenized, tokenizer, callbacks, class_weights, model=model)
     trainer.ft_class_weights = class_weights

@@ -35,6 +35,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PredictionOutput
 
+from .adalora_checkpoint import full_rank_adapter, load_allocator_state, save_allocator_state
 from .errors import CheckpointWriteError, DataError, FtPluginError, first_line
 from .metrics import compute_metrics
 
@@ -131,9 +132,12 @@ class ClassificationTrainer(Trainer):
                 config.orth_reg_weight = weight
 
     def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's checkpoint, with a full disk as one line (libraries word it differently: WRITE_FAILURES)."""
+        """The Trainer's checkpoint, with a full disk as one line (libraries word it differently: WRITE_FAILURES);
+        AdaLoRA's at full rank, with its allocator's state (`ft_plugin.adalora_checkpoint`)."""
         try:
-            super()._save_checkpoint(model, trial)
+            self._saving_checkpoint = True
+            with full_rank_adapter(self.model):
+                super()._save_checkpoint(model, trial)
         except Exception as error:
             if not is_write_failure(error):
                 raise
@@ -145,12 +149,16 @@ class ClassificationTrainer(Trainer):
                 f"Could not write a checkpoint in '{self.args.output_dir}' ({first_line(error)}): the disk is full "
                 "or not writable. Free some space (or keep fewer checkpoints: --save_total_limit 1)."
             ) from error
+        finally:
+            self._saving_checkpoint = False
 
     # -- checkpoints of reparameterised prompts (p-tuning, prefix with projection) -------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """The Trainer's checkpoint, plus the whole prompt encoder where PEFT saves only its output (see
         `reparameterised_prompt_encoder`), so that resume and load-best restore what was trained."""
         super()._save(output_dir, state_dict)
+        if getattr(self, "_saving_checkpoint", False):
+            save_allocator_state(self.model, output_dir or self.args.output_dir)
         encoder = reparameterised_prompt_encoder(self.model)
         if encoder is not None:
             from safetensors.torch import save_file
@@ -162,16 +170,20 @@ class ClassificationTrainer(Trainer):
         with (
             resume_errors(resume_from_checkpoint),
             prompt_encoder_state_from(model or self.model, resume_from_checkpoint),
+            full_rank_adapter(model or self.model),
         ):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_allocator_state(model or self.model, resume_from_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         with resume_errors(checkpoint):
             super()._load_optimizer_and_scheduler(checkpoint)
 
     def _load_best_model(self) -> None:
-        with prompt_encoder_state_from(self.model, self.state.best_model_checkpoint):
+        best = self.state.best_model_checkpoint
+        with prompt_encoder_state_from(self.model, best), full_rank_adapter(self.model):
             super()._load_best_model()
+        load_allocator_state(self.model, best)
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)

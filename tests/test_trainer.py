@@ -42,18 +42,70 @@ def test_evaluation_runs_longest_first_and_predict_keeps_the_dataset_order(tiny_
     assert trainer.evaluate(test)["eval_loss"] == output.metrics["test_loss"]
 
 
-def test_adalora_keeps_its_final_model_when_asked_for_the_best_checkpoint(tiny_model_dir, tiny_csv, tmp_path, caplog):
-    """AdaLoRA's ranks change during training: loading an earlier "best" checkpoint failed with a size mismatch."""
-    from ft_plugin.recipe import main
+def test_adalora_loads_an_earlier_best_checkpoint_and_saves_it_cut_to_its_own_ranks(tiny_model_dir, tiny_csv, tmp_path):
+    """AdaLoRA's ranks change during training: loading an earlier "best" checkpoint failed with a size mismatch (and
+    load-best was turned off). The best checkpoint now loads with its rank pattern, and the result is cut to it."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
 
-    # the highest loss counts as "best": an early checkpoint, with other ranks than the final model
-    metrics = main(
-        ["--method", "adalora", "--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv),
-         "--num_train_epochs", "3", "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "out"),
-         "--metric_for_best_model", "loss", "--greater_is_better", "true", "--report_to", "none"]
-    )  # fmt: skip
-    assert 0 <= metrics["test_accuracy"] <= 1
-    assert "--load_best_model_at_end is off for this run" in caplog.text
+    from ft_plugin.adalora_checkpoint import ADALORA_STATE, full_rank_adapter
+    from ft_plugin.saving import load, save_result
+
+    argv = ["--method", "adalora", "--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv),
+            "--num_train_epochs", "3", "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "out"),
+            "--eval_strategy", "epoch", "--save_strategy", "epoch", "--load_best_model_at_end", "true",
+            "--metric_for_best_model", "loss", "--greater_is_better", "true", "--report_to", "none"]  # fmt: skip
+    trainer = build_trainer(*parse_args(argv))  # the highest loss counts as "best": the first epoch's checkpoint
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and best.endswith(f"checkpoint-{trainer.state.global_step // 3}")
+    best_pattern = torch.load(f"{best}/{ADALORA_STATE}", weights_only=True)["rank_pattern"]
+    assert trainer.model.peft_config["default"].rank_pattern == best_pattern
+    saved = load_file(f"{best}/adapter_model.safetensors")  # full rank: the model now holds exactly these weights
+    with full_rank_adapter(trainer.model):
+        weights = get_peft_model_state_dict(trainer.model)
+    assert saved.keys() == weights.keys()
+    for name, value in saved.items():
+        torch.testing.assert_close(weights[name], value, msg=name)
+
+    save_result(trainer.model, tmp_path / "result", trainer.processing_class)  # as the recipe saves its result
+    result = load(tmp_path / "result")
+    trainer.model.eval()
+    batch = next(iter(trainer.get_eval_dataloader()))
+    batch.pop("labels")
+    with torch.no_grad():  # the result, cut to the best's ranks, predicts as the model that was evaluated best
+        torch.testing.assert_close(result(**batch).logits, trainer.model(**batch).logits)
+
+
+def test_adalora_resumes_after_its_ranks_were_cut_exactly_as_an_uninterrupted_run(tiny_model_dir, tiny_csv, tmp_path):
+    """PEFT saves AdaLoRA cut to its current ranks; a resumed run (full-rank modules and optimizer) failed on the
+    sizes once the allocator had cut any. Checkpoints keep full rank and the allocator's state: resume is exact."""
+    from ft_plugin.adalora_checkpoint import ADALORA_STATE
+    from ft_plugin.auto import StopAtStep
+
+    def trainer_in(folder: str, callbacks=()):
+        argv = ["--method", "adalora", "--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv),
+                "--output_dir", str(tmp_path / folder), "--num_train_epochs", "2", "--per_device_train_batch_size", "8",
+                "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+                "--report_to", "none"]  # fmt: skip
+        return build_trainer(*parse_args(argv), callbacks=list(callbacks))
+
+    whole = trainer_in("whole")
+    whole.train()
+    config = whole.model.peft_config["default"]
+    stop = (config.tinit + config.total_step - config.tfinal) // 2  # amid the allocation: some ranks already cut
+    trainer_in("part", [StopAtStep(stop)]).train()
+    checkpoint = tmp_path / "part" / f"checkpoint-{stop}"
+    assert (checkpoint / ADALORA_STATE).is_file()
+    resumed = trainer_in("part")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    trained = {name: p for name, p in whole.model.named_parameters() if p.requires_grad}
+    again = dict(resumed.model.named_parameters())
+    for name, parameter in trained.items():
+        torch.testing.assert_close(again[name], parameter, msg=name)
+    pattern = resumed.model.peft_config["default"].rank_pattern
+    assert pattern == config.rank_pattern and not all(all(kept) for kept in pattern.values())
 
 
 def _saved_attention_matrices(model, batch: dict) -> int:
