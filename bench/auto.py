@@ -5,6 +5,7 @@
 Reports each method's test accuracy and time, the best of them, and `auto`'s choice, accuracy and time (race + final
 training), and whether auto's result equals its winner's run in the sweep (the race's checkpoint is where the winner's
 full run resumes, so it should, to float precision). Prints a table; writes bench/results/auto.json.
+`--auto_horizon 0.333 0.5` races once per horizon against the one sweep (a row and a `races` entry each).
 Targets (issue 7): within 1 accuracy point of the best, in at most 1/3 of the exhaustive sweep's time.
 """
 
@@ -48,27 +49,50 @@ def bench(args: argparse.Namespace) -> dict:
         exhaustive[method] = {k: metrics[k] for k in ("test_accuracy", "test_loss")} | {"seconds": round(seconds, 1)}
         print(f"exhaustive {method}: test accuracy {metrics['test_accuracy']:.4f} in {seconds:.0f}s", flush=True)
     best = max(exhaustive, key=lambda m: exhaustive[m]["test_accuracy"])
-    auto_dir = work / "auto"
-    metrics, seconds = run(
-        [*common, "--method", "auto", "--auto_methods", args.methods, "--auto_horizon", str(args.auto_horizon),
-         "--auto_eta", str(args.auto_eta), "--output_dir", str(auto_dir)]
-    )  # fmt: skip
-    race = json.loads((auto_dir / "auto_race.json").read_text())
     sweep_seconds = sum(row["seconds"] for row in exhaustive.values())
+    races = [
+        race_against_sweep(common, args, horizon, work / f"auto-{index}", exhaustive, best, sweep_seconds)
+        for index, horizon in enumerate(args.auto_horizon)
+    ]
     rows = [{"run": method, **row} for method, row in exhaustive.items()]
-    rows.append(
-        {
-            "run": f"auto -> {race['winner']}",
-            **{k: metrics[k] for k in ("test_accuracy", "test_loss")},
-            "seconds": round(seconds, 1),
-        }
-    )
+    rows += [race.pop("row") for race in races]
     report = {
         "setting": {k: v for k, v in vars(args).items() if k != "output"},
         "exhaustive": exhaustive,
         "exhaustive_seconds": round(sweep_seconds, 1),
         "best_method": best,
         "best_test_accuracy": exhaustive[best]["test_accuracy"],
+        **races[0],  # the first horizon's race at the top level, as with a single --auto_horizon
+        "races": races,
+        "rows": rows,
+    }
+    print_table(rows, ["run", "test_accuracy", "test_loss", "seconds"])
+    print(f"best of the exhaustive sweep: {best} {report['best_test_accuracy']:.4f} ({sweep_seconds:.0f}s in all)")
+    for race in races:
+        print(
+            f"auto (horizon {race['auto_horizon']:.3g}) chose {race['auto_method']}: {race['auto_test_accuracy']:.4f} "
+            f"in {race['auto_seconds']:.0f}s (gap {race['accuracy_gap_points']} points, time ratio {race['time_ratio']})"
+        )
+    return report
+
+
+def race_against_sweep(
+    common: list[str],
+    args: argparse.Namespace,
+    horizon: float,
+    output_dir: Path,
+    exhaustive: dict,
+    best: str,
+    sweep_seconds: float,
+) -> dict:
+    """`--method auto` at one horizon on the sweep's data and methods, scored against the sweep."""
+    metrics, seconds = run(
+        [*common, "--method", "auto", "--auto_methods", args.methods, "--auto_horizon", str(horizon),
+         "--auto_eta", str(args.auto_eta), "--output_dir", str(output_dir)]
+    )  # fmt: skip
+    race = json.loads((output_dir / "auto_race.json").read_text())
+    return {
+        "auto_horizon": horizon,
         "auto_method": race["winner"],
         "auto_test_accuracy": metrics["test_accuracy"],
         "auto_seconds": round(seconds, 1),
@@ -77,15 +101,12 @@ def bench(args: argparse.Namespace) -> dict:
         "time_ratio": round(seconds / sweep_seconds, 3),
         "auto_equals_its_sweep_run": abs(metrics["test_loss"] - exhaustive[race["winner"]]["test_loss"]) < 1e-6,
         "race": race,
-        "rows": rows,
+        "row": {
+            "run": f"auto (horizon {horizon:.3g}) -> {race['winner']}",
+            **{k: metrics[k] for k in ("test_accuracy", "test_loss")},
+            "seconds": round(seconds, 1),
+        },
     }
-    print_table(rows, ["run", "test_accuracy", "test_loss", "seconds"])
-    print(
-        f"best of the exhaustive sweep: {best} {report['best_test_accuracy']:.4f} ({sweep_seconds:.0f}s in all); "
-        f"auto chose {race['winner']}: {report['auto_test_accuracy']:.4f} in {seconds:.0f}s "
-        f"(gap {report['accuracy_gap_points']} points, time ratio {report['time_ratio']})"
-    )
-    return report
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -100,7 +121,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max_predict_samples", type=int, default=1000)
     parser.add_argument("--num_train_epochs", type=float, default=2)
     parser.add_argument("--max_seq_length", type=int, default=128)
-    parser.add_argument("--auto_horizon", type=float, default=AutoArguments.auto_horizon)
+    parser.add_argument(
+        "--auto_horizon",
+        type=float,
+        nargs="+",
+        default=[AutoArguments.auto_horizon],
+        help="One or more horizons, each raced against the same sweep (a row each).",
+    )
     parser.add_argument("--auto_eta", type=int, default=AutoArguments.auto_eta)
     parser.add_argument("--output", default="auto", help="Name of the JSON written under bench/results/.")
     arguments = parser.parse_args(argv)

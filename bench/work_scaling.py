@@ -1,7 +1,7 @@
 """How training cost grows with the work: sequence length, dataset size and batch size (ft-plugin's recipe).
 
-    python bench/work_scaling.py                     # LoRA on the embedded MiniLM-L6 (about 12 minutes on 2 cores)
-    python bench/work_scaling.py --method full --lengths 64 128
+    python bench/work_scaling.py                     # LoRA on the embedded MiniLM-L6 (about 35 minutes on 2 cores)
+    python bench/work_scaling.py --method full --lengths 64 128 --repeats 1
 
 1. Samples/s and tokens/s vs `--max_seq_length` (64, 128, 256, 512). Tweets are ~30 tokens, so dynamic padding
    would hide the length: each training text here is 40 embedded tweets joined, truncated to exactly the length.
@@ -10,14 +10,17 @@
 3. Training memory vs per-device batch size (8 ... 64) at length 128: the peak resident memory above the memory just
    before `trainer.train()` (gradients, optimizer state, activations).
 
-Every run is a fresh process (clean memory figures, no state shared between runs); runs are sequential. Prints the
-tables with each figure's ratio to the smallest setting and writes bench/results/work_scaling.json.
+Every run is a fresh process (clean memory figures, no state shared between runs); runs are sequential. Each of the
+`--repeats` rounds runs every setting of the three tables once, so a drift in the machine's speed spreads over all
+settings instead of falling on a few; the tables give each figure's median over the rounds (every run is kept in the
+JSON) and its ratio to the smallest setting. Writes bench/results/work_scaling.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -83,6 +86,11 @@ def long_texts_file(samples: int) -> str:
     return str(path)
 
 
+def medians(runs: list[dict]) -> dict:
+    """Each figure's median over the repeated runs of one setting."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def with_ratios(rows: list[dict], key: str, keys: list[str]) -> list[dict]:
     """Each figure also as a ratio to the first row's, next to the ratio of the setting itself."""
     first = rows[0]
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch_length", type=int, default=128, help="Sequence length of the batch-size runs.")
     parser.add_argument("--steps", type=int, default=8, help="Timed steps of the length and batch runs.")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="Rounds of every setting; the tables give medians.")
     parser.add_argument("--output", default="work_scaling")
     options = parser.parse_args(argv)
 
@@ -119,24 +128,32 @@ def main(argv: list[str] | None = None) -> dict:
     def run(extra: list[str], warmup: int) -> dict:
         return run_fresh(train_once, [*common, "--output_dir", tempfile.mkdtemp(prefix="bench-work-"), *extra], warmup)
 
-    by_length = []
-    for length in options.lengths:
-        flags = ["--train_file", long_file, "--max_seq_length", str(length), "--max_steps", str(steps),
-                 "--per_device_train_batch_size", str(options.batch_size)]  # fmt: skip
-        by_length.append({"max_seq_length": length, **run(flags, options.warmup)})
-        print(f"length {length}: {by_length[-1]['samples_per_s']:.2f} samples/s", flush=True)
-    by_size = []
-    for size in options.sizes:
-        flags = ["--max_train_samples", str(size), "--num_train_epochs", "1"]
-        by_size.append({"train_samples": size, **run(flags, 0)})
-        print(f"size {size}: {by_size[-1]['train_seconds']:.1f} s", flush=True)
-    by_batch = []
-    for batch in options.batch_sizes:
-        flags = ["--train_file", long_file, "--max_seq_length", str(options.batch_length), "--max_steps", str(steps),
-                 "--per_device_train_batch_size", str(batch)]  # fmt: skip
-        by_batch.append({"batch_size": batch, **run(flags, options.warmup)})
-        print(f"batch {batch}: {by_batch[-1]['train_memory_mb']:.0f} MB", flush=True)
+    def length_flags(length: int, batch: int) -> list[str]:
+        return ["--train_file", long_file, "--max_seq_length", str(length), "--max_steps", str(steps),
+                "--per_device_train_batch_size", str(batch)]  # fmt: skip
 
+    settings = {  # table -> (the setting's column and value, recipe flags, untimed warm-up steps) per row
+        "by_length": [({"max_seq_length": n}, length_flags(n, options.batch_size), options.warmup)
+                      for n in options.lengths],
+        "by_size": [({"train_samples": n}, ["--max_train_samples", str(n), "--num_train_epochs", "1"], 0)
+                    for n in options.sizes],
+        "by_batch": [({"batch_size": n}, length_flags(options.batch_length, n), options.warmup)
+                     for n in options.batch_sizes],
+    }  # fmt: skip
+    runs = {table: [[] for _ in rows] for table, rows in settings.items()}
+    for repeat in range(options.repeats):
+        for table, rows in settings.items():
+            for index, (setting, flags, warmup) in enumerate(rows):
+                runs[table][index].append(run(flags, warmup))
+                figures = runs[table][index][-1]
+                print(f"round {repeat + 1}, {setting}: {figures['samples_per_s']:.2f} samples/s, "
+                      f"{figures['train_seconds']:.1f} s, {figures['train_memory_mb']:.0f} MB", flush=True)  # fmt: skip
+    by_length, by_size, by_batch = (
+        [{**setting, **medians(measured), "runs": measured} for (setting, _, _), measured in zip(rows, runs[table])]
+        for table, rows in settings.items()
+    )
+
+    print(f"\nMedians of {options.repeats} round(s).")
     print(f"\n1. Speed vs sequence length ({options.method}, batch {options.batch_size}, texts filling the length)")
     with_ratios(by_length, "max_seq_length", ["samples_per_s", "tokens_per_s"])
     print_table(by_length, ["max_seq_length", "samples_per_s", "tokens_per_s", "max_seq_length ratio",

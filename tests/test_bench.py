@@ -40,11 +40,11 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
         ("inference", ["--repeats", "3", "--max_seq_length", "32", "--accuracy_samples", "40",
                        "--lora_flags=--target_modules all-linear"]),
         ("work_scaling", ["--lengths", "16", "32", "--sizes", "32", "--batch_sizes", "4", "--batch_size", "4",
-                          "--batch_length", "32", "--steps", "2", "--warmup", "1"]),
+                          "--batch_length", "32", "--steps", "2", "--warmup", "1", "--repeats", "2"]),
         ("evaluation", ["--max_eval_samples", "24", "--batch_size", "4", "--max_seq_length", "32", "--repeats", "1"]),
         ("auto", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
                   "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32",
-                  "--auto_horizon", "0.5"]),
+                  "--auto_horizon", "0.5", "1"]),
         ("race_curves", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
                          "--num_train_epochs", "1", "--max_seq_length", "32", "--eval_every", "1", "--until", "1"]),
     ],
@@ -78,9 +78,18 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
         tokens_per_sample = [row["tokens_per_s"] / row["samples_per_s"] for row in by_length]
         assert tokens_per_sample == [pytest.approx(16), pytest.approx(32)]
         assert payload["by_size"][0]["train_seconds"] > 0 and payload["by_batch"][0]["train_memory_mb"] >= 0
+        for row in by_length + payload["by_size"] + payload["by_batch"]:  # every setting once per round; medians
+            assert len(row["runs"]) == 2
+            assert min(r["samples_per_s"] for r in row["runs"]) <= row["samples_per_s"]
+            assert row["samples_per_s"] <= max(r["samples_per_s"] for r in row["runs"])
     if script == "auto":  # the winner's full run resumed from its race checkpoint: the same model as in the sweep
         assert payload["auto_method"] in ("lora", "bitfit") and payload["auto_equals_its_sweep_run"]
-        assert len(payload["rows"]) == 3 and payload["race"]["rungs"][0]["steps"] == 1
+        assert len(payload["rows"]) == 4 and payload["race"]["rungs"][0]["steps"] == 1
+        # a race per horizon against the one sweep: at the whole run the rung is the sweep's last step (2 of 2)
+        assert [race["auto_horizon"] for race in payload["races"]] == [0.5, 1.0]
+        assert (
+            payload["races"][1]["race"]["rungs"][0]["steps"] == 2 and payload["races"][1]["auto_equals_its_sweep_run"]
+        )
     if script == "race_curves":  # 64 samples, batch 32: evaluated after steps 1 and 2, ranked against step 2
         assert [row["step"] for row in payload["rows"]] == [1, 2] and payload["rows"][-1]["tau_vs_last"] == 1.0
         assert all(len(points) == 2 for points in payload["curves"].values())
