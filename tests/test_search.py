@@ -163,6 +163,18 @@ def test_race_rungs_count_down_from_the_horizon_and_eta_at_least_the_methods_mak
     assert rung_steps(126, 1, 1 / 3, 3) == []
 
 
+def test_the_default_auto_methods_are_registered_and_leave_out_the_fast_starters():
+    """The default race (docs/selection.md): registered methods, without BitFit's biases or soft prompts, which
+    lead early rungs and end behind."""
+    from ft_plugin.auto import DEFAULT_AUTO_METHODS
+    from ft_plugin.methods.registry import METHODS
+
+    defaults = DEFAULT_AUTO_METHODS.split(",")
+    assert len(defaults) == len(set(defaults)) == 8 and set(defaults) <= set(METHODS)
+    assert not {"bitfit", "prompt", "p_tuning", "intrinsic_prompt"} & {part for m in defaults for part in m.split("+")}
+    assert rung_steps(126, len(defaults), 1 / 3, 3) == [14, 42]  # keep 3 of 8 at 1/9 of the run, decide at 1/3
+
+
 def test_method_auto_races_methods_then_continues_the_winner_to_the_same_model_as_its_run_alone(
     tiny_model_dir, tiny_csv, tmp_path
 ):
