@@ -110,6 +110,7 @@ class ClassificationTrainer(Trainer):
         # Classification losses are per-batch means that ignore `num_items_in_batch`. Left True, the Trainer
         # multiplies the loss by the number of processes and skips the division by gradient_accumulation_steps.
         self.model_accepts_loss_kwargs = False
+        self._saving_checkpoint = False  # `_save` adds AdaLoRA's allocator state to checkpoints, not to the result
         self.add_callback(ResumeEpochCallback())
         if isinstance(self.model, PeftModel):
             # PEFT's checkpoint saves default to save_embedding_layers="auto", which asks the Hub for the base's
@@ -157,7 +158,7 @@ class ClassificationTrainer(Trainer):
         """The Trainer's checkpoint, plus the whole prompt encoder where PEFT saves only its output (see
         `reparameterised_prompt_encoder`), so that resume and load-best restore what was trained."""
         super()._save(output_dir, state_dict)
-        if getattr(self, "_saving_checkpoint", False):
+        if self._saving_checkpoint:
             save_allocator_state(self.model, output_dir or self.args.output_dir)
         encoder = reparameterised_prompt_encoder(self.model)
         if encoder is not None:
