@@ -31,28 +31,30 @@ def adalora_tuner(model) -> AdaLoraModel | None:
 
 
 @contextlib.contextmanager
-def full_rank_adapter(model) -> Iterator[None]:
-    """While the block runs, PEFT saves and loads AdaLoRA's matrices at full rank, not cut to the rank pattern."""
+def full_rank_adapter(model) -> Iterator[dict | None]:
+    """While the block runs, PEFT saves and loads AdaLoRA's matrices at full rank, not cut to the rank pattern.
+    Yields the rank pattern set aside meanwhile (None without AdaLoRA, or before its first allocation)."""
     tuner = adalora_tuner(model)
     if tuner is None:
-        yield
+        yield None
         return
     config = tuner.peft_config[tuner.trainable_adapter_name]
     pattern, config.rank_pattern = config.rank_pattern, None
     try:
-        yield
+        yield pattern
     finally:
         config.rank_pattern = pattern
 
 
-def save_allocator_state(model, folder: str) -> None:
-    """Write the AdaLoRA allocator's rank pattern and importance averages into the checkpoint `folder`."""
+def save_allocator_state(model, folder: str, rank_pattern: dict | None) -> None:
+    """Write the AdaLoRA allocator's importance averages and `rank_pattern` (the one `full_rank_adapter` set aside
+    for the save) into the checkpoint `folder`."""
     tuner = adalora_tuner(model)
     if tuner is None:
         return
     allocator = tuner.rankallocator
     state = {name: getattr(allocator, name) for name in ALLOCATOR_AVERAGES}
-    state["rank_pattern"] = tuner.peft_config[tuner.trainable_adapter_name].rank_pattern
+    state["rank_pattern"] = rank_pattern
     torch.save(state, os.path.join(folder, ADALORA_STATE))
 
 

@@ -110,7 +110,8 @@ class ClassificationTrainer(Trainer):
         # Classification losses are per-batch means that ignore `num_items_in_batch`. Left True, the Trainer
         # multiplies the loss by the number of processes and skips the division by gradient_accumulation_steps.
         self.model_accepts_loss_kwargs = False
-        self._saving_checkpoint = False  # `_save` adds AdaLoRA's allocator state to checkpoints, not to the result
+        # while a checkpoint is saved: AdaLoRA's rank pattern, which `_save` writes beside the full-rank weights
+        self._saving_checkpoint, self._checkpoint_rank_pattern = False, None
         self.add_callback(ResumeEpochCallback())
         if isinstance(self.model, PeftModel):
             # PEFT's checkpoint saves default to save_embedding_layers="auto", which asks the Hub for the base's
@@ -136,8 +137,8 @@ class ClassificationTrainer(Trainer):
         """The Trainer's checkpoint, with a full disk as one line (libraries word it differently: WRITE_FAILURES);
         AdaLoRA's at full rank, with its allocator's state (`ft_plugin.adalora_checkpoint`)."""
         try:
-            self._saving_checkpoint = True
-            with full_rank_adapter(self.model):
+            with full_rank_adapter(self.model) as rank_pattern:
+                self._saving_checkpoint, self._checkpoint_rank_pattern = True, rank_pattern
                 super()._save_checkpoint(model, trial)
         except Exception as error:
             if not is_write_failure(error):
@@ -151,15 +152,17 @@ class ClassificationTrainer(Trainer):
                 "or not writable. Free some space (or keep fewer checkpoints: --save_total_limit 1)."
             ) from error
         finally:
-            self._saving_checkpoint = False
+            self._saving_checkpoint, self._checkpoint_rank_pattern = False, None
 
     # -- checkpoints of reparameterised prompts (p-tuning, prefix with projection) -------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """The Trainer's checkpoint, plus the whole prompt encoder where PEFT saves only its output (see
         `reparameterised_prompt_encoder`), so that resume and load-best restore what was trained."""
         super()._save(output_dir, state_dict)
+        if not self.args.should_save:  # the Trainer saves on one process; the others' folders may not exist yet
+            return
         if self._saving_checkpoint:
-            save_allocator_state(self.model, output_dir or self.args.output_dir)
+            save_allocator_state(self.model, output_dir or self.args.output_dir, self._checkpoint_rank_pattern)
         encoder = reparameterised_prompt_encoder(self.model)
         if encoder is not None:
             from safetensors.torch import save_file

@@ -148,13 +148,17 @@ def test_every_recipe_runs_under_two_processes(tiny_model_dir, tiny_csv, tmp_pat
     driver.write_text(RECIPE_DRIVER)
     args = recipe_args(tiny_model_dir, tiny_csv, out, per_device=8)
     args[args.index("--max_steps") + 1] = "3"
+    args[args.index("--save_strategy") + 1] = "steps"  # a checkpoint at the last step, with each method's state
     recipes = ",".join(str(recipe.relative_to(ROOT)) for recipe in RECIPES)
     result = run(
-        [*accelerate_launch("cpu_ddp"), str(driver), str(out), recipes, *args, "--prompt_init_text", ""], tmp_path, out
-    )
+        [*accelerate_launch("cpu_ddp"), str(driver), str(out), recipes, *args, "--save_steps", "3",
+         "--prompt_init_text", ""], tmp_path, out,
+    )  # fmt: skip
     writes = {rank: (tmp_path / f"writes.{rank}").read_text().split() for rank in ("0", "1")}
     assert writes["0"][0] == writes["1"][0] == "started", "two processes ran"
     assert writes["1"] == ["started"], f"rank 1 wrote {writes['1'][1:]}"  # (a runpy driver: not re-run on mimalloc)
+    for recipe, state in (("adalora_bert", "adalora_state.pt"), ("p_tuning_bert", "prompt_encoder_state.safetensors")):
+        assert (out / recipe / "checkpoint-3" / state).is_file()
     assert result.stdout.count("***** eval metrics *****") == len(RECIPES), "only the main process logs results"
     for recipe in RECIPES:
         assert json.loads((out / recipe.stem / "ft_plugin_config.json").read_text())["method"] == recipe_method(recipe)

@@ -60,6 +60,7 @@ def test_adalora_loads_an_earlier_best_checkpoint_and_saves_it_cut_to_its_own_ra
     best = trainer.state.best_model_checkpoint
     assert best is not None and best.endswith(f"checkpoint-{trainer.state.global_step // 3}")
     best_pattern = torch.load(f"{best}/{ADALORA_STATE}", weights_only=True)["rank_pattern"]
+    assert best_pattern and not all(all(kept) for kept in best_pattern.values())  # saved after some ranks were cut
     assert trainer.model.peft_config["default"].rank_pattern == best_pattern
     saved = load_file(f"{best}/adapter_model.safetensors")  # full rank: the model now holds exactly these weights
     with full_rank_adapter(trainer.model):
@@ -69,6 +70,9 @@ def test_adalora_loads_an_earlier_best_checkpoint_and_saves_it_cut_to_its_own_ra
         torch.testing.assert_close(weights[name], value, msg=name)
 
     save_result(trainer.model, tmp_path / "result", trainer.processing_class)  # as the recipe saves its result
+    ranks = [t.shape[0] for name, t in load_file(tmp_path / "result" / "adapter_model.safetensors").items()
+             if "lora_E" in name]  # fmt: skip
+    assert ranks == [sum(kept) for kept in best_pattern.values()]  # the result is cut to the best checkpoint's ranks
     result = load(tmp_path / "result")
     trainer.model.eval()
     batch = next(iter(trainer.get_eval_dataloader()))
@@ -93,19 +97,40 @@ def test_adalora_resumes_after_its_ranks_were_cut_exactly_as_an_uninterrupted_ru
     whole = trainer_in("whole")
     whole.train()
     config = whole.model.peft_config["default"]
-    stop = (config.tinit + config.total_step - config.tfinal) // 2  # amid the allocation: some ranks already cut
-    trainer_in("part", [StopAtStep(stop)]).train()
-    checkpoint = tmp_path / "part" / f"checkpoint-{stop}"
-    assert (checkpoint / ADALORA_STATE).is_file()
-    resumed = trainer_in("part")
-    resumed.train(resume_from_checkpoint=str(checkpoint))
-
     trained = {name: p for name, p in whole.model.named_parameters() if p.requires_grad}
-    again = dict(resumed.model.named_parameters())
-    for name, parameter in trained.items():
-        torch.testing.assert_close(again[name], parameter, msg=name)
-    pattern = resumed.model.peft_config["default"].rank_pattern
-    assert pattern == config.rank_pattern and not all(all(kept) for kept in pattern.values())
+    final_phase = config.total_step - config.tfinal
+    # amid the allocation (some ranks already cut), and in the final phase (the pattern fixed, only masked)
+    for stop in ((config.tinit + final_phase) // 2, final_phase + 2):
+        folder = f"part-{stop}"
+        trainer_in(folder, [StopAtStep(stop)]).train()
+        checkpoint = tmp_path / folder / f"checkpoint-{stop}"
+        saved_pattern = torch.load(checkpoint / ADALORA_STATE, weights_only=True)["rank_pattern"]
+        assert saved_pattern and not all(all(kept) for kept in saved_pattern.values())
+        resumed = trainer_in(folder)
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+        again = dict(resumed.model.named_parameters())
+        for name, parameter in trained.items():
+            torch.testing.assert_close(again[name], parameter, msg=f"{name} resumed at step {stop}")
+        assert resumed.model.peft_config["default"].rank_pattern == config.rank_pattern
+
+
+def test_only_the_saving_process_writes_adalora_state_into_a_checkpoint(
+    tiny_model_dir, tiny_csv, tmp_path, monkeypatch
+):
+    """Under DDP the Trainer saves a checkpoint's files on one process; another process that wrote AdaLoRA's
+    allocator state too raced it to a folder that did not exist yet (a crash seen with 2 processes)."""
+    from transformers import TrainingArguments
+
+    from ft_plugin.adalora_checkpoint import ADALORA_STATE
+
+    argv = ["--method", "adalora", "--model_name_or_path", str(tiny_model_dir), "--train_file", str(tiny_csv),
+            "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
+            "--load_best_model_at_end", "false", "--report_to", "none"]  # fmt: skip
+    trainer = build_trainer(*parse_args(argv))
+    trainer.train()
+    monkeypatch.setattr(TrainingArguments, "should_save", property(lambda self: False))  # as on a process but the first
+    trainer._save_checkpoint(trainer.model, trial=None)  # the Trainer still writes this process's RNG state there
+    assert not (tmp_path / "out" / "checkpoint-1" / ADALORA_STATE).exists()
 
 
 def _saved_attention_matrices(model, batch: dict) -> int:
