@@ -58,6 +58,15 @@ def save_allocator_state(model, folder: str, rank_pattern: dict | None) -> None:
     torch.save(state, os.path.join(folder, ADALORA_STATE))
 
 
+@contextlib.contextmanager
+def allocator_state_from(model, checkpoint: str | None) -> Iterator[None]:
+    """While the Trainer loads `checkpoint` into `model` (resume, load-best), AdaLoRA's matrices load at full rank;
+    then the allocator's state saved beside them is restored (see `load_allocator_state`)."""
+    with full_rank_adapter(model):
+        yield
+    load_allocator_state(model, checkpoint)
+
+
 def load_allocator_state(model, folder: str | None) -> None:
     """Restore what `save_allocator_state` wrote in `folder` (nothing to do without the file or AdaLoRA)."""
     tuner = adalora_tuner(model)

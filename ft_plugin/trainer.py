@@ -35,7 +35,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PredictionOutput
 
-from .adalora_checkpoint import full_rank_adapter, load_allocator_state, save_allocator_state
+from .adalora_checkpoint import allocator_state_from, full_rank_adapter, save_allocator_state
 from .errors import CheckpointWriteError, DataError, FtPluginError, first_line
 from .metrics import compute_metrics
 
@@ -174,10 +174,9 @@ class ClassificationTrainer(Trainer):
         with (
             resume_errors(resume_from_checkpoint),
             prompt_encoder_state_from(model or self.model, resume_from_checkpoint),
-            full_rank_adapter(model or self.model),
+            allocator_state_from(model or self.model, resume_from_checkpoint),
         ):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load_allocator_state(model or self.model, resume_from_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         with resume_errors(checkpoint):
@@ -185,9 +184,8 @@ class ClassificationTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         best = self.state.best_model_checkpoint
-        with prompt_encoder_state_from(self.model, best), full_rank_adapter(self.model):
+        with prompt_encoder_state_from(self.model, best), allocator_state_from(self.model, best):
             super()._load_best_model()
-        load_allocator_state(self.model, best)
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
