@@ -50,12 +50,13 @@ def bench(args: argparse.Namespace) -> dict:
         print(f"exhaustive {method}: test accuracy {metrics['test_accuracy']:.4f} in {seconds:.0f}s", flush=True)
     best = max(exhaustive, key=lambda m: exhaustive[m]["test_accuracy"])
     sweep_seconds = sum(row["seconds"] for row in exhaustive.values())
-    races = [
-        race_against_sweep(common, args, horizon, work / f"auto-{index}", exhaustive, best, sweep_seconds)
-        for index, horizon in enumerate(args.auto_horizon)
-    ]
-    rows = [{"run": method, **row} for method, row in exhaustive.items()]
-    rows += [race.pop("row") for race in races]
+    races, race_rows = zip(
+        *(
+            race_against_sweep(common, args, horizon, work / f"auto-{index}", exhaustive, best, sweep_seconds)
+            for index, horizon in enumerate(args.auto_horizon)
+        )
+    )
+    rows = [{"run": method, **row} for method, row in exhaustive.items()] + list(race_rows)
     report = {
         "setting": {k: v for k, v in vars(args).items() if k != "output"},
         "exhaustive": exhaustive,
@@ -63,7 +64,7 @@ def bench(args: argparse.Namespace) -> dict:
         "best_method": best,
         "best_test_accuracy": exhaustive[best]["test_accuracy"],
         **races[0],  # the first horizon's race at the top level, as with a single --auto_horizon
-        "races": races,
+        "races": list(races),
         "rows": rows,
     }
     print_table(rows, ["run", "test_accuracy", "test_loss", "seconds"])
@@ -84,14 +85,20 @@ def race_against_sweep(
     exhaustive: dict,
     best: str,
     sweep_seconds: float,
-) -> dict:
-    """`--method auto` at one horizon on the sweep's data and methods, scored against the sweep."""
+) -> tuple[dict, dict]:
+    """`--method auto` at one horizon on the sweep's data and methods, scored against the sweep: the race's report
+    and its row of the table."""
     metrics, seconds = run(
         [*common, "--method", "auto", "--auto_methods", args.methods, "--auto_horizon", str(horizon),
          "--auto_eta", str(args.auto_eta), "--output_dir", str(output_dir)]
     )  # fmt: skip
     race = json.loads((output_dir / "auto_race.json").read_text())
-    return {
+    row = {
+        "run": f"auto (horizon {horizon:.3g}) -> {race['winner']}",
+        **{k: metrics[k] for k in ("test_accuracy", "test_loss")},
+        "seconds": round(seconds, 1),
+    }
+    report = {
         "auto_horizon": horizon,
         "auto_method": race["winner"],
         "auto_test_accuracy": metrics["test_accuracy"],
@@ -101,12 +108,8 @@ def race_against_sweep(
         "time_ratio": round(seconds / sweep_seconds, 3),
         "auto_equals_its_sweep_run": abs(metrics["test_loss"] - exhaustive[race["winner"]]["test_loss"]) < 1e-6,
         "race": race,
-        "row": {
-            "run": f"auto (horizon {horizon:.3g}) -> {race['winner']}",
-            **{k: metrics[k] for k in ("test_accuracy", "test_loss")},
-            "seconds": round(seconds, 1),
-        },
     }
+    return report, row
 
 
 def main(argv: list[str] | None = None) -> dict:

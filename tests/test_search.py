@@ -156,7 +156,7 @@ def test_requested_method_reads_the_flag_or_the_recipes_own():
 
 
 def test_race_rungs_count_down_from_the_horizon_and_eta_at_least_the_methods_makes_one_rung():
-    assert rung_steps(126, 6, 1 / 3, 3) == [14, 42]  # docs/selection.md's example
+    assert rung_steps(126, 6, 1 / 3, 3) == [14, 42]  # six methods: the same two rungs as eight
     assert rung_steps(126, 5, 1 / 3, 3) == [14, 42]
     assert rung_steps(126, 10, 1 / 3, 3) == [5, 14, 42]
     assert rung_steps(126, 5, 1 / 3, 5) == rung_steps(126, 5, 1 / 3, 9) == [42]  # racing fast starters
