@@ -1,34 +1,71 @@
-"""Validation curves of `--method auto`'s candidates: when does ranking by validation loss become trustworthy?
+"""Validation curves of `--method auto`'s candidates, and the races they imply: which rung schedule chooses well, cheaply?
 
     python bench/race_curves.py --max_train_samples 2000 --num_train_epochs 2 --max_seq_length 64 \
-        --max_eval_samples 300 --eval_every 7 --until 0.5
+        --max_eval_samples 300 --eval_every 7 --until 0.6 --sweep bench/results/auto-eight-methods.json
 
 Each method starts its full run (the full run's schedule, data order and seed, as in the race) and is evaluated on
-the validation split every `--eval_every` optimizer steps until `--until` of the run. For every evaluated step the
-table gives each method's validation loss, the methods ranked by it, and Kendall tau between that ranking and the
-one at the last evaluated step: a race rung placed before tau settles ranks methods by how fast they start, not by
-where they go (docs/selection.md). Writes bench/results/race_curves.json.
+the validation split every `--eval_every` optimizer steps until `--until` of the run, and at every rung of each
+`--schedules` entry (`horizon:eta`). For every evaluated step the table gives each method's validation loss and
+Kendall tau between the ranking then and the one at the last evaluated step: a race rung placed before tau settles
+ranks methods by how fast they start, not by where they go (docs/selection.md). Each schedule is then replayed on
+the curves with the race's own ranking (`ft_plugin.auto`: a race run stopped and resumed equals the uninterrupted
+run, so the replay sees the scores the race would): its winner and the optimizer steps each method trains. With
+`--sweep` (a `bench/auto.py` JSON of the same setting) each replay also gets the winner's test accuracy gap to the
+sweep's best and the time ratio its steps would cost, from each method's seconds per step in that sweep (training
+only: the race's evaluations and start-ups come on top). Writes bench/results/race_curves.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import print_table, run_as_command, write_json  # noqa: E402
-from ft_plugin.auto import DEFAULT_AUTO_METHODS, StopAtStep  # noqa: E402
+from ft_plugin.auto import DEFAULT_AUTO_METHODS, StopAtStep, kept_count, rank_methods, rung_steps  # noqa: E402
 from ft_plugin.data import TextClassificationData  # noqa: E402
 
 
-def curve(argv: list[str], stop: int, data: TextClassificationData) -> list[dict]:
+class EvaluateAt(TrainerCallback):
+    """Evaluates after each of `steps` (the rungs of the schedules replayed), besides the Trainer's own `eval_steps`,
+    and leaves the random state as it was before each evaluation: evaluating draws from torch's generator (a
+    DataLoader's seed), which would change the dropout masks of the steps after it. The race's runs evaluate after
+    their checkpoint and resume with the checkpoint's random state, so only an evaluation that leaves no trace sees
+    the scores the race sees."""
+
+    def __init__(self, steps: set[int]) -> None:
+        self.steps = steps
+        self.saved: tuple | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.steps:
+            control.should_evaluate = True
+        if control.should_evaluate:
+            self.saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.saved is not None:
+            python_state, numpy_state, torch_state = self.saved
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+            torch.set_rng_state(torch_state)
+            self.saved = None
+
+
+def curve(argv: list[str], stop: int, data: TextClassificationData, rungs: set[int]) -> list[dict]:
     """One method's validation (step, loss, accuracy) at every evaluation until optimizer step `stop`."""
     from ft_plugin.recipe import build_trainer, parse_args
 
-    trainer = build_trainer(*parse_args(argv), callbacks=[StopAtStep(stop)], data=data)
+    trainer = build_trainer(*parse_args(argv), callbacks=[StopAtStep(stop), EvaluateAt(rungs)], data=data)
     trainer.train()
     return [
         {"step": h["step"], "eval_loss": h["eval_loss"], "eval_accuracy": h["eval_accuracy"]}
@@ -37,17 +74,64 @@ def curve(argv: list[str], stop: int, data: TextClassificationData) -> list[dict
     ]
 
 
+def parse_schedule(text: str) -> tuple[float, int]:
+    """`"0.5:4"` -> (horizon 0.5, eta 4); a bare horizon takes the race's default eta."""
+    from ft_plugin.auto import AutoArguments
+
+    horizon, _, eta = text.partition(":")
+    return float(horizon), int(eta or AutoArguments.auto_eta)
+
+
+def replay(loss: dict[str, dict[int, float]], full_steps: int, horizon: float, eta: int) -> dict:
+    """The race `--auto_horizon horizon --auto_eta eta` on these curves: its rungs, winner and each method's steps
+    (the steps its race runs train, and the winner's whole run)."""
+    survivors = list(loss)
+    rungs = rung_steps(full_steps, len(survivors), horizon, eta)
+    trained = dict.fromkeys(survivors, 0)
+    kept_per_rung = []
+    for rung, steps in enumerate(rungs):
+        for method in survivors:
+            trained[method] = steps
+        scores = {m: loss[m][steps] for m in survivors}
+        ranked = rank_methods(scores, scores, higher_is_better=False)
+        survivors = ranked[: kept_count(len(ranked), last_rung=rung == len(rungs) - 1, eta=eta)]
+        kept_per_rung.append(survivors)
+    winner = survivors[0]
+    trained[winner] = full_steps
+    return {"rungs": rungs, "kept": kept_per_rung, "winner": winner, "steps_trained": trained}
+
+
+def with_sweep(replayed: dict, sweep: dict, full_steps: int) -> dict:
+    """A replay's accuracy gap to the sweep's best (points) and its time ratio from the sweep's seconds per step."""
+    exhaustive = sweep["exhaustive"]
+    best = max(exhaustive.values(), key=lambda row: row["test_accuracy"])["test_accuracy"]
+    seconds = sum(exhaustive[m]["seconds"] / full_steps * steps for m, steps in replayed["steps_trained"].items())
+    return {
+        "winner_test_accuracy": exhaustive[replayed["winner"]]["test_accuracy"],
+        "gap_points": round(100 * (best - exhaustive[replayed["winner"]]["test_accuracy"]), 2),
+        "training_time_ratio": round(seconds / sum(row["seconds"] for row in exhaustive.values()), 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", default="minilm-l6")
     parser.add_argument("--train_file", default=None, help="Default: the embedded tweets.")
-    parser.add_argument("--methods", default=f"{DEFAULT_AUTO_METHODS},bitfit")
+    parser.add_argument("--validation_file", default=None, help="Default: carved from the train file.")
+    parser.add_argument("--methods", default=DEFAULT_AUTO_METHODS)
     parser.add_argument("--max_train_samples", type=int, default=2000)
     parser.add_argument("--max_eval_samples", type=int, default=300)
     parser.add_argument("--num_train_epochs", type=float, default=2)
     parser.add_argument("--max_seq_length", type=int, default=64)
     parser.add_argument("--eval_every", type=int, default=7)
-    parser.add_argument("--until", type=float, default=0.5, help="Share of the full run to follow.")
+    parser.add_argument("--until", type=float, default=0.6, help="Share of the full run to follow.")
+    parser.add_argument(
+        "--schedules",
+        nargs="+",
+        default=["0.3333333333333333:3", "0.5:3", "0.3333333333333333:4", "0.5:4", "0.5:2"],
+        help="Races to replay on the curves, as horizon:eta (rungs past --until are evaluated too).",
+    )
+    parser.add_argument("--sweep", default=None, help="A bench/auto.py JSON of the same setting: gaps and times.")
     parser.add_argument("--output", default="race_curves")
     args = parser.parse_args(argv)
 
@@ -63,16 +147,20 @@ def main(argv: list[str] | None = None) -> dict:
         "--save_strategy", "no", "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true",
         "--seed", "42",
     ]  # fmt: skip
-    if args.train_file:
-        common += ["--train_file", args.train_file]
+    for split in ("train_file", "validation_file"):
+        if getattr(args, split):
+            common += [f"--{split}", getattr(args, split)]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     _, data_args, _, training_args = parse_args([*common, "--method", methods[0]])
     data = load_data(data_args)  # as in the race: every method's run on the same loaded data
     full_steps = total_training_steps(training_args, len(data.splits["train"]))
+    schedules = [parse_schedule(text) for text in args.schedules]
+    rungs = {step for h, eta in schedules for step in rung_steps(full_steps, len(methods), h, eta)}
+    stop = max(round(full_steps * args.until), *rungs, 1)
     curves = {}
     for method in methods:
         argv = [*common, "--method", method, "--output_dir", tempfile.mkdtemp(prefix="bench-curves-")]
-        curves[method] = curve(argv, max(1, round(full_steps * args.until)), data)
+        curves[method] = curve(argv, stop, data, rungs)
         print(f"{method}: {[(p['step'], round(p['eval_loss'], 4)) for p in curves[method]]}", flush=True)
 
     steps = sorted(set.intersection(*({p["step"] for p in points} for points in curves.values())))
@@ -94,7 +182,14 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(rows, ["step", "share_of_run", *methods, "tau_vs_last"])
     for row in rows:
         print(f"step {row['step']}: {row['ranking']}")
-    report = {"setting": vars(args), "full_steps": full_steps, "curves": curves, "rows": rows}
+    sweep = json.loads(Path(args.sweep).read_text()) if args.sweep else None
+    replays = []
+    for horizon, eta in schedules:
+        replayed = {"horizon": round(horizon, 4), "eta": eta, **replay(loss, full_steps, horizon, eta)}
+        replays.append(replayed | (with_sweep(replayed, sweep, full_steps) if sweep else {}))
+    columns = ["horizon", "eta", "rungs", "winner"] + (["gap_points", "training_time_ratio"] if sweep else [])
+    print_table([r | {"rungs": " ".join(map(str, r["rungs"]))} for r in replays], columns)
+    report = {"setting": vars(args), "full_steps": full_steps, "curves": curves, "rows": rows, "replays": replays}
     print("Wrote", write_json(args.output, report))
     return report
 

@@ -165,9 +165,8 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> tuple[RaceResult
                 metrics = trainer.evaluate()
                 scores[method], losses[method] = metrics[metric], metrics["eval_loss"]
                 logger.info("auto: rung %d, %s: %s %.4f after %d steps", rung, method, metric, scores[method], steps)
-            sign = 1 if higher_is_better else -1
-            ranked = sorted(survivors, key=lambda m: (sign * scores[m], -losses[m]), reverse=True)  # ties: lower loss
-            keep = 1 if rung == len(rungs) - 1 else max(1, math.ceil(len(ranked) / auto.auto_eta))
+            ranked = rank_methods(scores, losses, higher_is_better)
+            keep = kept_count(len(ranked), last_rung=rung == len(rungs) - 1, eta=auto.auto_eta)
             threshold = scores[ranked[keep - 1]]
             for method in ranked[keep:]:
                 dropped[method] = (
@@ -182,6 +181,17 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> tuple[RaceResult
     result.seconds = round(time.perf_counter() - started, 2)
     logger.info("auto: chose %s after %d rung(s) in %.0fs", result.winner, len(result.rungs), result.seconds)
     return result, data
+
+
+def rank_methods(scores: dict[str, float], losses: dict[str, float], higher_is_better: bool) -> list[str]:
+    """Methods best first by `scores`; ties go to the lower validation loss."""
+    sign = 1 if higher_is_better else -1
+    return sorted(scores, key=lambda m: (sign * scores[m], -losses[m]), reverse=True)
+
+
+def kept_count(methods: int, last_rung: bool, eta: int) -> int:
+    """How many of `methods` a rung keeps: the best `1/eta` (at least one), and one at the last rung."""
+    return 1 if last_rung else max(1, math.ceil(methods / eta))
 
 
 def rung_steps(full_steps: int, methods: int, horizon: float, eta: int) -> list[int]:

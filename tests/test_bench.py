@@ -93,6 +93,12 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
     if script == "race_curves":  # 64 samples, batch 32: evaluated after steps 1 and 2, ranked against step 2
         assert [row["step"] for row in payload["rows"]] == [1, 2] and payload["rows"][-1]["tau_vs_last"] == 1.0
         assert all(len(points) == 2 for points in payload["curves"].values())
+        # each default schedule replayed: two methods, one rung; the loser trains to it, the winner its whole run
+        assert len(payload["replays"]) == 5
+        for replayed in payload["replays"]:
+            (rung,) = replayed["rungs"]
+            loser = ({"lora", "bitfit"} - {replayed["winner"]}).pop()
+            assert replayed["steps_trained"] == {replayed["winner"]: 2, loser: rung}
     if script == "evaluation":  # the same model on the same texts: the order changes the speed, not the loss
         by_order = {row["order"]: row for row in payload["rows"]}
         assert len({round(row["eval_loss"], 4) for row in payload["rows"]}) == 1
@@ -103,6 +109,35 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
         assert payload["accuracy"]["texts"] == 40 and 0 <= payload["accuracy"]["merged int8"] <= 1
         assert all(0 < row["p50_ms"] <= row["p95_ms"] for row in payload["rows"])
         assert {"query", "key", "value", "dense"} <= set(payload["lora_target_modules"])  # --lora_flags reached it
+
+
+def test_a_replayed_race_prefers_the_fast_starter_early_and_the_better_method_late():
+    """`bench/race_curves.py` replays a race on validation curves with the race's own ranking: a method that
+    leads early and is overtaken wins a race that decides early, and loses one that decides late."""
+    from bench.race_curves import replay, with_sweep
+
+    full_steps = 90
+    steps = range(1, 61)
+    loss = {
+        "fast": {s: 1.0 - 0.4 * min(s, 20) / 20 for s in steps},  # 0.6 from step 20 on
+        "slow": {s: 1.0 - 0.6 * s / 60 for s in steps},  # passes 0.6 after step 40
+        "bad": {s: 1.0 for s in steps},
+        "worse": {s: 1.1 for s in steps},
+    }
+    early = replay(loss, full_steps, horizon=1 / 3, eta=2)  # rungs at 15 and 30
+    assert early["rungs"] == [15, 30] and early["kept"] == [["fast", "slow"], ["fast"]]
+    assert early["winner"] == "fast"
+    assert early["steps_trained"] == {"fast": 90, "slow": 30, "bad": 15, "worse": 15}
+    late = replay(loss, full_steps, horizon=2 / 3, eta=2)  # rungs at 30 and 60
+    assert late["winner"] == "slow" and late["steps_trained"] == {"fast": 60, "slow": 90, "bad": 30, "worse": 30}
+
+    seconds = {"fast": 90.0, "slow": 180.0, "bad": 90.0, "worse": 90.0}  # 1 s a step, slow 2 s
+    sweep = {"exhaustive": {m: {"test_accuracy": acc, "seconds": seconds[m]} for m, acc in
+                            {"fast": 0.80, "slow": 0.85, "bad": 0.5, "worse": 0.4}.items()}}  # fmt: skip
+    assert with_sweep(early, sweep, full_steps) == {
+        "winner_test_accuracy": 0.80, "gap_points": 5.0, "training_time_ratio": round((90 + 60 + 30) / 450, 3),
+    }  # fmt: skip
+    assert with_sweep(late, sweep, full_steps)["gap_points"] == 0.0
 
 
 def test_the_lora_baselines_adapt_the_layers_that_ft_plugin_adapts_by_default(tiny_model_dir):
@@ -174,3 +209,33 @@ def test_bbc_headlines_are_deduplicated_and_split_once_stratified(tmp_path):
     assert len(texts) == len(set(texts)) == 80  # the repeated headline once, every headline in one split only
     assert all((rows["label"].value_counts() == len(rows) // 2).all() for rows in splits.values())  # stratified
     assert not any("body" in text for text in texts)  # the headline, not the article
+
+
+def test_the_curves_see_the_scores_the_race_sees(tiny_model_dir, tiny_csv, tmp_path):
+    """A replay is only as good as its curves: with dropout on, the curves' loss at a rung equals the race's score
+    there, though the curves evaluate at every step and the race stops, saves, evaluates and resumes."""
+    import shutil
+
+    from bench.race_curves import main as race_curves
+    from ft_plugin.auto import AutoArguments, race
+
+    model = tmp_path / "tiny-with-dropout"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"hidden_dropout_prob": 0.2}))
+    flags = ["--model_name_or_path", str(model), "--train_file", str(tiny_csv), "--max_train_samples", "64",
+             "--max_eval_samples", "16", "--num_train_epochs", "3", "--max_seq_length", "32"]  # fmt: skip
+    os.environ["FT_PLUGIN_BENCH_RESULTS"] = str(tmp_path)
+    try:
+        curves = race_curves([*flags, "--methods", "lora,bitfit", "--eval_every", "1", "--schedules", "0.5:2"])
+    finally:
+        del os.environ["FT_PLUGIN_BENCH_RESULTS"]
+    (replayed,) = curves["replays"]
+    assert replayed["rungs"] == [3]  # 2 steps an epoch, 6 in all; evaluated after steps 1 and 2 before the rung
+
+    race_flags = [*flags, "--seed", "42", "--eval_strategy", "no", "--save_strategy", "no"]
+    result, _ = race(race_flags, AutoArguments(auto_methods="lora,bitfit", auto_horizon=0.5, auto_eta=2), tmp_path)
+    (rung,) = result.rungs
+    at_rung = {m: next(p["eval_loss"] for p in points if p["step"] == 3) for m, points in curves["curves"].items()}
+    assert rung["steps"] == 3 and rung["scores"] == pytest.approx(at_rung, abs=1e-6)
+    assert result.winner == replayed["winner"]
