@@ -5,13 +5,15 @@
 Reports each method's test accuracy and time, the best of them, and `auto`'s choice, accuracy and time (race + final
 training), and whether auto's result equals its winner's run in the sweep (the race's checkpoint is where the winner's
 full run resumes, so it should, to float precision). Prints a table; writes bench/results/auto.json.
-`--auto_horizon 0.333 0.5` races once per horizon against the one sweep (a row and a `races` entry each).
+`--auto_horizon 0.333 0.5 --auto_eta 3 4` races once per horizon and eta against the one sweep (a row and a `races`
+entry each).
 Targets (issue 7): within 1 accuracy point of the best, in at most 1/3 of the exhaustive sweep's time.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -52,8 +54,8 @@ def bench(args: argparse.Namespace) -> dict:
     sweep_seconds = sum(row["seconds"] for row in exhaustive.values())
     races, race_rows = zip(
         *(
-            race_against_sweep(common, args, horizon, work / f"auto-{index}", exhaustive, best, sweep_seconds)
-            for index, horizon in enumerate(args.auto_horizon)
+            race_against_sweep(common, args, schedule, work / f"auto-{index}", exhaustive, best, sweep_seconds)
+            for index, schedule in enumerate(itertools.product(args.auto_horizon, args.auto_eta))
         )
     )
     rows = [{"run": method, **row} for method, row in exhaustive.items()] + list(race_rows)
@@ -63,7 +65,7 @@ def bench(args: argparse.Namespace) -> dict:
         "exhaustive_seconds": round(sweep_seconds, 1),
         "best_method": best,
         "best_test_accuracy": exhaustive[best]["test_accuracy"],
-        **races[0],  # the first horizon's race at the top level, as with a single --auto_horizon
+        **races[0],  # the first race at the top level, as with a single --auto_horizon and --auto_eta
         "races": list(races),
         "rows": rows,
     }
@@ -71,7 +73,8 @@ def bench(args: argparse.Namespace) -> dict:
     print(f"best of the exhaustive sweep: {best} {report['best_test_accuracy']:.4f} ({sweep_seconds:.0f}s in all)")
     for race in races:
         print(
-            f"auto (horizon {race['auto_horizon']:.3g}) chose {race['auto_method']}: {race['auto_test_accuracy']:.4f} "
+            f"auto (horizon {race['auto_horizon']:.3g}, eta {race['auto_eta']}) chose {race['auto_method']}: "
+            f"{race['auto_test_accuracy']:.4f} "
             f"in {race['auto_seconds']:.0f}s (gap {race['accuracy_gap_points']} points, time ratio {race['time_ratio']})"
         )
     return report
@@ -80,26 +83,28 @@ def bench(args: argparse.Namespace) -> dict:
 def race_against_sweep(
     common: list[str],
     args: argparse.Namespace,
-    horizon: float,
+    schedule: tuple[float, int],
     output_dir: Path,
     exhaustive: dict,
     best: str,
     sweep_seconds: float,
 ) -> tuple[dict, dict]:
-    """`--method auto` at one horizon on the sweep's data and methods, scored against the sweep: the race's report
-    and its row of the table."""
+    """`--method auto` at one (horizon, eta) on the sweep's data and methods, scored against the sweep: the race's
+    report and its row of the table."""
+    horizon, eta = schedule
     metrics, seconds = run(
         [*common, "--method", "auto", "--auto_methods", args.methods, "--auto_horizon", str(horizon),
-         "--auto_eta", str(args.auto_eta), "--output_dir", str(output_dir)]
+         "--auto_eta", str(eta), "--output_dir", str(output_dir)]
     )  # fmt: skip
     race = json.loads((output_dir / "auto_race.json").read_text())
     row = {
-        "run": f"auto (horizon {horizon:.3g}) -> {race['winner']}",
+        "run": f"auto (horizon {horizon:.3g}, eta {eta}) -> {race['winner']}",
         **{k: metrics[k] for k in ("test_accuracy", "test_loss")},
         "seconds": round(seconds, 1),
     }
     report = {
         "auto_horizon": horizon,
+        "auto_eta": eta,
         "auto_method": race["winner"],
         "auto_test_accuracy": metrics["test_accuracy"],
         "auto_seconds": round(seconds, 1),
@@ -131,7 +136,13 @@ def main(argv: list[str] | None = None) -> dict:
         default=[AutoArguments.auto_horizon],
         help="One or more horizons, each raced against the same sweep (a row each).",
     )
-    parser.add_argument("--auto_eta", type=int, default=AutoArguments.auto_eta)
+    parser.add_argument(
+        "--auto_eta",
+        type=int,
+        nargs="+",
+        default=[AutoArguments.auto_eta],
+        help="One or more etas, each with each horizon.",
+    )
     parser.add_argument("--output", default="auto", help="Name of the JSON written under bench/results/.")
     arguments = parser.parse_args(argv)
     report = bench(arguments)

@@ -44,7 +44,7 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
         ("evaluation", ["--max_eval_samples", "24", "--batch_size", "4", "--max_seq_length", "32", "--repeats", "1"]),
         ("auto", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
                   "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32",
-                  "--auto_horizon", "0.5", "1"]),
+                  "--auto_horizon", "0.5", "1", "--auto_eta", "2"]),
         ("race_curves", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
                          "--num_train_epochs", "1", "--max_seq_length", "32", "--eval_every", "1", "--until", "1"]),
     ],
@@ -86,7 +86,7 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
         assert payload["auto_method"] in ("lora", "bitfit") and payload["auto_equals_its_sweep_run"]
         assert len(payload["rows"]) == 4 and payload["race"]["rungs"][0]["steps"] == 1
         # a race per horizon against the one sweep: at the whole run the rung is the sweep's last step (2 of 2)
-        assert [race["auto_horizon"] for race in payload["races"]] == [0.5, 1.0]
+        assert [(race["auto_horizon"], race["auto_eta"]) for race in payload["races"]] == [(0.5, 2), (1.0, 2)]
         assert (
             payload["races"][1]["race"]["rungs"][0]["steps"] == 2 and payload["races"][1]["auto_equals_its_sweep_run"]
         )
