@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model_name_or_path", default="minilm-l6")
     parser.add_argument("--train_file", default=None, help="Default: the embedded tweets.")
     parser.add_argument("--validation_file", default=None, help="Default: carved from the train file.")
+    parser.add_argument(
+        "--test_file", default=None, help="Default: carved from the train file (pass the sweep's: same training rows)."
+    )
     parser.add_argument("--methods", default=DEFAULT_AUTO_METHODS)
     parser.add_argument("--max_train_samples", type=int, default=2000)
     parser.add_argument("--max_eval_samples", type=int, default=300)
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--save_strategy", "no", "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true",
         "--seed", "42",
     ]  # fmt: skip
-    for split in ("train_file", "validation_file"):
+    for split in ("train_file", "validation_file", "test_file"):
         if getattr(args, split):
             common += [f"--{split}", getattr(args, split)]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

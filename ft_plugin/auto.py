@@ -52,13 +52,17 @@ class AutoArguments:
         default=DEFAULT_AUTO_METHODS, metadata={"help": "Comma-separated methods that race for --method auto."}
     )
     auto_horizon: float = field(
-        default=1 / 3,
+        default=0.4,
         metadata={
             "help": "Share of the full run's optimizer steps at which the race's last rung chooses the winner; each "
-            "earlier rung is eta times shorter (default 1/3: with the 8 default methods and eta 3, rungs at 1/9 and 1/3)."
+            "earlier rung is eta times shorter (default 0.4: with the 8 default methods and eta 4, rungs at 1/10 and "
+            "2/5 of the run)."
         },
     )
-    auto_eta: int = field(default=3, metadata={"help": "Keep the best 1/eta of the methods at each rung (>= 2)."})
+    auto_eta: int = field(
+        default=4,
+        metadata={"help": "Keep the best 1/eta of the methods at each rung (>= 2; default 4: 2 of the 8 defaults)."},
+    )
     auto_metric: str = field(
         default="loss",
         metadata={
@@ -133,7 +137,7 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> tuple[RaceResult
     if not methods:
         raise MethodError("--auto_methods is empty: list the methods to race, e.g. lora,bitfit,adapter.")
     if auto.auto_eta < 2 or not 0 < auto.auto_horizon <= 1:
-        raise MethodError("--auto_eta must be at least 2 and --auto_horizon in (0, 1]; defaults: 3 and 1/3.")
+        raise MethodError("--auto_eta must be at least 2 and --auto_horizon in (0, 1]; defaults: 4 and 0.4.")
     if auto.auto_metric.removeprefix("eval_") not in AUTO_METRICS:
         raise MethodError(f"--auto_metric {auto.auto_metric} is not measured: choose from {', '.join(AUTO_METRICS)}.")
     for method in methods:
