@@ -41,9 +41,9 @@ def bench(args: argparse.Namespace) -> dict:
         "--eval_strategy", "no", "--save_strategy", "no",
         "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true", "--seed", "42",
     ]  # fmt: skip
-    for split in ("train_file", "validation_file", "test_file"):  # missing splits are carved from the train file
-        if getattr(args, split):
-            common += [f"--{split}", getattr(args, split)]
+    for flag in ("train_file", "validation_file", "test_file", "text_column", "label_column"):
+        if getattr(args, flag):  # missing splits are carved from the train file
+            common += [f"--{flag}", getattr(args, flag)]
     work = Path(tempfile.mkdtemp(prefix="bench_auto_"))
     exhaustive = {}
     for method in args.methods.split(","):
@@ -123,26 +123,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train_file", default=None, help="Default: the embedded tweets.")
     parser.add_argument("--validation_file", default=None, help="Default: carved from --train_file.")
     parser.add_argument("--test_file", default=None, help="Default: carved from --train_file.")
+    parser.add_argument("--text_column", default=None, help="Default: the recipe's (a column named text).")
+    parser.add_argument("--label_column", default=None, help="Default: the recipe's (a column named label).")
     parser.add_argument("--methods", default=DEFAULT_AUTO_METHODS)
     parser.add_argument("--max_train_samples", type=int, default=2000)
     parser.add_argument("--max_eval_samples", type=int, default=500)
     parser.add_argument("--max_predict_samples", type=int, default=1000)
     parser.add_argument("--num_train_epochs", type=float, default=2)
     parser.add_argument("--max_seq_length", type=int, default=128)
-    parser.add_argument(
-        "--auto_horizon",
-        type=float,
-        nargs="+",
-        default=[AutoArguments.auto_horizon],
-        help="One or more horizons, each raced against the same sweep (a row each).",
-    )
-    parser.add_argument(
-        "--auto_eta",
-        type=int,
-        nargs="+",
-        default=[AutoArguments.auto_eta],
-        help="One or more etas, each with each horizon.",
-    )
+    for name, kind in (("auto_horizon", float), ("auto_eta", int)):
+        parser.add_argument(
+            f"--{name}", type=kind, nargs="+", default=[getattr(AutoArguments, name)],
+            help="One or more; every horizon and eta pair races against the one sweep (a row each).",
+        )  # fmt: skip
     parser.add_argument("--output", default="auto", help="Name of the JSON written under bench/results/.")
     arguments = parser.parse_args(argv)
     report = bench(arguments)

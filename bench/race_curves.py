@@ -31,7 +31,14 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import print_table, run_as_command, write_json  # noqa: E402
-from ft_plugin.auto import DEFAULT_AUTO_METHODS, StopAtStep, kept_count, rank_methods, rung_steps  # noqa: E402
+from ft_plugin.auto import (  # noqa: E402
+    DEFAULT_AUTO_METHODS,
+    AutoArguments,
+    StopAtStep,
+    kept_count,
+    rank_methods,
+    rung_steps,
+)
 from ft_plugin.data import TextClassificationData  # noqa: E402
 
 
@@ -76,15 +83,13 @@ def curve(argv: list[str], stop: int, data: TextClassificationData, rungs: set[i
 
 def parse_schedule(text: str) -> tuple[float, int]:
     """`"0.5:4"` -> (horizon 0.5, eta 4); a bare horizon takes the race's default eta."""
-    from ft_plugin.auto import AutoArguments
-
     horizon, _, eta = text.partition(":")
     return float(horizon), int(eta or AutoArguments.auto_eta)
 
 
 def replay(loss: dict[str, dict[int, float]], full_steps: int, horizon: float, eta: int) -> dict:
-    """The race `--auto_horizon horizon --auto_eta eta` on these curves: its rungs, winner and each method's steps
-    (the steps its race runs train, and the winner's whole run)."""
+    """The race `--auto_horizon horizon --auto_eta eta` on these curves, ranked by validation loss (the race's
+    default `--auto_metric`): its rungs, winner and each method's steps (its race runs', the winner's whole run)."""
     survivors = list(loss)
     rungs = rung_steps(full_steps, len(survivors), horizon, eta)
     trained = dict.fromkeys(survivors, 0)
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--schedules",
         nargs="+",
-        default=["0.3333333333333333:3", "0.5:3", "0.3333333333333333:4", "0.5:4", "0.5:2"],
+        default=["0.4:4", "0.3333333333333333:3", "0.3333333333333333:4", "0.5:4", "0.5:2"],
         help="Races to replay on the curves, as horizon:eta (rungs past --until are evaluated too).",
     )
     parser.add_argument("--sweep", default=None, help="A bench/auto.py JSON of the same setting: gaps and times.")

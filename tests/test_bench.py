@@ -44,7 +44,7 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
         ("evaluation", ["--max_eval_samples", "24", "--batch_size", "4", "--max_seq_length", "32", "--repeats", "1"]),
         ("auto", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
                   "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32",
-                  "--auto_horizon", "0.5", "1", "--auto_eta", "2"]),
+                  "--auto_horizon", "0.5", "1", "--auto_eta", "2", "--text_column", "text", "--label_column", "label"]),
         ("race_curves", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
                          "--num_train_epochs", "1", "--max_seq_length", "32", "--eval_every", "1", "--until", "1"]),
     ],
