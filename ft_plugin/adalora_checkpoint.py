@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -78,3 +79,16 @@ def load_allocator_state(model, folder: str | None) -> None:
     for name in ALLOCATOR_AVERAGES:
         setattr(tuner.rankallocator, name, {key: value.to(device) for key, value in state[name].items()})
     tuner.peft_config[tuner.trainable_adapter_name].rank_pattern = state["rank_pattern"]
+
+
+@contextlib.contextmanager
+def rank_pattern_false_alarm_silenced() -> Iterator[None]:
+    """Loading an AdaLoRA result: without PEFT's warning that its `rank_pattern` keys "did not match any targeted
+    module and were ignored". PEFT's check (peft 0.21, huggingface/peft#3588) matches the keys against module names,
+    as LoRA's are; AdaLoRA's keys are parameter names (`...query.lora_E`), which AdaLoRA matches itself when it cuts
+    the loaded modules to the pattern, so the warning fires on every AdaLoRA load while the pattern is applied."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="The following rank_pattern keys did not match", category=RuntimeWarning
+        )
+        yield

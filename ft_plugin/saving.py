@@ -10,6 +10,7 @@ All also hold the tokenizer, `config.json` with the label mapping, and `ft_plugi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -259,6 +260,7 @@ def load(
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from .adalora_checkpoint import rank_pattern_false_alarm_silenced
     from .models import load_base_model, pickle_allowed
 
     folder = resolve_result(str(path_or_repo), revision)
@@ -279,13 +281,15 @@ def load(
     labels = [config.id2label[i] for i in range(config.num_labels)]
     base, _ = load_base_model(model_name_or_path or record["base_model"], labels, allow_pickle=allow_pickle)
     _check_same_architecture(base.config, config, folder)
+    adalora = "adalora" in str(record.get("method") or "").split("+")
     try:
-        if record["save_format"] == "peft":
-            from peft import PeftModel
+        with rank_pattern_false_alarm_silenced() if adalora else contextlib.nullcontext():
+            if record["save_format"] == "peft":
+                from peft import PeftModel
 
-            model = PeftModel.from_pretrained(base, folder)
-        else:
-            model = _load_delta(base, folder, record)
+                model = PeftModel.from_pretrained(base, folder)
+            else:
+                model = _load_delta(base, folder, record)
     except RuntimeError as error:  # size mismatches: an adapter trained on another base model
         raise ModelError(
             f"The adapter in '{folder}' does not fit base model '{base.name_or_path}' ({str(error).splitlines()[0]}): "
