@@ -200,7 +200,7 @@ def kept_count(methods: int, last_rung: bool, eta: int) -> int:
 
 def rung_steps(full_steps: int, methods: int, horizon: float, eta: int) -> list[int]:
     """Optimizer steps at which the race ranks the methods: the last at `horizon` of the full run, each earlier one
-    `eta` times shorter, as many rungs as it takes to halve `methods` down to one (none for a single method)."""
+    `eta` times shorter, as many rungs as cutting `methods` to 1/eta takes to leave one (none for a single method)."""
     if methods < 2:
         return []
     last = max(1, round(full_steps * horizon))
