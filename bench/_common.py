@@ -42,6 +42,14 @@ def run_fresh(function: Callable, *args):
         return pool.submit(function, *args).result()
 
 
+def recipe_flags(args, *names: str) -> list[str]:
+    """`--name value` for each of `names` that `args` sets (not None): a benchmark's own flags, passed to the recipe
+    under the recipe's names."""
+    return [
+        item for name in names if getattr(args, name) is not None for item in (f"--{name}", str(getattr(args, name)))
+    ]
+
+
 def current_rss_mb() -> float:
     """Resident memory of this process now (Linux /proc)."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import print_table, run_as_command, write_json  # noqa: E402
+from bench._common import print_table, recipe_flags, run_as_command, write_json  # noqa: E402
 from ft_plugin.auto import DEFAULT_AUTO_METHODS, AutoArguments  # noqa: E402
 from ft_plugin.recipe import main as recipe_main  # noqa: E402
 
@@ -34,16 +34,13 @@ def run(argv: list[str]) -> tuple[dict, float]:
 
 
 def bench(args: argparse.Namespace) -> dict:
-    common = [
-        "--model_name_or_path", args.model_name_or_path, "--max_train_samples", str(args.max_train_samples),
-        "--max_eval_samples", str(args.max_eval_samples), "--max_predict_samples", str(args.max_predict_samples),
-        "--num_train_epochs", str(args.num_train_epochs), "--max_seq_length", str(args.max_seq_length),
+    common = recipe_flags(
+        args, "model_name_or_path", "max_train_samples", "max_eval_samples", "max_predict_samples", "num_train_epochs",
+        "max_seq_length", "train_file", "validation_file", "test_file", "text_column", "label_column",
+    ) + [  # splits not given are carved from the train file
         "--eval_strategy", "no", "--save_strategy", "no",
         "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true", "--seed", "42",
     ]  # fmt: skip
-    for flag in ("train_file", "validation_file", "test_file", "text_column", "label_column"):
-        if getattr(args, flag):  # missing splits are carved from the train file
-            common += [f"--{flag}", getattr(args, flag)]
     work = Path(tempfile.mkdtemp(prefix="bench_auto_"))
     exhaustive = {}
     for method in args.methods.split(","):

@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import print_table, run_as_command, write_json  # noqa: E402
+from bench._common import print_table, recipe_flags, run_as_command, write_json  # noqa: E402
 from ft_plugin.auto import (  # noqa: E402
     DEFAULT_AUTO_METHODS,
     AutoArguments,
@@ -148,16 +148,14 @@ def main(argv: list[str] | None = None) -> dict:
     from ft_plugin.data import load_data
     from ft_plugin.recipe import parse_args, total_training_steps
 
-    common = [
-        "--model_name_or_path", args.model_name_or_path, "--max_train_samples", str(args.max_train_samples),
-        "--max_eval_samples", str(args.max_eval_samples), "--num_train_epochs", str(args.num_train_epochs),
-        "--max_seq_length", str(args.max_seq_length), "--eval_strategy", "steps", "--eval_steps", str(args.eval_every),
+    common = recipe_flags(
+        args, "model_name_or_path", "max_train_samples", "max_eval_samples", "num_train_epochs", "max_seq_length",
+        "train_file", "validation_file", "test_file",
+    ) + [
+        "--eval_strategy", "steps", "--eval_steps", str(args.eval_every),
         "--save_strategy", "no", "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true",
         "--seed", "42",
     ]  # fmt: skip
-    for split in ("train_file", "validation_file", "test_file"):
-        if getattr(args, split):
-            common += [f"--{split}", getattr(args, split)]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     _, data_args, _, training_args = parse_args([*common, "--method", methods[0]])
     data = load_data(data_args)  # as in the race: every method's run on the same loaded data
