@@ -15,8 +15,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import HubUnreachableError, ModelError, first_line
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def _package_folder(package: str, subfolder: str = "model") -> Path | None:
@@ -227,10 +231,16 @@ def load_base_model(
     # were silently left at their starting values. Saved under the names the model has, every load finds them.
     model._weight_conversions = None
     model.ft_plugin_new_modules = new_encoder_modules(model, loading["missing_keys"])
+    model.ft_plugin_untrained_modules = untrained_encoder_modules(model, model.ft_plugin_new_modules)
     if model.ft_plugin_new_modules:
         logging.getLogger(__name__).info(
             "%s's checkpoint lacks %s: trained and saved with the classification head (else every load would draw "
             "them at random).", resolved.name, ", ".join(model.ft_plugin_new_modules),
+        )  # fmt: skip
+    if model.ft_plugin_untrained_modules:
+        logging.getLogger(__name__).info(
+            "%s's %s was never trained (its bias is all zeros): trained and saved with the classification head.",
+            resolved.name, ", ".join(model.ft_plugin_untrained_modules),
         )  # fmt: skip
     if load_in_4bit:
         from peft import prepare_model_for_kbit_training
@@ -252,8 +262,35 @@ def new_encoder_modules(model, missing_keys) -> list[str]:
     return sorted({key.rsplit(".", 1)[0] for key in missing_keys if key.startswith(prefix)})
 
 
+def untrained_encoder_modules(model: nn.Module, new_modules: list[str]) -> list[str]:
+    """Linear layers of the base encoder outside its numbered transformer blocks whose loaded bias is all zeros: never
+    trained, since any gradient step moves a bias. sentence-transformers checkpoints (the embedded MiniLM) hold BERT's
+    pooler like that: their training pools the token states and never calls it. A method that froze it would classify
+    through a random projection, so it is trained and saved with the head, like a missing module (bench/README.md,
+    "The untrained pooler": LoRA +1.4 points)."""
+    from torch import nn
+
+    prefix = f"{model.base_model_prefix}."
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and name.startswith(prefix)
+        and not any(part.isdigit() for part in name.split("."))
+        and module.bias is not None
+        and not module.bias.detach().any()
+        and not in_new_modules(f"{name}.bias", new_modules)
+    ]
+
+
+def whole_modules(model: nn.Module) -> list[str]:
+    """Base modules trained whole and saved with the classification head, beside a method's own weights (PEFT's
+    `modules_to_save`): those the checkpoint lacks and those it never trained."""
+    return [*(getattr(model, "ft_plugin_new_modules", None) or []), *(getattr(model, "ft_plugin_untrained_modules", None) or [])]  # fmt: skip
+
+
 def in_new_modules(parameter_name: str, modules: list[str]) -> bool:
-    """Whether a parameter (named plainly or inside PEFT's wrappers) belongs to one of `new_encoder_modules`."""
+    """Whether a parameter (named plainly or inside PEFT's wrappers) belongs to one of `modules`."""
     return any(f"{module}." in parameter_name for module in modules)
 
 

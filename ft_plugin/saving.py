@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import ModelError, first_line
 from .methods import METHODS, apply_method, parse_method
-from .models import in_new_modules
+from .models import in_new_modules, whole_modules
 
 logger = logging.getLogger("ft_plugin")
 
@@ -393,9 +393,13 @@ def _load_delta(base: nn.Module, folder: Path, record: dict) -> nn.Module:
     expected = set(trained_state_dict(model))
     weights = _unwrapped_new_modules(load_file(weights_file), expected)
     new_modules = getattr(base, "ft_plugin_new_modules", None) or []
-    missing = sorted(name for name in expected - set(weights) if not in_new_modules(name, new_modules))
+    missing = sorted(name for name in expected - set(weights) if not in_new_modules(name, whole_modules(base)))
     tuner_parts = _tuner_parameter_parts(model)
-    unsaved = {name for name in expected - set(weights) - set(missing) if not any(p in name for p in tuner_parts)}
+    unsaved = {  # an untrained module an earlier result did not save keeps the checkpoint's weights, as it trained
+        name
+        for name in expected - set(weights) - set(missing)
+        if not any(p in name for p in tuner_parts) and in_new_modules(name, new_modules)
+    }
     if unsaved:  # a result saved before ft-plugin trained and saved them
         logger.warning(
             "'%s' predates saving %s, which its base checkpoint lacks: they are drawn at random on each load, so "

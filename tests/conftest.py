@@ -58,7 +58,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # deterministic losses
         initializer_range=0.3,  # large random weights keep token information distinct through 2 random layers
     )  # fmt: skip
-    BertModel(config).save_pretrained(folder)
+    model = BertModel(config)
+    with (
+        torch.no_grad()
+    ):  # a pretrained pooler: trained, so its bias is not all zeros (models.untrained_encoder_modules)
+        model.pooler.dense.bias.normal_(std=0.3)
+    model.save_pretrained(folder)
     return folder
 
 

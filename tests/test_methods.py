@@ -3,6 +3,7 @@ weights, the loss falls, and save -> load (ft_plugin and, for PEFT layouts, plai
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,17 @@ def test_prompt_init_text_reads_the_packaged_tokenizer_not_the_hub(monkeypatch):
     assert model.peft_config["default"].tokenizer_name_or_path == DEFAULT_MODEL_HUB_ID
 
 
+def test_the_embedded_models_never_trained_pooler_trains_with_the_head():
+    """all-MiniLM-L6-v2 (sentence-transformers) was trained through mean pooling: its pooler is the initial one
+    (bias all zeros). LoRA's default count rises by the pooler's 147,840 weights, to 1.69 % of the model."""
+    base, _ = load_base_model(None, LABELS)
+    assert base.ft_plugin_untrained_modules == ["bert.pooler.dense"]
+    model = ft_plugin.apply(base, "lora")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad and "pooler" in n]
+    assert sorted(trainable) == [f"base_model.model.bert.pooler.dense.modules_to_save.default.{p}" for p in ("bias", "weight")]  # fmt: skip
+    assert count_parameters(model)[0] == 240_771 + 384 * 384 + 384
+
+
 @pytest.mark.parametrize(
     "method,options,message",
     [
@@ -221,15 +233,43 @@ def tiny_mlm_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def tiny_untrained_pooler_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny BERT with its pooler as sentence-transformers checkpoints hold it: present, never trained (zero bias)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("tiny-untrained-pooler")
+    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+    weights = load_file(folder / "model.safetensors")
+    save_file({**weights, "pooler.dense.bias": torch.zeros(32)}, folder / "model.safetensors", {"format": "pt"})
+    return folder
+
+
+def test_only_a_pooler_the_checkpoint_never_trained_counts_as_untrained(tiny_model_dir, tiny_untrained_pooler_dir):
+    """The zero biases inside the transformer blocks (BERT's initialisation, kept by this random model) do not count:
+    only linear layers outside the blocks."""
+    assert load_base_model(str(tiny_model_dir), LABELS)[0].ft_plugin_untrained_modules == []
+    base = load_base_model(str(tiny_untrained_pooler_dir), LABELS)[0]
+    assert base.ft_plugin_untrained_modules == ["bert.pooler.dense"]
+    assert base.ft_plugin_new_modules == []
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny_mlm_dir", "tiny_untrained_pooler_dir"])
 @pytest.mark.parametrize("method,options,markers", MATRIX, ids=IDS)
-def test_a_checkpoint_without_pooler_trains_and_saves_it_so_every_load_predicts_the_same(
-    tiny_mlm_dir, tmp_path, method, options, markers
+def test_a_checkpoint_without_a_trained_pooler_trains_and_saves_it_so_every_load_predicts_the_same(
+    request, tmp_path, checkpoint, method, options, markers
 ):
-    """The pooler such a checkpoint lacks is drawn at random at each load: it must be trained and saved like the head
-    (else `predict` gave other probabilities on every call)."""
-    model, tokenizer = _build(tiny_mlm_dir, method, options)
-    pooler = [n for n, p in model.named_parameters() if p.requires_grad and "pooler" in n and n.endswith(("weight", "bias"))]  # fmt: skip
+    """The pooler a checkpoint lacks is drawn at random at each load, and one it never trained is a random projection:
+    either must be trained and saved like the head (else `predict` gave other probabilities on every call, or the
+    method classified through a projection it could not change)."""
+    model, tokenizer = _build(request.getfixturevalue(checkpoint), method, options)
+    pooler = [(n, p) for n, p in model.named_parameters() if p.requires_grad and "pooler" in n and n.endswith(("weight", "bias"))]  # fmt: skip
     assert len(pooler) == 2, pooler  # its weight and bias: one trained copy, the one the forward pass uses
+    with torch.no_grad():
+        for _, parameter in pooler:  # as training would change them
+            parameter.add_(torch.randn_like(parameter))
     save_result(model, tmp_path, tokenizer)
     inputs = {k: v for k, v in _batch(tokenizer).items() if k != "labels"}
     with torch.no_grad():
@@ -253,6 +293,24 @@ def test_a_result_saved_before_the_pooler_was_kept_still_loads_with_a_warning(ti
     save_file({k: v for k, v in weights.items() if "pooler" not in k}, tmp_path / "delta_model.safetensors")
     assert ft_plugin.load(tmp_path) is not None
     assert "predates saving bert.pooler.dense" in caplog.text and "train it again" in caplog.text
+
+
+def test_a_result_saved_before_the_untrained_pooler_was_trained_loads_with_the_checkpoints_pooler(
+    tiny_untrained_pooler_dir, tmp_path, caplog
+):
+    """It trained with the checkpoint's pooler, which every load gives back: no warning, the same logits."""
+    from safetensors.torch import load_file, save_file
+
+    model, tokenizer = _build(tiny_untrained_pooler_dir, "bitfit+adapter", {})
+    save_result(model, tmp_path, tokenizer)
+    weights = load_file(tmp_path / "delta_model.safetensors")
+    earlier = {k: v for k, v in weights.items() if not re.search(r"pooler\.dense\.(base_layer\.)?(weight|bias)$", k)}
+    assert len(weights) - len(earlier) == 2  # the pooler's own weights; BitFit's bias offset on it stays
+    save_file(earlier, tmp_path / "delta_model.safetensors")
+    inputs = {k: v for k, v in _batch(tokenizer).items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(ft_plugin.load(tmp_path)(**inputs).logits, model.eval()(**inputs).logits)
+    assert "predates" not in caplog.text
 
 
 def test_saved_files_get_the_permissions_of_a_plain_open(tiny_model_dir, tmp_path):

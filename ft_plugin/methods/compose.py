@@ -11,7 +11,7 @@ import peft
 from torch import nn
 
 from ..errors import MethodError
-from ..models import in_new_modules
+from ..models import in_new_modules, whole_modules
 from .registry import MethodSpec, parse_method
 
 logger = logging.getLogger(__name__)
@@ -41,9 +41,10 @@ def configs_from_arguments(specs: list[MethodSpec], arguments: Any = None, **ove
 
 def head_parameter_names(model: nn.Module) -> set[str]:
     """The classification head: PEFT's `modules_to_save` copy, or whatever lies outside the base encoder, plus the
-    encoder modules the checkpoint lacked (`models.new_encoder_modules`: new like the head, e.g. BERT's pooler)."""
+    encoder modules the checkpoint lacked or never trained (`models.whole_modules`: new like the head, e.g. BERT's
+    pooler)."""
     names = [name for name, _ in model.named_parameters()]
-    new = getattr(model, "ft_plugin_new_modules", None) or []
+    new = whole_modules(model)
     if isinstance(model, peft.PeftModel):  # new modules: PEFT's copy for a method alone, themselves in combinations
         return {n for n in names if ".modules_to_save." in n or in_new_modules(n, new) and ".original_module." not in n}
     prefix = getattr(model, "base_model_prefix", "") + "."

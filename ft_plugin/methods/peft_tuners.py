@@ -17,7 +17,7 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
 from ..errors import MethodError
-from ..models import resolve_model
+from ..models import resolve_model, whole_modules
 from .base import MethodConfig, TargetModulesMixin, VirtualTokensMixin, parameters_containing
 from .registry import MethodSpec, register_method
 
@@ -151,9 +151,9 @@ ALL_LINEAR = "all-linear"  # every linear layer but the output one (peft.tuners.
 
 def sequence_classification(model: nn.Module) -> dict:
     """PEFT options every config here shares: the task, and as `modules_to_save` (beside the head PEFT adds) the
-    base modules the checkpoint lacked (`models.new_encoder_modules`), which must be trained and saved too."""
-    new = list(getattr(model, "ft_plugin_new_modules", None) or [])
-    return {"task_type": TaskType.SEQ_CLS, **({"modules_to_save": new} if new else {})}
+    base modules the checkpoint lacked or never trained (`models.whole_modules`), which must be trained and saved too."""
+    whole = whole_modules(model)
+    return {"task_type": TaskType.SEQ_CLS, **({"modules_to_save": whole} if whole else {})}
 
 
 def in_combination(peft_config: peft.PeftConfig, combined: bool) -> peft.PeftConfig:
