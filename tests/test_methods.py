@@ -256,6 +256,15 @@ def test_only_a_pooler_the_checkpoint_never_trained_counts_as_untrained(tiny_mod
     assert base.ft_plugin_new_modules == []
 
 
+def test_a_model_the_caller_loaded_trains_its_never_trained_pooler_too(tiny_untrained_pooler_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_untrained_pooler_dir, num_labels=3)
+    model = ft_plugin.apply(base, "lora", r=4)
+    assert "bert.pooler.dense" in model.peft_config["default"].modules_to_save
+    assert [n for n, p in model.named_parameters() if p.requires_grad and "pooler" in n and "modules_to_save" in n]
+
+
 @pytest.mark.parametrize("checkpoint", ["tiny_mlm_dir", "tiny_untrained_pooler_dir"])
 @pytest.mark.parametrize("method,options,markers", MATRIX, ids=IDS)
 def test_a_checkpoint_without_a_trained_pooler_trains_and_saves_it_so_every_load_predicts_the_same(

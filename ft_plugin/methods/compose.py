@@ -11,7 +11,7 @@ import peft
 from torch import nn
 
 from ..errors import MethodError
-from ..models import in_new_modules, whole_modules
+from ..models import in_new_modules, untrained_encoder_modules, whole_modules
 from .registry import MethodSpec, parse_method
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ def apply_method(model: nn.Module, method: str, arguments: Any = None, **overrid
     Only the method's weights and the classification head are trainable afterwards.
     """
     named = parse_method(method)  # the user's order names the result; the slot order applies it
+    if not hasattr(model, "ft_plugin_untrained_modules"):  # a model the caller loaded: `load_base_model` sets it
+        model.ft_plugin_untrained_modules = untrained_encoder_modules(model, whole_modules(model))
     specs = sorted(named, key=lambda spec: SLOT_ORDER.index(spec.slot))
     configs = configs_from_arguments(specs, arguments, **overrides)
     combined = len(specs) > 1
