@@ -428,3 +428,24 @@ def test_target_module_hints_leave_out_every_head_layer():
     )
     names = linear_layer_names(RobertaForSequenceClassification(config))
     assert names == ["dense", "key", "query", "value"]
+
+
+@pytest.mark.parametrize(("method", "learning_rate", "pooler_rate"), [("prompt", 3e-2, 1e-2), ("lora", 2e-3, 2e-3)])
+def test_a_never_trained_pooler_learns_at_most_at_1e_2(
+    tiny_untrained_pooler_dir, tiny_csv, tmp_path, method, learning_rate, pooler_rate
+):
+    """At the prompt methods' own rates (3e-2, 1e-1) the embedded pooler went astray; the rest keeps the method's."""
+    from ft_plugin.recipe import build_trainer, parse_args
+
+    argv = ["--model_name_or_path", str(tiny_untrained_pooler_dir), "--train_file", str(tiny_csv), "--report_to",
+            "none", "--method", method, "--output_dir", str(tmp_path), "--num_virtual_tokens", "4"]  # fmt: skip
+    trainer = build_trainer(*parse_args(argv))
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    rates = {}
+    for group in trainer.optimizer.param_groups:
+        for parameter in group["params"]:
+            rates[id(parameter)] = group["initial_lr"]
+    named = {n: rates[id(p)] for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert {rate for name, rate in named.items() if "pooler" in name} == {pooler_rate}
+    assert {rate for name, rate in named.items() if "pooler" not in name} == {learning_rate}
+    assert len(rates) == len(named)  # every trainable parameter in exactly one group
