@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -240,14 +241,20 @@ def cap_whole_module_learning_rate(optimizer: torch.optim.Optimizer, model: torc
     `WHOLE_MODULE_MAX_LR` into a copy of that group at that rate (the scheduler then scales it like the rest)."""
     whole = whole_modules(model)
     capped = {id(p) for name, p in model.named_parameters() if p.requires_grad and in_new_modules(name, whole)}
-    for group in list(optimizer.param_groups):
+    faster = [group for group in optimizer.param_groups if group["lr"] > WHOLE_MODULE_MAX_LR]
+    for group in faster:
         slow = [p for p in group["params"] if id(p) in capped]
-        if not slow or group["lr"] <= WHOLE_MODULE_MAX_LR:
+        if not slow:
             continue
         group["params"] = [p for p in group["params"] if id(p) not in capped]
         if not group["params"]:
             optimizer.param_groups.remove(group)
         optimizer.add_param_group({**group, "params": slow, "lr": WHOLE_MODULE_MAX_LR})
+    if capped and faster:
+        logging.getLogger("ft_plugin").info(
+            "%s learns at %g, the rest at %g: the checkpoint never trained it.",
+            ", ".join(whole), WHOLE_MODULE_MAX_LR, faster[0]["lr"],
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
