@@ -275,7 +275,8 @@ def test_a_checkpoint_without_a_trained_pooler_trains_and_saves_it_so_every_load
     method classified through a projection it could not change)."""
     model, tokenizer = _build(request.getfixturevalue(checkpoint), method, options)
     pooler = [(n, p) for n, p in model.named_parameters() if p.requires_grad and "pooler" in n and n.endswith(("weight", "bias"))]  # fmt: skip
-    assert len(pooler) == 2, pooler  # its weight and bias: one trained copy, the one the forward pass uses
+    keeps_it_frozen = checkpoint == "tiny_untrained_pooler_dir" and "intrinsic_prompt" in method  # measured worse
+    assert len(pooler) == (0 if keeps_it_frozen else 2), pooler  # weight and bias: one copy, the one in use
     with torch.no_grad():
         for _, parameter in pooler:  # as training would change them
             parameter.add_(torch.randn_like(parameter))

@@ -59,7 +59,9 @@ def apply_method(model: nn.Module, method: str, arguments: Any = None, **overrid
     Only the method's weights and the classification head are trainable afterwards.
     """
     named = parse_method(method)  # the user's order names the result; the slot order applies it
-    if not hasattr(model, "ft_plugin_untrained_modules"):  # a model the caller loaded: `load_base_model` sets it
+    if not all(spec.trains_untrained_modules for spec in named):
+        model.ft_plugin_untrained_modules = []
+    elif not hasattr(model, "ft_plugin_untrained_modules"):  # a model the caller loaded: `load_base_model` sets it
         model.ft_plugin_untrained_modules = untrained_encoder_modules(model, whole_modules(model))
     specs = sorted(named, key=lambda spec: SLOT_ORDER.index(spec.slot))
     configs = configs_from_arguments(specs, arguments, **overrides)
