@@ -22,6 +22,7 @@ import json
 import random
 import sys
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +83,14 @@ def curve(argv: list[str], stop: int, data: TextClassificationData, rungs: set[i
 
 
 def parse_schedule(text: str) -> tuple[float, int]:
-    """`"0.5:4"` -> (horizon 0.5, eta 4); a bare horizon takes the race's default eta."""
+    """`"0.5:4"` -> (horizon 0.5, eta 4), `"1/3:3"` -> (1/3, 3); a bare horizon takes the race's default eta."""
     horizon, _, eta = text.partition(":")
-    return float(horizon), int(eta or AutoArguments.auto_eta)
+    try:
+        return float(Fraction(horizon)), int(eta or AutoArguments.auto_eta)
+    except (ValueError, ZeroDivisionError):
+        raise SystemExit(
+            f"race_curves.py: error: --schedules {text!r} is not horizon:eta, e.g. 0.4:4 or 1/3:3."
+        ) from None
 
 
 def replay(loss: dict[str, dict[int, float]], full_steps: int, horizon: float, eta: int) -> dict:

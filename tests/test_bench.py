@@ -239,3 +239,12 @@ def test_the_curves_see_the_scores_the_race_sees(tiny_model_dir, tiny_csv, tmp_p
     at_rung = {m: next(p["eval_loss"] for p in points if p["step"] == 3) for m, points in curves["curves"].items()}
     assert rung["steps"] == 3 and rung["scores"] == pytest.approx(at_rung, abs=1e-6)
     assert result.winner == replayed["winner"]
+
+
+def test_race_curve_schedules_take_fractions_and_bad_ones_are_one_line():
+    from bench.race_curves import parse_schedule
+
+    assert parse_schedule("1/3:3") == (1 / 3, 3)
+    assert parse_schedule("0.4:4") == (0.4, 4)
+    with pytest.raises(SystemExit, match=r"--schedules 'third:3' is not horizon:eta, e.g. 0.4:4 or 1/3:3\.$"):
+        parse_schedule("third:3")

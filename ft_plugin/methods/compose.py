@@ -60,6 +60,8 @@ def apply_method(model: nn.Module, method: str, arguments: Any = None, **overrid
     """
     named = parse_method(method)  # the user's order names the result; the slot order applies it
     if not all(spec.trains_untrained_modules for spec in named):
+        if getattr(model, "ft_plugin_untrained_modules", None):
+            logger.info("%s keeps %s frozen.", method, ", ".join(model.ft_plugin_untrained_modules))
         model.ft_plugin_untrained_modules = []
     elif not hasattr(model, "ft_plugin_untrained_modules"):  # a model the caller loaded: `load_base_model` sets it
         model.ft_plugin_untrained_modules = untrained_encoder_modules(model, whole_modules(model))
