@@ -392,8 +392,8 @@ def _load_delta(base: nn.Module, folder: Path, record: dict) -> nn.Module:
         raise ModelError(f"'{folder}' lacks {DELTA_WEIGHTS}: the result is incomplete; train or download it again.")
     expected = set(trained_state_dict(model))
     weights = _unwrapped_new_modules(load_file(weights_file), expected)
-    new_modules = getattr(base, "ft_plugin_new_modules", None) or []
-    missing = sorted(name for name in expected - set(weights) if not in_new_modules(name, whole_modules(base)))
+    new_modules, whole = getattr(base, "ft_plugin_new_modules", None) or [], whole_modules(base)
+    missing = sorted(name for name in expected - set(weights) if not in_new_modules(name, whole))
     tuner_parts = _tuner_parameter_parts(model)
     unsaved = {  # an untrained module an earlier result did not save keeps the checkpoint's weights, as it trained
         name

@@ -44,11 +44,13 @@ def head_parameter_names(model: nn.Module) -> set[str]:
     encoder modules the checkpoint lacked or never trained (`models.whole_modules`: new like the head, e.g. BERT's
     pooler)."""
     names = [name for name, _ in model.named_parameters()]
-    new = whole_modules(model)
-    if isinstance(model, peft.PeftModel):  # new modules: PEFT's copy for a method alone, themselves in combinations
-        return {n for n in names if ".modules_to_save." in n or in_new_modules(n, new) and ".original_module." not in n}
+    whole = whole_modules(model)
+    if isinstance(model, peft.PeftModel):  # whole modules: PEFT's copy for a method alone, themselves in combinations
+        return {
+            n for n in names if ".modules_to_save." in n or in_new_modules(n, whole) and ".original_module." not in n
+        }
     prefix = getattr(model, "base_model_prefix", "") + "."
-    return {name for name in names if not name.startswith(prefix) or in_new_modules(name, new)}
+    return {name for name in names if not name.startswith(prefix) or in_new_modules(name, whole)}
 
 
 def apply_method(model: nn.Module, method: str, arguments: Any = None, **overrides: Any) -> nn.Module:
