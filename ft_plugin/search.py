@@ -168,7 +168,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     Returns `{"best": row, "rows": [...], "outputs": {name: path}}`.
     """
     from .data import load_data
-    from .recipe import fitting_max_seq_length, load_base, train_class_weights, with_cpu_dropout
+    from .recipe import fitting_max_seq_length, load_base, train_class_weights, with_speedups
     from .trainer import classification_trainer
 
     try:
@@ -235,7 +235,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
         else:
             method = trial.suggest_categorical("method", methods)
             options = replace(method_args, **method_params(method, trial))
-        return with_cpu_dropout(apply_method(copy.deepcopy(base), method, options), model_args.cpu_dropout)
+        return with_speedups(apply_method(copy.deepcopy(base), method, options), model_args)
 
     recorder = TrialRecorder()
     weights = train_class_weights(model_args, data, tokenized)
@@ -399,7 +399,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> str:
 # Flags copied from the sweep's own run into the best recipe, when they differ from their defaults.
 RECIPE_DATA_AND_MODEL_FLAGS = (
     "model_name_or_path", "trust_remote_code", "allow_pickle", "load_in_4bit", "attention_dropout", "cpu_dropout",
-    "class_weights",
+    "fused_lora", "class_weights",
     *(f.name for f in fields(DataArguments)),
 )  # fmt: skip
 RECIPE_TRAINING_FLAGS = (
