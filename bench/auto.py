@@ -5,8 +5,8 @@
 Reports each method's test accuracy and time, the best of them, and `auto`'s choice, accuracy and time (race + final
 training), and whether auto's result equals its winner's run in the sweep (the race's checkpoint is where the winner's
 full run resumes, so it should, to float precision). Prints a table; writes bench/results/auto.json.
-`--auto_horizon 0.333 0.5 --auto_eta 3 4` races once per horizon and eta against the one sweep (a row and a `races`
-entry each).
+`--auto_horizon 1/3 0.5 --auto_eta 3 4 --auto_metric accuracy loss` races once per horizon, eta and metric against
+the one sweep (a row and a `races` entry each).
 Targets (issue 7): within 1 accuracy point of the best, in at most 1/3 of the exhaustive sweep's time.
 """
 
@@ -18,6 +18,7 @@ import json
 import sys
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,7 +53,7 @@ def bench(args: argparse.Namespace) -> dict:
     races, race_rows = zip(
         *(
             race_against_sweep(common, args, schedule, work / f"auto-{index}", exhaustive, best, sweep_seconds)
-            for index, schedule in enumerate(itertools.product(args.auto_horizon, args.auto_eta))
+            for index, schedule in enumerate(itertools.product(args.auto_horizon, args.auto_eta, args.auto_metric))
         )
     )
     rows = [{"run": method, **row} for method, row in exhaustive.items()] + list(race_rows)
@@ -70,7 +71,8 @@ def bench(args: argparse.Namespace) -> dict:
     print(f"best of the exhaustive sweep: {best} {report['best_test_accuracy']:.4f} ({sweep_seconds:.0f}s in all)")
     for race in races:
         print(
-            f"auto (horizon {race['auto_horizon']:.3g}, eta {race['auto_eta']}) chose {race['auto_method']}: "
+            f"auto (horizon {race['auto_horizon']:.3g}, eta {race['auto_eta']}, {race['auto_metric']}) chose "
+            f"{race['auto_method']}: "
             f"{race['auto_test_accuracy']:.4f} "
             f"in {race['auto_seconds']:.0f}s (gap {race['accuracy_gap_points']} points, time ratio {race['time_ratio']})"
         )
@@ -80,28 +82,29 @@ def bench(args: argparse.Namespace) -> dict:
 def race_against_sweep(
     common: list[str],
     args: argparse.Namespace,
-    schedule: tuple[float, int],
+    schedule: tuple[float, int, str],
     output_dir: Path,
     exhaustive: dict,
     best: str,
     sweep_seconds: float,
 ) -> tuple[dict, dict]:
-    """`--method auto` at one (horizon, eta) on the sweep's data and methods, scored against the sweep: the race's
-    report and its row of the table."""
-    horizon, eta = schedule
+    """`--method auto` at one (horizon, eta, metric) on the sweep's data and methods, scored against the sweep: the
+    race's report and its row of the table."""
+    horizon, eta, metric = schedule
     metrics, seconds = run(
         [*common, "--method", "auto", "--auto_methods", args.methods, "--auto_horizon", str(horizon),
-         "--auto_eta", str(eta), "--output_dir", str(output_dir)]
+         "--auto_eta", str(eta), "--auto_metric", metric, "--output_dir", str(output_dir)]
     )  # fmt: skip
     race = json.loads((output_dir / "auto_race.json").read_text())
     row = {
-        "run": f"auto (horizon {horizon:.3g}, eta {eta}) -> {race['winner']}",
+        "run": f"auto (horizon {horizon:.3g}, eta {eta}, {metric}) -> {race['winner']}",
         **{k: metrics[k] for k in ("test_accuracy", "test_loss")},
         "seconds": round(seconds, 1),
     }
     report = {
         "auto_horizon": horizon,
         "auto_eta": eta,
+        "auto_metric": metric,
         "auto_method": race["winner"],
         "auto_test_accuracy": metrics["test_accuracy"],
         "auto_seconds": round(seconds, 1),
@@ -112,6 +115,11 @@ def race_against_sweep(
         "race": race,
     }
     return report, row
+
+
+def share(text: str) -> float:
+    """A horizon as a decimal or a fraction: `0.4`, `1/3`."""
+    return float(Fraction(text))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -128,10 +136,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max_predict_samples", type=int, default=1000)
     parser.add_argument("--num_train_epochs", type=float, default=2)
     parser.add_argument("--max_seq_length", type=int, default=128)
-    for name, kind in (("auto_horizon", float), ("auto_eta", int)):
+    for name, kind in (("auto_horizon", share), ("auto_eta", int), ("auto_metric", str)):
         parser.add_argument(
             f"--{name}", type=kind, nargs="+", default=[getattr(AutoArguments, name)],
-            help="One or more; every horizon and eta pair races against the one sweep (a row each).",
+            help="One or more (a horizon may be a fraction: 1/3); every horizon, eta and metric races against the "
+            "one sweep (a row each).",
         )  # fmt: skip
     parser.add_argument("--output", default="auto", help="Name of the JSON written under bench/results/.")
     arguments = parser.parse_args(argv)

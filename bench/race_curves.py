@@ -12,7 +12,9 @@ the curves with the race's own ranking (`ft_plugin.auto`: a race run stopped and
 run, so the replay sees the scores the race would): its winner and the optimizer steps each method trains. With
 `--sweep` (a `bench/auto.py` JSON of the same setting) each replay also gets the winner's test accuracy gap to the
 sweep's best and the time ratio its steps would cost, from each method's seconds per step in that sweep (training
-only: the race's evaluations and start-ups come on top). Writes bench/results/race_curves.json.
+only: the race's evaluations and start-ups come on top). `--metrics loss accuracy` replays each schedule with each
+`--auto_metric`; `--curves` replays the curves of an earlier run's JSON instead of training again. Writes
+bench/results/race_curves.json.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import print_table, recipe_flags, run_as_command, write_json  # noqa: E402
 from ft_plugin.auto import (  # noqa: E402
+    AUTO_METRICS,
     DEFAULT_AUTO_METHODS,
     AutoArguments,
     StopAtStep,
@@ -76,7 +79,7 @@ def curve(argv: list[str], stop: int, data: TextClassificationData, rungs: set[i
     trainer = build_trainer(*parse_args(argv), callbacks=[StopAtStep(stop), EvaluateAt(rungs)], data=data)
     trainer.train()
     return [
-        {"step": h["step"], "eval_loss": h["eval_loss"], "eval_accuracy": h["eval_accuracy"]}
+        {"step": h["step"], **{f"eval_{metric}": h[f"eval_{metric}"] for metric in AUTO_METRICS}}
         for h in trainer.state.log_history
         if "eval_loss" in h
     ]
@@ -93,18 +96,28 @@ def parse_schedule(text: str) -> tuple[float, int]:
         ) from None
 
 
-def replay(loss: dict[str, dict[int, float]], full_steps: int, horizon: float, eta: int) -> dict:
-    """The race `--auto_horizon horizon --auto_eta eta` on these curves, ranked by validation loss (the race's
-    default `--auto_metric`): its rungs, winner and each method's steps (its race runs', the winner's whole run)."""
-    survivors = list(loss)
+def replay(
+    scores: dict[str, dict[int, float]],
+    full_steps: int,
+    horizon: float,
+    eta: int,
+    losses: dict[str, dict[int, float]] | None = None,
+    higher_is_better: bool = False,
+) -> dict:
+    """The race `--auto_horizon horizon --auto_eta eta` on these curves, ranked as the race ranks (`scores`: the
+    validation metric, ties to the lower of `losses`, by default the scores themselves): its rungs, winner and each
+    method's steps (its race runs', the winner's whole run)."""
+    losses = losses or scores
+    survivors = list(scores)
     rungs = rung_steps(full_steps, len(survivors), horizon, eta)
     trained = dict.fromkeys(survivors, 0)
     kept_per_rung = []
     for rung, steps in enumerate(rungs):
         for method in survivors:
             trained[method] = steps
-        scores = {m: loss[m][steps] for m in survivors}
-        ranked = rank_methods(scores, scores, higher_is_better=False)
+        ranked = rank_methods(
+            {m: scores[m][steps] for m in survivors}, {m: losses[m][steps] for m in survivors}, higher_is_better
+        )
         survivors = ranked[: kept_count(len(ranked), last_rung=rung == len(rungs) - 1, eta=eta)]
         kept_per_rung.append(survivors)
     winner = survivors[0]
@@ -122,6 +135,33 @@ def with_sweep(replayed: dict, sweep: dict, full_steps: int) -> dict:
         "gap_points": round(100 * (best - exhaustive[replayed["winner"]]["test_accuracy"]), 2),
         "training_time_ratio": round(seconds / sum(row["seconds"] for row in exhaustive.values()), 3),
     }
+
+
+def follow(args: argparse.Namespace, schedules: list[tuple[float, int]]) -> tuple[dict[str, list[dict]], int]:
+    """Each method's validation curve (`curve`) on the same loaded data, and the full run's optimizer steps."""
+    from ft_plugin.data import load_data
+    from ft_plugin.recipe import parse_args, total_training_steps
+
+    common = recipe_flags(
+        args, "model_name_or_path", "max_train_samples", "max_eval_samples", "num_train_epochs", "max_seq_length",
+        "train_file", "validation_file", "test_file",
+    ) + [
+        "--eval_strategy", "steps", "--eval_steps", str(args.eval_every),
+        "--save_strategy", "no", "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true",
+        "--seed", "42",
+    ]  # fmt: skip
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    _, data_args, _, training_args = parse_args([*common, "--method", methods[0]])
+    data = load_data(data_args)  # as in the race: every method's run on the same loaded data
+    full_steps = total_training_steps(training_args, len(data.splits["train"]))
+    rungs = {step for h, eta in schedules for step in rung_steps(full_steps, len(methods), h, eta)}
+    stop = max(round(full_steps * args.until), *rungs, 1)
+    curves = {}
+    for method in methods:
+        argv = [*common, "--method", method, "--output_dir", tempfile.mkdtemp(prefix="bench-curves-")]
+        curves[method] = curve(argv, stop, data, rungs)
+        print(f"{method}: {[(p['step'], round(p['eval_loss'], 4)) for p in curves[method]]}", flush=True)
+    return curves, full_steps
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -145,38 +185,42 @@ def main(argv: list[str] | None = None) -> dict:
         default=["0.4:4", "0.3333333333333333:3", "0.3333333333333333:4", "0.5:4", "0.5:2"],
         help="Races to replay on the curves, as horizon:eta (rungs past --until are evaluated too).",
     )
+    parser.add_argument(
+        "--metrics", nargs="+", default=["loss"], choices=AUTO_METRICS, help="Replay with each --auto_metric."
+    )
+    parser.add_argument(
+        "--curves", default=None, help="Replay the curves of an earlier run (its JSON) instead of training again."
+    )
     parser.add_argument("--sweep", default=None, help="A bench/auto.py JSON of the same setting: gaps and times.")
     parser.add_argument("--output", default="race_curves")
     args = parser.parse_args(argv)
 
     from scipy.stats import kendalltau
 
-    from ft_plugin.data import load_data
-    from ft_plugin.recipe import parse_args, total_training_steps
-
-    common = recipe_flags(
-        args, "model_name_or_path", "max_train_samples", "max_eval_samples", "num_train_epochs", "max_seq_length",
-        "train_file", "validation_file", "test_file",
-    ) + [
-        "--eval_strategy", "steps", "--eval_steps", str(args.eval_every),
-        "--save_strategy", "no", "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true",
-        "--seed", "42",
-    ]  # fmt: skip
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    _, data_args, _, training_args = parse_args([*common, "--method", methods[0]])
-    data = load_data(data_args)  # as in the race: every method's run on the same loaded data
-    full_steps = total_training_steps(training_args, len(data.splits["train"]))
     schedules = [parse_schedule(text) for text in args.schedules]
-    rungs = {step for h, eta in schedules for step in rung_steps(full_steps, len(methods), h, eta)}
-    stop = max(round(full_steps * args.until), *rungs, 1)
-    curves = {}
-    for method in methods:
-        argv = [*common, "--method", method, "--output_dir", tempfile.mkdtemp(prefix="bench-curves-")]
-        curves[method] = curve(argv, stop, data, rungs)
-        print(f"{method}: {[(p['step'], round(p['eval_loss'], 4)) for p in curves[method]]}", flush=True)
+    if args.curves:
+        earlier = json.loads(Path(args.curves).read_text())
+        curves, full_steps = earlier["curves"], earlier["full_steps"]
+        missing = [m for m in args.metrics if any(f"eval_{m}" not in p for points in curves.values() for p in points)]
+        if missing:
+            raise SystemExit(f"race_curves.py: error: {args.curves} has no {', '.join(missing)} curves (rerun them).")
+        evaluated = set.intersection(*({p["step"] for p in points} for points in curves.values()))
+        for horizon, eta in schedules:
+            if not set(rung_steps(full_steps, len(curves), horizon, eta)) <= evaluated:
+                raise SystemExit(
+                    f"race_curves.py: error: {args.curves} was not evaluated at every rung of {horizon:g}:{eta} "
+                    "(rerun the curves with that schedule)."
+                )
+    else:
+        curves, full_steps = follow(args, schedules)
+    methods = list(curves)
 
     steps = sorted(set.intersection(*({p["step"] for p in points} for points in curves.values())))
-    loss = {m: {p["step"]: p["eval_loss"] for p in points} for m, points in curves.items()}
+    metric = {
+        name: {m: {p["step"]: p[f"eval_{name}"] for p in points} for m, points in curves.items()}
+        for name in {"loss", *args.metrics}
+    }
+    loss = metric["loss"]
     last = [loss[m][steps[-1]] for m in methods]
     rows = []
     for step in steps:
@@ -196,10 +240,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"step {row['step']}: {row['ranking']}")
     sweep = json.loads(Path(args.sweep).read_text()) if args.sweep else None
     replays = []
-    for horizon, eta in schedules:
-        replayed = {"horizon": round(horizon, 4), "eta": eta, **replay(loss, full_steps, horizon, eta)}
-        replays.append(replayed | (with_sweep(replayed, sweep, full_steps) if sweep else {}))
-    columns = ["horizon", "eta", "rungs", "winner"] + (["gap_points", "training_time_ratio"] if sweep else [])
+    for name in args.metrics:
+        for horizon, eta in schedules:
+            replayed = replay(metric[name], full_steps, horizon, eta, loss, higher_is_better=name != "loss")
+            replayed = {"metric": name, "horizon": round(horizon, 4), "eta": eta, **replayed}
+            replays.append(replayed | (with_sweep(replayed, sweep, full_steps) if sweep else {}))
+    columns = ["metric", "horizon", "eta", "rungs", "winner"] + (["gap_points", "training_time_ratio"] if sweep else [])
     print_table([r | {"rungs": " ".join(map(str, r["rungs"]))} for r in replays], columns)
     report = {"setting": vars(args), "full_steps": full_steps, "curves": curves, "rows": rows, "replays": replays}
     print("Wrote", write_json(args.output, report))

@@ -52,22 +52,23 @@ class AutoArguments:
         default=DEFAULT_AUTO_METHODS, metadata={"help": "Comma-separated methods that race for --method auto."}
     )
     auto_horizon: float = field(
-        default=0.4,
+        default=1 / 3,
         metadata={
             "help": "Share of the full run's optimizer steps at which the race's last rung chooses the winner; each "
-            "earlier rung is eta times shorter (default 0.4: with the 8 default methods and eta 4, rungs at 1/10 and "
-            "2/5 of the run)."
+            "earlier rung is eta times shorter (default 1/3: with the 8 default methods and eta 3, rungs at 1/9 and "
+            "1/3 of the run)."
         },
     )
     auto_eta: int = field(
-        default=4,
-        metadata={"help": "Keep the best 1/eta of the methods at each rung (>= 2; default 4: 2 of the 8 defaults)."},
+        default=3,
+        metadata={"help": "Keep the best 1/eta of the methods at each rung (>= 2; default 3: 3 of the 8 defaults)."},
     )
     auto_metric: str = field(
-        default="loss",
+        default="accuracy",
         metadata={
-            "help": "Validation metric that ranks the methods at each rung: loss (default: it moves before accuracy "
-            "does on a small budget, and does not tie), accuracy or f1_macro."
+            "help": "Validation metric that ranks the methods at each rung: accuracy (default; ties go to the lower "
+            "validation loss), loss or f1_macro. Loss favoured methods with the lower loss but not the higher "
+            "accuracy (docs/selection.md, run 19)."
         },
     )
 
@@ -137,7 +138,7 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> tuple[RaceResult
     if not methods:
         raise MethodError("--auto_methods is empty: list the methods to race, e.g. lora,bitfit,adapter.")
     if auto.auto_eta < 2 or not 0 < auto.auto_horizon <= 1:
-        raise MethodError("--auto_eta must be at least 2 and --auto_horizon in (0, 1]; defaults: 4 and 0.4.")
+        raise MethodError("--auto_eta must be at least 2 and --auto_horizon in (0, 1]; defaults: 3 and 1/3.")
     if auto.auto_metric.removeprefix("eval_") not in AUTO_METRICS:
         raise MethodError(f"--auto_metric {auto.auto_metric} is not measured: choose from {', '.join(AUTO_METRICS)}.")
     for method in methods:
@@ -171,11 +172,10 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> tuple[RaceResult
                 logger.info("auto: rung %d, %s: %s %.4f after %d steps", rung, method, metric, scores[method], steps)
             ranked = rank_methods(scores, losses, higher_is_better)
             keep = kept_count(len(ranked), last_rung=rung == len(rungs) - 1, eta=auto.auto_eta)
-            threshold = scores[ranked[keep - 1]]
+            worst = ranked[keep - 1]
             for method in ranked[keep:]:
-                dropped[method] = (
-                    f"rung {rung} ({steps} steps): {metric} {scores[method]:.4f} "
-                    f"{'below' if higher_is_better else 'above'} the {keep} kept (worst kept {threshold:.4f})"
+                dropped[method] = f"rung {rung} ({steps} steps): " + drop_reason(
+                    metric, scores[method], scores[worst], losses[method], losses[worst], keep, higher_is_better
                 )
                 logger.info("auto: dropped %s: %s", method, dropped[method])
             result.rungs.append({"steps": steps, "metric": metric, "scores": scores, "eval_loss": losses, "kept": ranked[:keep]})  # fmt: skip
@@ -191,6 +191,17 @@ def rank_methods(scores: dict[str, float], losses: dict[str, float], higher_is_b
     """Methods best first by `scores`; ties go to the lower validation loss."""
     sign = 1 if higher_is_better else -1
     return sorted(scores, key=lambda m: (sign * scores[m], -losses[m]), reverse=True)
+
+
+def drop_reason(
+    metric: str, score: float, worst_kept: float, loss: float, worst_kept_loss: float, kept: int, higher_is_better: bool
+) -> str:
+    """Why a method ranked below the `kept` best: its score, or on a tie its validation loss."""
+    if score == worst_kept:
+        tie = f"tied with the worst of the {kept} kept, eval_loss {loss:.4f} above its {worst_kept_loss:.4f}"
+        return f"{metric} {score:.4f} {tie}"
+    side = "below" if higher_is_better else "above"
+    return f"{metric} {score:.4f} {side} the {kept} kept (worst kept {worst_kept:.4f})"
 
 
 def kept_count(methods: int, last_rung: bool, eta: int) -> int:

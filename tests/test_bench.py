@@ -26,7 +26,8 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return json.loads((results / f"{script}.json").read_text())
+    output = args[args.index("--output") + 1] if "--output" in args else script
+    return json.loads((results / f"{output}.json").read_text())
 
 
 @pytest.mark.parametrize(
@@ -41,12 +42,14 @@ def run_bench(script: str, args: list[str], results: Path) -> dict:
                        "--lora_flags=--target_modules all-linear"]),
         ("work_scaling", ["--lengths", "16", "32", "--sizes", "32", "--batch_sizes", "4", "--batch_size", "4",
                           "--batch_length", "32", "--steps", "2", "--warmup", "1", "--repeats", "2"]),
+        ("lora_step", ["--pairs", "2", "--warmup", "1", "--batch_size", "4", "--max_seq_length", "32"]),
         ("evaluation", ["--max_eval_samples", "24", "--batch_size", "4", "--max_seq_length", "32", "--repeats", "1"]),
         ("auto", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
                   "--max_predict_samples", "16", "--num_train_epochs", "1", "--max_seq_length", "32",
-                  "--auto_horizon", "0.5", "1", "--auto_eta", "2", "--text_column", "text", "--label_column", "label"]),
+                  "--auto_horizon", "1/2", "1", "--auto_eta", "2", "--text_column", "text", "--label_column", "label"]),
         ("race_curves", ["--methods", "lora,bitfit", "--max_train_samples", "64", "--max_eval_samples", "16",
-                         "--num_train_epochs", "1", "--max_seq_length", "32", "--eval_every", "1", "--until", "1"]),
+                         "--num_train_epochs", "1", "--max_seq_length", "32", "--eval_every", "1", "--until", "1",
+                         "--metrics", "loss", "accuracy"]),
     ],
 )  # fmt: skip
 def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_csv, tmp_path):
@@ -86,19 +89,32 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
         assert payload["auto_method"] in ("lora", "bitfit") and payload["auto_equals_its_sweep_run"]
         assert len(payload["rows"]) == 4 and payload["race"]["rungs"][0]["steps"] == 1
         # a race per horizon against the one sweep: at the whole run the rung is the sweep's last step (2 of 2)
-        assert [(race["auto_horizon"], race["auto_eta"]) for race in payload["races"]] == [(0.5, 2), (1.0, 2)]
+        schedules = [(race["auto_horizon"], race["auto_eta"], race["auto_metric"]) for race in payload["races"]]
+        assert schedules == [(0.5, 2, "accuracy"), (1.0, 2, "accuracy")]  # the race's default metric
         assert (
             payload["races"][1]["race"]["rungs"][0]["steps"] == 2 and payload["races"][1]["auto_equals_its_sweep_run"]
         )
     if script == "race_curves":  # 64 samples, batch 32: evaluated after steps 1 and 2, ranked against step 2
         assert [row["step"] for row in payload["rows"]] == [1, 2] and payload["rows"][-1]["tau_vs_last"] == 1.0
         assert all(len(points) == 2 for points in payload["curves"].values())
-        # each default schedule replayed: two methods, one rung; the loser trains to it, the winner its whole run
-        assert len(payload["replays"]) == 5
+        # each default schedule replayed per metric: two methods, one rung; the loser trains to it, the winner its
+        # whole run
+        assert [r["metric"] for r in payload["replays"]] == ["loss"] * 5 + ["accuracy"] * 5
         for replayed in payload["replays"]:
             (rung,) = replayed["rungs"]
             loser = ({"lora", "bitfit"} - {replayed["winner"]}).pop()
             assert replayed["steps_trained"] == {replayed["winner"]: 2, loser: rung}
+            at_rung = {m: next(p for p in points if p["step"] == rung) for m, points in payload["curves"].items()}
+            key = "eval_accuracy" if replayed["metric"] == "accuracy" else "eval_loss"
+            best = max if replayed["metric"] == "accuracy" else min
+            assert at_rung[replayed["winner"]][key] == best(point[key] for point in at_rung.values())
+        # the same replays from the written curves, without training again
+        again = run_bench("race_curves", ["--curves", str(tmp_path / "race_curves.json"), "--metrics", "loss",
+                                          "accuracy", "--output", "race_replays"], tmp_path)  # fmt: skip
+        assert again["replays"] == payload["replays"] and again["curves"] == payload["curves"]
+    if script == "lora_step":  # both forwards timed on the same batches, in pairs
+        assert [row["forward"] for row in payload["rows"]] == ["fused (default)", "PEFT forward"]
+        assert len(payload["ratios"]) == 2 and payload["peft_over_fused_median_ratio"] > 0
     if script == "evaluation":  # the same model on the same texts: the order changes the speed, not the loss
         by_order = {row["order"]: row for row in payload["rows"]}
         assert len({round(row["eval_loss"], 4) for row in payload["rows"]}) == 1
@@ -234,7 +250,11 @@ def test_the_curves_see_the_scores_the_race_sees(tiny_model_dir, tiny_csv, tmp_p
     assert replayed["rungs"] == [3]  # 2 steps an epoch, 6 in all; evaluated after steps 1 and 2 before the rung
 
     race_flags = [*flags, "--seed", "42", "--eval_strategy", "no", "--save_strategy", "no"]
-    result, _ = race(race_flags, AutoArguments(auto_methods="lora,bitfit", auto_horizon=0.5, auto_eta=2), tmp_path)
+    result, _ = race(
+        race_flags,
+        AutoArguments(auto_methods="lora,bitfit", auto_horizon=0.5, auto_eta=2, auto_metric="loss"),
+        tmp_path,
+    )
     (rung,) = result.rungs
     at_rung = {m: next(p["eval_loss"] for p in points if p["step"] == 3) for m, points in curves["curves"].items()}
     assert rung["steps"] == 3 and rung["scores"] == pytest.approx(at_rung, abs=1e-6)
@@ -248,3 +268,17 @@ def test_race_curve_schedules_take_fractions_and_bad_ones_are_one_line():
     assert parse_schedule("0.4:4") == (0.4, 4)
     with pytest.raises(SystemExit, match=r"--schedules 'third:3' is not horizon:eta, e.g. 0.4:4 or 1/3:3\.$"):
         parse_schedule("third:3")
+
+
+def test_replaying_earlier_curves_names_what_they_lack_in_one_line(tmp_path):
+    from bench.race_curves import main as race_curves
+
+    points = [{"step": 2, "eval_loss": 0.5, "eval_accuracy": 0.8}]
+    curves = tmp_path / "curves.json"
+    curves.write_text(json.dumps({"full_steps": 4, "curves": {"lora": points, "bitfit": points}}))
+    with pytest.raises(SystemExit, match=r"curves.json has no f1_macro curves \(rerun them\)\.$"):
+        race_curves(["--curves", str(curves), "--metrics", "f1_macro", "--schedules", "0.5:2"])
+    with pytest.raises(
+        SystemExit, match=r"was not evaluated at every rung of 1:2 \(rerun the curves with that schedule\)"
+    ):
+        race_curves(["--curves", str(curves), "--schedules", "0.5:2", "1:2"])
