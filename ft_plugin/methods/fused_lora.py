@@ -6,7 +6,7 @@ multiply's gradient. `torch.addmm(result, lora_A(x), lora_B.weight.T, alpha=scal
 matmul's own epilogue (BLAS's `C = beta C + alpha A B`), and its backward folds the scaling into its matmuls too.
 Same parameters, same state dict, same outputs (to float rounding): only the forward of plain LoRA on a plain
 `nn.Linear` changes. DoRA and other variants, LoRA bias, mixed-adapter batches, merged or disabled adapters and
-mixed dtypes keep PEFT's forward. Measured effect: bench/README.md, "Where the time goes".
+mixed dtypes keep PEFT's forward. Measured effect: bench/README.md, "LoRA's update in one `addmm`".
 """
 
 from __future__ import annotations
