@@ -186,7 +186,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="Races to replay on the curves, as horizon:eta (rungs past --until are evaluated too).",
     )
     parser.add_argument(
-        "--metrics", nargs="+", default=["loss"], choices=AUTO_METRICS, help="Replay with each --auto_metric."
+        "--metrics",
+        nargs="+",
+        default=[AutoArguments.auto_metric],
+        choices=AUTO_METRICS,
+        help="Replay with each --auto_metric (default: the race's).",
     )
     parser.add_argument(
         "--curves", default=None, help="Replay the curves of an earlier run (its JSON) instead of training again."

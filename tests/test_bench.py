@@ -243,7 +243,9 @@ def test_the_curves_see_the_scores_the_race_sees(tiny_model_dir, tiny_csv, tmp_p
              "--max_eval_samples", "16", "--num_train_epochs", "3", "--max_seq_length", "32"]  # fmt: skip
     os.environ["FT_PLUGIN_BENCH_RESULTS"] = str(tmp_path)
     try:
-        curves = race_curves([*flags, "--methods", "lora,bitfit", "--eval_every", "1", "--schedules", "0.5:2"])
+        curves = race_curves(
+            [*flags, "--methods", "lora,bitfit", "--eval_every", "1", "--schedules", "0.5:2", "--metrics", "loss"]
+        )
     finally:
         del os.environ["FT_PLUGIN_BENCH_RESULTS"]
     (replayed,) = curves["replays"]
