@@ -23,6 +23,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,16 @@ DEFAULT_AUTO_METHODS = "full,freeze,lora,dora,adalora,ia3,prefix,adapter"
 AUTO_METRICS = ("loss", "accuracy", "f1_macro")  # what the recipe's evaluation reports (ft_plugin.metrics)
 
 
+class Share(float):
+    """A share of the run, written as a decimal or a fraction on the command line (`0.4`, `1/3`)."""
+
+    def __new__(cls, value: str | float = 0.0) -> Share:
+        try:
+            return super().__new__(cls, Fraction(value) if isinstance(value, str) else value)
+        except ZeroDivisionError:
+            raise ValueError(f"{value} divides by zero") from None  # argparse reports a ValueError in one line
+
+
 @dataclass
 class AutoArguments:
     """The race behind `--method auto`."""
@@ -51,12 +62,12 @@ class AutoArguments:
     auto_methods: str = field(
         default=DEFAULT_AUTO_METHODS, metadata={"help": "Comma-separated methods that race for --method auto."}
     )
-    auto_horizon: float = field(
-        default=1 / 3,
+    auto_horizon: Share = field(
+        default=Share(1 / 3),
         metadata={
-            "help": "Share of the full run's optimizer steps at which the race's last rung chooses the winner; each "
-            "earlier rung is eta times shorter (default 1/3: with the 8 default methods and eta 3, rungs at 1/9 and "
-            "1/3 of the run)."
+            "help": "Share of the full run's optimizer steps (a decimal or a fraction: 0.4, 1/3) at which the race's "
+            "last rung chooses the winner; each earlier rung is eta times shorter (default 1/3: with the 8 default "
+            "methods and eta 3, rungs at 1/9 and 1/3 of the run)."
         },
     )
     auto_eta: int = field(

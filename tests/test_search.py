@@ -269,6 +269,30 @@ def test_method_auto_rerun_reuses_the_recorded_race_instead_of_racing_again(tiny
     assert argv[-4:] == ["--resume_from_checkpoint", str(checkpoint), "--method", "bitfit"]
 
 
+@pytest.mark.parametrize(("value", "share"), [("1/3", 1 / 3), ("0.4", 0.4), ("1", 1.0)])
+def test_auto_horizon_takes_a_decimal_or_a_fraction(value, share):
+    from transformers import HfArgumentParser
+
+    from ft_plugin.auto import AutoArguments
+
+    (auto,) = HfArgumentParser(AutoArguments).parse_args_into_dataclasses(["--auto_horizon", value])
+    assert auto.auto_horizon == share and json.loads(json.dumps(auto.auto_horizon)) == share
+
+
+@pytest.mark.parametrize("value", ["third", "1/0"])
+def test_an_auto_horizon_that_is_no_number_is_one_line(value, tiny_csv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_main(["--method", "auto", "--auto_horizon", value, "--train_file", str(tiny_csv),
+                     "--output_dir", str(tmp_path / "auto")])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith(f"--auto_horizon/--auto-horizon: invalid Share value: '{value}'")
+    )
+
+
 def test_method_auto_with_an_unmeasured_metric_is_a_user_error(tiny_csv, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         recipe_main(["--method", "auto", "--auto_metric", "bleu", "--train_file", str(tiny_csv),
