@@ -18,13 +18,12 @@ import json
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import print_table, recipe_flags, run_as_command, write_json  # noqa: E402
-from ft_plugin.auto import DEFAULT_AUTO_METHODS, AutoArguments  # noqa: E402
+from ft_plugin.auto import DEFAULT_AUTO_METHODS, AutoArguments, Share  # noqa: E402
 from ft_plugin.recipe import main as recipe_main  # noqa: E402
 
 
@@ -117,11 +116,6 @@ def race_against_sweep(
     return report, row
 
 
-def share(text: str) -> float:
-    """A horizon as a decimal or a fraction: `0.4`, `1/3`."""
-    return float(Fraction(text))
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", default="minilm-l6", help="Default: the embedded MiniLM-L6.")
@@ -136,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max_predict_samples", type=int, default=1000)
     parser.add_argument("--num_train_epochs", type=float, default=2)
     parser.add_argument("--max_seq_length", type=int, default=128)
-    for name, kind in (("auto_horizon", share), ("auto_eta", int), ("auto_metric", str)):
+    for name, kind in (("auto_horizon", Share), ("auto_eta", int), ("auto_metric", str)):
         parser.add_argument(
             f"--{name}", type=kind, nargs="+", default=[getattr(AutoArguments, name)],
             help="One or more (a horizon may be a fraction: 1/3); every horizon, eta and metric races against the "

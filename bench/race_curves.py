@@ -24,7 +24,6 @@ import json
 import random
 import sys
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from ft_plugin.auto import (  # noqa: E402
     AUTO_METRICS,
     DEFAULT_AUTO_METHODS,
     AutoArguments,
+    Share,
     StopAtStep,
     kept_count,
     rank_methods,
@@ -89,8 +89,8 @@ def parse_schedule(text: str) -> tuple[float, int]:
     """`"0.5:4"` -> (horizon 0.5, eta 4), `"1/3:3"` -> (1/3, 3); a bare horizon takes the race's default eta."""
     horizon, _, eta = text.partition(":")
     try:
-        return float(Fraction(horizon)), int(eta or AutoArguments.auto_eta)
-    except (ValueError, ZeroDivisionError):
+        return Share(horizon), int(eta or AutoArguments.auto_eta)
+    except ValueError:
         raise SystemExit(
             f"race_curves.py: error: --schedules {text!r} is not horizon:eta, e.g. 0.4:4 or 1/3:3."
         ) from None
