@@ -112,9 +112,11 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
         again = run_bench("race_curves", ["--curves", str(tmp_path / "race_curves.json"), "--metrics", "loss",
                                           "accuracy", "--output", "race_replays"], tmp_path)  # fmt: skip
         assert again["replays"] == payload["replays"] and again["curves"] == payload["curves"]
-    if script == "lora_step":  # both forwards timed on the same batches, in pairs
-        assert [row["forward"] for row in payload["rows"]] == ["fused (default)", "PEFT forward"]
-        assert len(payload["ratios"]) == 2 and payload["peft_over_fused_median_ratio"] > 0
+    if script == "lora_step":  # every forward timed on the same batches, in turns
+        rows = {row["forward"]: row for row in payload["rows"]}
+        assert list(rows) == ["fused (default)", "addmm only", "PEFT forward"]
+        assert rows["fused (default)"]["over_default"] == 1 and rows["PEFT forward"]["over_default"] > 0
+        assert {name: len(values) for name, values in payload["ratios"].items()} == {"addmm only": 2, "PEFT forward": 2}
     if script == "evaluation":  # the same model on the same texts: the order changes the speed, not the loss
         by_order = {row["order"]: row for row in payload["rows"]}
         assert len({round(row["eval_loss"], 4) for row in payload["rows"]}) == 1

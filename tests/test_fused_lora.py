@@ -1,4 +1,5 @@
-"""`--fused_lora true`: LoRA's update added inside one addmm, with PEFT's own forward wherever that cannot apply."""
+"""`--fused_lora true`: LoRA layers computed in one autograd function (one adapter, no LoRA dropout) or with the
+update inside one addmm, with PEFT's own forward wherever neither applies."""
 
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ def addmm_calls(monkeypatch) -> list:
         return torch.addmm(*args, **kwargs)
 
     monkeypatch.setattr(fused_module, "torch", _TorchWith(counting_addmm))
+    return calls
+
+
+@pytest.fixture()
+def function_calls(monkeypatch) -> list:
+    """Every layer computed by `_LoraLinearFunction` during the test."""
+    calls = []
+    apply = fused_module._LoraLinearFunction.apply
+
+    def counting_apply(*args):
+        calls.append(1)
+        return apply(*args)
+
+    monkeypatch.setattr(fused_module._LoraLinearFunction, "apply", counting_apply)
     return calls
 
 
@@ -65,24 +80,48 @@ def logits_and_grads(model: nn.Module) -> tuple[torch.Tensor, dict[str, torch.Te
     return out.logits.detach(), grads
 
 
-def test_fused_lora_computes_peft_s_outputs_and_gradients_in_one_addmm_per_layer(tiny_model_dir, addmm_calls):
+@pytest.mark.parametrize("train_bias", [False, True])  # True: the base layers' biases trained too (PEFT's bias="all")
+def test_fused_lora_computes_peft_s_outputs_and_gradients_in_one_function_per_layer(
+    tiny_model_dir, function_calls, train_bias
+):
     plain, fused = lora_pair(tiny_model_dir)
     layers = [m for m in plain.modules() if isinstance(m, peft.tuners.lora.Linear)]
+    for layer in [*layers, *(m for m in fused.modules() if isinstance(m, peft.tuners.lora.Linear))]:
+        layer.base_layer.bias.requires_grad_(train_bias)
     assert fuse_lora_layers(fused) == len(layers) > 0
     assert all(type(m) is FusedLoraLinear for m in fused.modules() if isinstance(m, peft.tuners.lora.Linear))
     expected_logits, expected_grads = logits_and_grads(plain)
-    assert addmm_calls == []
+    assert function_calls == []
     logits, grads = logits_and_grads(fused)
-    assert len(addmm_calls) == len(layers)
+    assert len(function_calls) == len(layers)
     assert not torch.allclose(expected_logits, _frozen_logits(plain))  # the update is not zero
     torch.testing.assert_close(logits, expected_logits)
     assert grads.keys() == expected_grads.keys() and any("lora_A" in name for name in grads)
+    assert any("base_layer.bias" in name for name in grads) == train_bias
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[name], msg=name)
     assert list(fused.state_dict()) == list(plain.state_dict())  # what is saved does not change
 
 
-def test_fused_lora_keeps_peft_s_forward_for_dora_merged_disabled_and_mixed_dtypes(tiny_model_dir, addmm_calls):
+def test_fused_lora_with_lora_dropout_adds_the_update_in_one_addmm_per_layer(
+    tiny_model_dir, addmm_calls, function_calls
+):
+    plain, fused = lora_pair(tiny_model_dir, lora_dropout=0.25)
+    layers = fuse_lora_layers(fused)
+    torch.manual_seed(1)  # the same dropout masks: both draw them in the same order
+    expected_logits, expected_grads = logits_and_grads(plain)
+    assert addmm_calls == []
+    torch.manual_seed(1)
+    logits, grads = logits_and_grads(fused)
+    assert len(addmm_calls) == layers and function_calls == []
+    torch.testing.assert_close(logits, expected_logits)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], msg=name)
+
+
+def test_fused_lora_keeps_peft_s_forward_for_dora_merged_disabled_and_mixed_dtypes(
+    tiny_model_dir, addmm_calls, function_calls
+):
     plain, fused = lora_pair(tiny_model_dir, "dora")
     fuse_lora_layers(fused)
     torch.testing.assert_close(logits_and_grads(fused)[0], logits_and_grads(plain)[0])  # DoRA: PEFT's variant
@@ -94,7 +133,7 @@ def test_fused_lora_keeps_peft_s_forward_for_dora_merged_disabled_and_mixed_dtyp
     fused.merge_adapter()
     torch.testing.assert_close(logits_and_grads(fused)[0], logits_and_grads(plain)[0], rtol=1e-4, atol=1e-5)
     fused.unmerge_adapter()
-    assert addmm_calls == []
+    assert addmm_calls == [] and function_calls == []
     layer = next(m for m in fused.modules() if isinstance(m, FusedLoraLinear))
     assert layer._fusable(torch.zeros(1, layer.in_features))
     assert not layer._fusable(torch.zeros(1, layer.in_features, dtype=torch.bfloat16))  # PEFT casts it
