@@ -91,18 +91,23 @@ def record(batches: list, batch) -> None:
 
 
 def encoder_matmul_parameters(model: nn.Module) -> int:
-    """Weights of the linear layers that every token passes through (embeddings and the head excluded)."""
+    """Weights of the linear layers that every token passes through: embeddings, the pooler and the head (one
+    vector per sequence) excluded."""
     return sum(
-        m.weight.numel() for name, m in model.named_modules() if isinstance(m, nn.Linear) and "classifier" not in name
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and not any(part in name for part in ("classifier", "pooler"))
     )
 
 
 def training_flops(batches, matmul_params: int, layers: int, hidden: int, full: bool) -> float:
-    """Model FLOPs of training steps: forward = 2 P T + 4 L T^2 H per sequence (padded length T); backward is
-    2x forward with weight gradients (full fine-tuning), 1x without (frozen weights: only input gradients)."""
-    multiplier = 3 if full else 2
-    forward = sum(size * (2 * matmul_params * length + 4 * layers * length**2 * hidden) for size, length, _ in batches)
-    return multiplier * forward
+    """Model FLOPs of training steps, per sequence of padded length T: forward 2 P T in the linear layers and
+    4 L T^2 H in attention's two matmuls. Backward is 2x forward in the linear layers with weight gradients (full
+    fine-tuning) and 1x without (frozen weights: input gradients only); attention's matmuls have no weights, so
+    their backward is 2x forward either way (the gradients of both operands)."""
+    linear = sum(size * 2 * matmul_params * length for size, length, _ in batches)
+    attention = sum(size * 4 * layers * length**2 * hidden for size, length, _ in batches)
+    return (3 if full else 2) * linear + 3 * attention
 
 
 def gemm_peak_flops(hidden: int, repeats: int = 20) -> float:
