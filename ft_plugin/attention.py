@@ -34,7 +34,7 @@ class _DroppedAttention(torch.autograd.Function):
     def forward(ctx, query, key, value, attention_mask, p: float, scaling: float):
         # The heads arrive as transposed views; made contiguous once here, the matmuls below and in backward
         # need no copies of their own. The scaling goes to the smaller tensor, not the scores.
-        scaled_query = torch.mul(query, scaling, out=torch.empty(query.shape, dtype=query.dtype))
+        scaled_query = torch.mul(query, scaling, out=torch.empty(query.shape, dtype=query.dtype, device=query.device))
         key, value = key.contiguous(), value.contiguous()
         scores = torch.matmul(scaled_query, key.transpose(-1, -2))
         if attention_mask is not None:

@@ -11,7 +11,7 @@ output (no copy of it), and the backward pass adds LoRA's input gradient in plac
 no extra sum) and takes each rank-r product in the orientation BLAS runs fastest. Same parameters, same state dict,
 same outputs (to float rounding): only the forward of plain LoRA on a plain `nn.Linear` changes. DoRA and other
 variants, LoRA bias, mixed-adapter batches, merged or disabled adapters and mixed dtypes keep PEFT's forward.
-Measured effect: bench/README.md, "LoRA's update in one `addmm`".
+Measured effect: bench/README.md, "LoRA's update in one `addmm`" and "LoRA layers as one autograd function".
 """
 
 from __future__ import annotations
@@ -40,20 +40,24 @@ class _LoraLinearFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         flat, weight, lora_a, lora_b, down = ctx.saved_tensors
         grad = grad_output.reshape(-1, grad_output.shape[-1])
+        needs_x, _, needs_bias, needs_a, needs_b, _ = ctx.needs_input_grad
         grad_down = torch.mm(grad, lora_b).mul_(ctx.scaling)
-        grad_b = torch.mm(down.t(), grad).mul_(ctx.scaling).t()  # r x tokens @ tokens x out: BLAS's fast side
-        grad_a = torch.mm(grad_down.t(), flat)
-        grad_x = grad_bias = None
-        if ctx.needs_input_grad[0]:
+        grad_x = grad_bias = grad_a = grad_b = None
+        if needs_x:
             grad_x = torch.mm(grad, weight).addmm_(grad_down, lora_a)
             grad_x = grad_x.view(*grad_output.shape[:-1], grad_x.shape[-1])
-        if ctx.needs_input_grad[2]:  # a trained bias (lora+bitfit)
+        if needs_bias:  # a trained base bias (PEFT's bias="all")
             grad_bias = grad.sum(0)
+        if needs_a:
+            grad_a = torch.mm(grad_down.t(), flat)
+        if needs_b:
+            grad_b = torch.mm(down.t(), grad).mul_(ctx.scaling).t()  # r x tokens @ tokens x out: BLAS's fast side
         return grad_x, None, grad_bias, grad_a, grad_b, None
 
 
 class FusedLoraLinear(LoraLinear):
-    """PEFT's `lora.Linear` whose plain-LoRA forward adds `scaling * B(A(x))` to the base output in one `addmm`."""
+    """PEFT's `lora.Linear` whose plain-LoRA forward is `_LoraLinearFunction` where it applies, else adds
+    `scaling * B(A(x))` to the base output in one `addmm`."""
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if args or kwargs or not self._fusable(x):
