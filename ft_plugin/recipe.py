@@ -92,8 +92,9 @@ class ModelArguments:
     fused_lora: bool = field(
         default=True,
         metadata={
-            "help": "Add LoRA's update inside one matmul (addmm) instead of PEFT's matmul, multiply and add: the "
-            "same results, faster steps. false: PEFT's own forward."
+            "help": "Compute each LoRA layer as one autograd function (update and input gradient added in place; "
+            "with LoRA dropout or several adapters: the update inside one addmm) instead of PEFT's matmul, multiply "
+            "and add: the same results, faster steps. false: PEFT's own forward."
         },
     )
     class_weights: str | None = field(
@@ -324,7 +325,7 @@ def fitting_max_seq_length(max_seq_length: int, model, tokenizer) -> int:
 def with_speedups(model, model_args: ModelArguments):
     """The model with the recipe's speed flags applied; what it computes and saves does not change.
     `--cpu_dropout fast`: ft-plugin's masks for the hidden, the method's and the attention-probability dropouts
-    (each uses torch's own dropout off the CPU). `--fused_lora true`: LoRA layers add their update in one addmm."""
+    (each uses torch's own dropout off the CPU). `--fused_lora true`: LoRA layers fused (`methods/fused_lora.py`)."""
     if model_args.cpu_dropout == "fast":
         use_fast_dropout(model)
         use_fast_attention_dropout(model)
