@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,6 +35,14 @@ class AddmmOnlyLoraLinear(FusedLoraLinear):
 
     def _single_function_adapter(self, x: torch.Tensor) -> None:
         return None
+
+
+def lora_layer_classes(model: torch.nn.Module) -> dict[str, int]:
+    """How many of the model's LoRA linear layers have each class (the forward they run)."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    classes = Counter(type(m).__name__ for m in model.modules() if isinstance(m, LoraLinear))
+    return dict(sorted(classes.items()))
 
 
 def step_seconds(model: torch.nn.Module, batch: dict) -> float:
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
             "steps": len(steps),
             "over_default": round(statistics.median(ratios[name]), 3),  # median of the per-step ratios
             "steps_slower_than_default": sum(r > 1 for r in ratios[name]),
+            "lora_layers": lora_layer_classes(models[name]),  # which forward the timed layers ran
         }
         for name, steps in times.items()
     ]

@@ -116,6 +116,9 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
         rows = {row["forward"]: row for row in payload["rows"]}
         assert list(rows) == ["fused (default)", "addmm only", "PEFT forward"]
         assert rows["fused (default)"]["over_default"] == 1 and rows["PEFT forward"]["over_default"] > 0
+        layers = {name: set(row["lora_layers"]) for name, row in rows.items()}
+        assert layers == {"fused (default)": {"FusedLoraLinear"}, "addmm only": {"AddmmOnlyLoraLinear"},
+                          "PEFT forward": {"Linear"}}  # fmt: skip
         assert {name: len(values) for name, values in payload["ratios"].items()} == {"addmm only": 2, "PEFT forward": 2}
     if script == "evaluation":  # the same model on the same texts: the order changes the speed, not the loss
         by_order = {row["order"]: row for row in payload["rows"]}
