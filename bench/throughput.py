@@ -7,7 +7,9 @@
 
 Same data (the embedded tweets), batch size, max sequence length, steps and threads for every variant; the first
 `--warmup` steps of each run are not timed; variants alternate within each repeat. Reports medians, ratios, and
-achieved model FLOP/s as a share of an fp32 GEMM peak measured in the same run (in every repeat; the median).
+achieved model FLOP/s as a share of an fp32 GEMM peak measured in the same run (in every repeat; the median), and as
+a share of each run's own peak (the mean of the peaks measured just before and just after it; the median over the
+repeats), which follows a drift of the machine's speed within a repeat.
 Writes bench/results/throughput.json.
 """
 
@@ -131,14 +133,18 @@ def main(argv: list[str] | None = None) -> dict:
         variants[f"ft-plugin {name}"] = lambda m, c, extra=extra: run_ft_plugin(options, m, c, extra)
     measured: dict[tuple[str, str], list[dict]] = {}
     peaks = []  # the GEMM peak in every repeat, beside the runs it divides: a machine's speed drifts
+    peaks_after_runs = []
     for repeat in range(options.repeats):
         peaks.append(gemm_peak_flops(config.hidden_size))
         print(f"repeat {repeat + 1}: fp32 GEMM peak {peaks[-1] / 1e9:.1f} GFLOP/s")
+        peak_before = peaks[-1]
         for method in options.methods:
             for name, run in variants.items():
                 clock = StepClock()
                 batches = run(method, clock)[options.warmup :]
                 seconds = clock.seconds_after(options.warmup)
+                peak_after = gemm_peak_flops(config.hidden_size)  # the run's own peak: the mean of these two
+                peaks_after_runs.append(peak_after)
                 flops = training_flops(
                     batches, matmul_params, config.num_hidden_layers, config.hidden_size, method == "full"
                 )
@@ -148,8 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
                         "real_tokens_per_s": sum(b[2] for b in batches) / seconds,
                         "padding_share": 1 - sum(b[2] for b in batches) / sum(b[0] * b[1] for b in batches),
                         "model_flops_per_s": flops / seconds,
+                        "share_of_local_peak": flops / seconds / ((peak_before + peak_after) / 2),
                     }
                 )
+                peak_before = peak_after
                 print(
                     f"repeat {repeat + 1}: {method:5s} {name:30s} {measured[(method, name)][-1]['samples_per_s']:.2f} samples/s"
                 )
@@ -170,7 +178,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"\nfp32 GEMM peak (hidden {config.hidden_size}): {peak / 1e9:.1f} GFLOP/s; medians of {options.repeats} repeats"
     )
     print_table(
-        [{**r, "GFLOP/s": r["model_flops_per_s"] / 1e9, "% peak": 100 * r["share_of_gemm_peak"]} for r in rows],
+        [
+            {
+                **r,
+                "GFLOP/s": r["model_flops_per_s"] / 1e9,
+                "% peak": 100 * r["share_of_gemm_peak"],
+                "% run's peak": 100 * r["share_of_local_peak"],
+            }
+            for r in rows
+        ],
         [
             "method",
             "variant",
@@ -179,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
             "padding_share",
             "GFLOP/s",
             "% peak",
+            "% run's peak",
             "vs_baseline",
             "vs_naive",
             *(["vs_ft_plugin"] if options.variant else []),
@@ -186,7 +203,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     profile = profile_ft_plugin(options, options.methods[0]) if options.profile else None
     settings = {k: v for k, v in vars(options).items() if k != "model_path"}
-    payload = {"settings": settings, "gemm_peak_flops": peak, "gemm_peaks": peaks, "rows": rows, "profile": profile}
+    payload = {
+        "settings": settings,
+        "gemm_peak_flops": peak,
+        "gemm_peaks": peaks,
+        "gemm_peaks_after_runs": peaks_after_runs,
+        "rows": rows,
+        "profile": profile,
+    }
     path = write_json(options.output, payload)
     print(f"\nWrote {path}")
     return {"rows": rows, "gemm_peak_flops": peak}

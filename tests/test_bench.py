@@ -65,6 +65,8 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
         variants = {row["variant"] for row in payload["rows"]}
         assert len(variants) == 4 and all(row["samples_per_s"] > 0 for row in payload["rows"])
         assert "ft-plugin no-attn-dropout" in variants and all(row["vs_ft_plugin"] > 0 for row in payload["rows"])
+        assert len(payload["gemm_peaks_after_runs"]) == 4  # one after each run: each run's share uses its own
+        assert all(row["share_of_local_peak"] > 0 and row["share_of_gemm_peak"] > 0 for row in payload["rows"])
         shares = [row["self_cpu_%"] for row in payload["profile"]]  # the top operators, largest first
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.001
         assert any(row["operator"].startswith("aten::") for row in payload["profile"])
