@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model_name_or_path", default="minilm-l6", help="Default: the embedded MiniLM-L6.")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_seq_length", type=int, default=128)
-    parser.add_argument("--pairs", type=int, default=40, help="Timed steps of each model, alternating.")
+    parser.add_argument("--pairs", type=int, default=40, help="Timed steps of each model, taking turns.")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--output", default="lora_step")
     options = parser.parse_args(argv)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         names = list(models)
         order = names[index % len(names) :] + names[: index % len(names)]
         for name in order:
-            torch.manual_seed(index)  # the same dropout masks for both
+            torch.manual_seed(index)  # the same dropout masks for every forward
             times[name].append(step_seconds(models[name], batches[index % len(batches)]))
     default = times["fused (default)"]
     ratios = {name: [t / d for t, d in zip(steps, default)] for name, steps in times.items()}
