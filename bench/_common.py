@@ -56,13 +56,27 @@ def current_rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
+def accelerator() -> torch.device:
+    """Where the Trainer trains on this machine: the first CUDA GPU if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a timestamp means it is done (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class StepClock(TrainerCallback):
-    """Timestamps of optimizer steps, so steady-state time excludes start-up and the first (warm-up) steps."""
+    """Timestamps of optimizer steps, so steady-state time excludes start-up and the first (warm-up) steps. On a GPU
+    each timestamp waits for the step's kernels."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.device = accelerator()
 
     def tick(self) -> None:
+        synchronize(self.device)
         self.times.append(time.perf_counter())
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -110,17 +124,21 @@ def training_flops(batches, matmul_params: int, layers: int, hidden: int, full: 
     return (3 if full else 2) * linear + 3 * attention
 
 
-def gemm_peak_flops(hidden: int, repeats: int = 20) -> float:
-    """fp32 GEMM FLOP/s on this machine for the model's shapes (tokens x hidden x 4 hidden), best of shapes."""
+def gemm_peak_flops(hidden: int, repeats: int = 20, device: torch.device | None = None) -> float:
+    """fp32 GEMM FLOP/s on the device the training runs on (default: `accelerator()`) for the model's shapes
+    (tokens x hidden x 4 hidden), best of shapes."""
+    device = device or accelerator()
     best = 0.0
     for m, k, n in [(4096, hidden, 4 * hidden), (4096, 4 * hidden, hidden), (4096, hidden, hidden)]:
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
         for _ in range(3):
             a @ b
         runs = []
         for _ in range(repeats):
+            synchronize(device)
             start = time.perf_counter()
             a @ b
+            synchronize(device)
             runs.append(time.perf_counter() - start)
         best = max(best, 2 * m * k * n / statistics.median(runs))
     return best

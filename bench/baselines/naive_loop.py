@@ -1,4 +1,5 @@
-"""The naive loop of a typical tutorial: every batch padded to max_length, a plain PyTorch loop, no Trainer."""
+"""The naive loop of a typical tutorial: every batch padded to max_length, a plain PyTorch loop, no Trainer (on the
+GPU if there is one, as a tutorial's `model.to(device)`)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,16 @@ def train(model_path, texts, labels, num_labels, method, batch_size, max_length,
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     data = torch.utils.data.TensorDataset(encoded["input_ids"], encoded["attention_mask"], torch.tensor(labels))
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     learning_rate = 2e-3 if method == "lora" else 5e-5  # the recipe's defaults
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
     model.train()
     step = 0
     while step < steps:
         for input_ids, attention_mask, label in loader:
-            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=label).loss
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label}
+            loss = model(**{name: tensor.to(device) for name, tensor in inputs.items()}).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
