@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from peft.tuners.lora.layer import Linear as LoraLinear  # noqa: E402
 
 from bench._common import print_table, run_as_command, write_json  # noqa: E402
 from ft_plugin.methods.fused_lora import FusedLoraLinear  # noqa: E402
@@ -39,8 +40,6 @@ class AddmmOnlyLoraLinear(FusedLoraLinear):
 
 def lora_layer_classes(model: torch.nn.Module) -> dict[str, int]:
     """How many of the model's LoRA linear layers have each class (the forward they run)."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
     classes = Counter(type(m).__name__ for m in model.modules() if isinstance(m, LoraLinear))
     return dict(sorted(classes.items()))
 

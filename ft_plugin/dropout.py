@@ -28,8 +28,8 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))  # torch's default generator decides the mask
     words = np.random.PCG64(seed).random_raw((count + 3) // 4).view(np.int16)
     dropped_levels = round(p * _LEVELS)
-    kept = np.greater_equal(words[:count], dropped_levels - _LEVELS // 2)  # numpy's compare: ~2.5x torch's here
-    return torch.from_numpy(kept).view(shape).to(device), 1 - dropped_levels / _LEVELS
+    keep = np.greater_equal(words[:count], dropped_levels - _LEVELS // 2)  # numpy's compare: ~2.5x torch's here
+    return torch.from_numpy(keep).view(shape).to(device), 1 - dropped_levels / _LEVELS
 
 
 def has_fast_mask(p: float) -> bool:

@@ -7,6 +7,7 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from bench._common import accelerator
 from bench.baselines.peft_trainer import LORA_TARGETS
 
 
@@ -21,7 +22,7 @@ def train(model_path, texts, labels, num_labels, method, batch_size, max_length,
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     data = torch.utils.data.TensorDataset(encoded["input_ids"], encoded["attention_mask"], torch.tensor(labels))
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = accelerator()  # what a tutorial writes as torch.device("cuda" if available else "cpu")
     model.to(device)
     learning_rate = 2e-3 if method == "lora" else 5e-5  # the recipe's defaults
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
