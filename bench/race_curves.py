@@ -42,6 +42,7 @@ from ft_plugin.auto import (  # noqa: E402
     kept_count,
     rank_methods,
     rung_steps,
+    tie_margin,
 )
 from ft_plugin.data import TextClassificationData  # noqa: E402
 
@@ -103,10 +104,12 @@ def replay(
     eta: int,
     losses: dict[str, dict[int, float]] | None = None,
     higher_is_better: bool = False,
+    metric: str = "loss",
+    validation_size: int = 0,
 ) -> dict:
     """The race `--auto_horizon horizon --auto_eta eta` on these curves, ranked as the race ranks (`scores`: the
-    validation metric, ties to the lower of `losses`, by default the scores themselves): its rungs, winner and each
-    method's steps (its race runs', the winner's whole run)."""
+    validation `metric` on `validation_size` texts, ties to the lower of `losses`, by default the scores themselves):
+    its rungs, winner and each method's steps (its race runs', the winner's whole run)."""
     losses = losses or scores
     survivors = list(scores)
     rungs = rung_steps(full_steps, len(survivors), horizon, eta)
@@ -115,10 +118,14 @@ def replay(
     for rung, steps in enumerate(rungs):
         for method in survivors:
             trained[method] = steps
+        last_rung = rung == len(rungs) - 1
         ranked = rank_methods(
-            {m: scores[m][steps] for m in survivors}, {m: losses[m][steps] for m in survivors}, higher_is_better
+            {m: scores[m][steps] for m in survivors},
+            {m: losses[m][steps] for m in survivors},
+            higher_is_better,
+            tie_margin(metric, validation_size, last_rung),
         )
-        survivors = ranked[: kept_count(len(ranked), last_rung=rung == len(rungs) - 1, eta=eta)]
+        survivors = ranked[: kept_count(len(ranked), last_rung=last_rung, eta=eta)]
         kept_per_rung.append(survivors)
     winner = survivors[0]
     trained[winner] = full_steps
@@ -137,8 +144,9 @@ def with_sweep(replayed: dict, sweep: dict, full_steps: int) -> dict:
     }
 
 
-def follow(args: argparse.Namespace, schedules: list[tuple[float, int]]) -> tuple[dict[str, list[dict]], int]:
-    """Each method's validation curve (`curve`) on the same loaded data, and the full run's optimizer steps."""
+def follow(args: argparse.Namespace, schedules: list[tuple[float, int]]) -> tuple[dict[str, list[dict]], int, int]:
+    """Each method's validation curve (`curve`) on the same loaded data, the full run's optimizer steps and the
+    number of validation texts."""
     from ft_plugin.data import load_data
     from ft_plugin.recipe import parse_args, total_training_steps
 
@@ -161,7 +169,7 @@ def follow(args: argparse.Namespace, schedules: list[tuple[float, int]]) -> tupl
         argv = [*common, "--method", method, "--output_dir", tempfile.mkdtemp(prefix="bench-curves-")]
         curves[method] = curve(argv, stop, data, rungs)
         print(f"{method}: {[(p['step'], round(p['eval_loss'], 4)) for p in curves[method]]}", flush=True)
-    return curves, full_steps
+    return curves, full_steps, len(data.splits["validation"])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -196,6 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--curves", default=None, help="Replay the curves of an earlier run (its JSON) instead of training again."
     )
     parser.add_argument("--sweep", default=None, help="A bench/auto.py JSON of the same setting: gaps and times.")
+    parser.add_argument(
+        "--validation_size", type=int, default=0, help="With --curves of a JSON that does not record it."
+    )
     parser.add_argument("--output", default="race_curves")
     args = parser.parse_args(argv)
 
@@ -215,8 +226,14 @@ def main(argv: list[str] | None = None) -> dict:
                     f"race_curves.py: error: {args.curves} was not evaluated at every rung of {horizon:g}:{eta} "
                     "(rerun the curves with that schedule)."
                 )
+        validation_size = earlier.get("validation_size") or args.validation_size
+        if "accuracy" in args.metrics and not validation_size:
+            raise SystemExit(
+                f"race_curves.py: error: {args.curves} does not record its validation size: pass --validation_size "
+                "(accuracy ties within a number of validation examples)."
+            )
     else:
-        curves, full_steps = follow(args, schedules)
+        curves, full_steps, validation_size = follow(args, schedules)
     methods = list(curves)
 
     steps = sorted(set.intersection(*({p["step"] for p in points} for points in curves.values())))
@@ -246,12 +263,19 @@ def main(argv: list[str] | None = None) -> dict:
     replays = []
     for name in args.metrics:
         for horizon, eta in schedules:
-            replayed = replay(metric[name], full_steps, horizon, eta, loss, higher_is_better=name != "loss")
+            replayed = replay(metric[name], full_steps, horizon, eta, loss, name != "loss", name, validation_size)
             replayed = {"metric": name, "horizon": round(horizon, 4), "eta": eta, **replayed}
             replays.append(replayed | (with_sweep(replayed, sweep, full_steps) if sweep else {}))
     columns = ["metric", "horizon", "eta", "rungs", "winner"] + (["gap_points", "training_time_ratio"] if sweep else [])
     print_table([r | {"rungs": " ".join(map(str, r["rungs"]))} for r in replays], columns)
-    report = {"setting": vars(args), "full_steps": full_steps, "curves": curves, "rows": rows, "replays": replays}
+    report = {
+        "setting": vars(args),
+        "full_steps": full_steps,
+        "validation_size": validation_size,
+        "curves": curves,
+        "rows": rows,
+        "replays": replays,
+    }
     print("Wrote", write_json(args.output, report))
     return report
 

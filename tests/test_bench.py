@@ -310,3 +310,5 @@ def test_replaying_earlier_curves_names_what_they_lack_in_one_line(tmp_path):
         SystemExit, match=r"was not evaluated at every rung of 1:2 \(rerun the curves with that schedule\)"
     ):
         race_curves(["--curves", str(curves), "--schedules", "0.5:2", "1:2"])
+    with pytest.raises(SystemExit, match=r"curves.json does not record its validation size: pass --validation_size"):
+        race_curves(["--curves", str(curves), "--metrics", "accuracy", "--schedules", "0.5:2"])

@@ -194,17 +194,57 @@ def test_a_tie_in_accuracy_goes_to_the_lower_loss_and_the_drop_says_so():
 
     accuracy = {"lora": 0.70, "adapter": 0.70, "ia3": 0.65}
     loss = {"lora": 0.61, "adapter": 0.58, "ia3": 0.50}
-    assert rank_methods(accuracy, loss, higher_is_better=True) == ["adapter", "lora", "ia3"]
-    assert drop_reason("eval_accuracy", 0.70, 0.70, 0.61, 0.58, 1, True) == (
+    ranked = rank_methods(accuracy, loss, higher_is_better=True)
+    assert ranked == ["adapter", "lora", "ia3"]
+    assert drop_reason("eval_accuracy", "lora", ranked, 1, accuracy, loss, True) == (
         "eval_accuracy 0.7000 tied with the worst of the 1 kept, eval_loss 0.6100 above its 0.5800"
     )
-    assert drop_reason("eval_accuracy", 0.65, 0.70, 0.50, 0.58, 2, True) == (
+    assert drop_reason("eval_accuracy", "ia3", ranked, 2, accuracy, loss, True) == (
         "eval_accuracy 0.6500 below the 2 kept (worst kept 0.7000)"
     )
-    assert (
-        drop_reason("eval_loss", 0.9, 0.8, 0.9, 0.8, 2, False)
-        == "eval_loss 0.9000 above the 2 kept (worst kept 0.8000)"
+    by_loss = {"lora": 0.9, "adapter": 0.8, "ia3": 0.95}
+    ranked = rank_methods(by_loss, by_loss, higher_is_better=False)
+    assert ranked == ["adapter", "lora", "ia3"]
+    assert drop_reason("eval_loss", "ia3", ranked, 2, by_loss, by_loss, False) == (
+        "eval_loss 0.9500 above the 2 kept (worst kept 0.9000)"
     )
+
+
+def test_before_the_last_rung_accuracies_a_few_validation_examples_apart_tie_and_the_loss_decides():
+    """Drug reviews, 60 validation texts (docs/selection.md run 20): at the first rung six methods predicted the
+    majority class (0.65) and LoRA and DoRA, lowest in loss, one review less; ranked by accuracy alone the race
+    dropped them and chose IA3, 2.6 points below the best. Within three examples the loss decides before the last
+    rung; the last rung, which chooses, and a validation set large enough to resolve the gap rank by accuracy."""
+    from ft_plugin.auto import TIED_EXAMPLES, drop_reason, rank_methods, tie_margin
+
+    accuracy = {"full": 0.65, "freeze": 0.65, "lora": 38 / 60, "dora": 38 / 60, "adalora": 0.65, "ia3": 0.65,
+                "prefix": 0.65, "adapter": 0.65}  # fmt: skip
+    loss = {"full": 0.985, "freeze": 0.938, "lora": 0.831, "dora": 0.830, "adalora": 1.108, "ia3": 0.848,
+            "prefix": 0.942, "adapter": 0.879}  # fmt: skip
+    assert TIED_EXAMPLES == 3 and tie_margin("eval_accuracy", 60, last_rung=False) == pytest.approx(3 / 60)
+    assert tie_margin("eval_accuracy", 60, last_rung=True) == 0.0
+    assert tie_margin("eval_loss", 60, last_rung=False) == tie_margin("eval_f1_macro", 60, last_rung=False) == 0.0
+
+    margin = tie_margin("eval_accuracy", 60, last_rung=False)
+    ranked = rank_methods(accuracy, loss, higher_is_better=True, margin=margin)
+    assert ranked[:3] == ["dora", "lora", "ia3"]
+    assert drop_reason("eval_accuracy", "adapter", ranked, 3, accuracy, loss, True, margin) == (
+        "eval_accuracy 0.6500 tied with the worst of the 3 kept, eval_loss 0.8790 above its 0.8480"
+    )
+    assert drop_reason("eval_accuracy", "ia3", ranked, 2, accuracy, loss, True, margin) == (
+        "eval_accuracy 0.6500 within 3 validation examples of the best left (0.6500): tied, eval_loss 0.8480 above "
+        "the worst kept's 0.8310"
+    )
+    assert rank_methods(accuracy, loss, higher_is_better=True)[:3] == ["ia3", "adapter", "freeze"]  # the old race
+    # four examples apart is a difference, whatever the loss
+    accuracy["lora"] = accuracy["dora"] = 35 / 60
+    ranked = rank_methods(accuracy, loss, higher_is_better=True, margin=margin)
+    assert ranked[:3] == ["ia3", "adapter", "freeze"]
+    assert drop_reason("eval_accuracy", "dora", ranked, 3, accuracy, loss, True, margin) == (
+        "eval_accuracy 0.5833 below the 3 kept (worst kept 0.6500)"
+    )
+    # with 300 validation texts the one-review gap of 60 (1.7 points) is five examples: no tie
+    assert tie_margin("eval_accuracy", 300, last_rung=False) == pytest.approx(0.01)
 
 
 def test_method_auto_races_methods_then_continues_the_winner_to_the_same_model_as_its_run_alone(
@@ -227,7 +267,9 @@ def test_method_auto_races_methods_then_continues_the_winner_to_the_same_model_a
     assert set(race["dropped"]) == {"lora", "bitfit", "prefix"} - {winner}
     for reason in race["dropped"].values():  # ranked by validation accuracy, ties by loss
         assert reason.startswith("rung ") and "eval_accuracy" in reason
-        assert "below the" in reason or ("tied with the worst" in reason and "eval_loss" in reason)
+        assert "below the" in reason or ("tied" in reason and "eval_loss" in reason)
+    # before the last rung, accuracies within three validation texts tie
+    assert [rung["tie_margin"] for rung in race["rungs"]] == [pytest.approx(3 / metrics["eval_samples"]), 0.0]
     # the winner's race checkpoint is where its full run started; the losers' checkpoints are gone
     assert race["checkpoint"] == str(out / "auto-race" / winner / "checkpoint-12")
     assert [folder.name for folder in (out / "auto-race").iterdir()] == [winner]
