@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -17,6 +18,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ft_plugin.allocator import allocator_in_use, use_fast_allocator
+from ft_plugin.errors import FtPluginError
 
 
 def results_dir() -> Path:
@@ -26,9 +28,14 @@ def results_dir() -> Path:
 
 def run_as_command(main: Callable[[], None]) -> None:
     """A benchmark's `__main__`: on the allocator that ft-plugin's commands run on (mimalloc by default; the
-    process re-runs itself once, ft_plugin/allocator.py), so that times and memory are what users get."""
+    process re-runs itself once, ft_plugin/allocator.py), so that times and memory are what users get. A problem the
+    user can fix (a folder that is not a result, a bad flag) ends it with ft-plugin's one-line error, status 2."""
     use_fast_allocator()
-    main()
+    try:
+        main()
+    except FtPluginError as error:
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run_fresh(function: Callable, *args):

@@ -312,3 +312,18 @@ def test_replaying_earlier_curves_names_what_they_lack_in_one_line(tmp_path):
         race_curves(["--curves", str(curves), "--schedules", "0.5:2", "1:2"])
     with pytest.raises(SystemExit, match=r"curves.json does not record its validation size: pass --validation_size"):
         race_curves(["--curves", str(curves), "--metrics", "accuracy", "--schedules", "0.5:2"])
+
+
+def test_a_benchmark_given_a_folder_that_is_no_result_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """`bench/inference.py --adapter <empty folder>` (a typo, a result not written yet): ft-plugin's one-line error
+    and status 2, not a traceback from the loader."""
+    from bench._common import run_as_command
+    from bench.inference import main as inference
+
+    monkeypatch.setattr("bench._common.use_fast_allocator", lambda: None)  # no re-run of pytest's command line
+    monkeypatch.setattr("sys.argv", ["inference.py"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_as_command(lambda: inference(["--adapter", str(tmp_path), "--no_space"]))
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith("inference.py: error: ") and "is not an ft-plugin result" in line
