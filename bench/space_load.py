@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--without_training", action="store_true", help="Only the users: what the Space serves with no job training."
     )
     parser.add_argument("--quantize", choices=["int8"], default=None, help="Serve int8 models (the Space variable).")
+    parser.add_argument(
+        "--output", default=None, help="Name of the JSON under bench/results/ (default: space_load[-variant])."
+    )
     args = parser.parse_args(argv)
 
     from gradio_client import Client
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         payload["training_alone"] = {"seconds": alone["train seconds"], "metrics": final_metrics(alone)}
         payload["training_under_load"] = {"seconds": loaded["train seconds"], "metrics": final_metrics(loaded)}
-    name = (
+    name = args.output or (
         "space_load"
         + ("-without-training" if args.without_training else "")
         + (f"-{args.quantize}" if args.quantize else "")
