@@ -152,7 +152,7 @@ def follow(args: argparse.Namespace, schedules: list[tuple[float, int]]) -> tupl
 
     common = recipe_flags(
         args, "model_name_or_path", "max_train_samples", "max_eval_samples", "num_train_epochs", "max_seq_length",
-        "train_file", "validation_file", "test_file",
+        "train_file", "validation_file", "test_file", "text_column", "label_column",
     ) + [
         "--eval_strategy", "steps", "--eval_steps", str(args.eval_every),
         "--save_strategy", "no", "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true",
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--test_file", default=None, help="Default: carved from the train file (pass the sweep's: same training rows)."
     )
+    parser.add_argument("--text_column", default=None, help="Default: the recipe's (a column named text).")
+    parser.add_argument("--label_column", default=None, help="Default: the recipe's (a column named label).")
     parser.add_argument("--methods", default=DEFAULT_AUTO_METHODS)
     parser.add_argument("--max_train_samples", type=int, default=2000)
     parser.add_argument("--max_eval_samples", type=int, default=300)
