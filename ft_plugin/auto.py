@@ -167,6 +167,7 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> tuple[RaceResult
     full_steps = total_training_steps(training_args, len(data.splits["train"]))
     rungs = rung_steps(full_steps, len(survivors), auto.auto_horizon, auto.auto_eta)
     result = RaceResult(winner=survivors[0], dropped=dropped)
+    validation_size = len(data.splits["validation"])  # what each rung's evaluation scores
     metric = f"eval_{auto.auto_metric.removeprefix('eval_')}"
     higher_is_better = not metric.endswith("loss")
     with old_objects_frozen():  # each rung's train() starts with a full garbage collection
@@ -184,7 +185,7 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> tuple[RaceResult
                 scores[method], losses[method] = metrics[metric], metrics["eval_loss"]
                 logger.info("auto: rung %d, %s: %s %.4f after %d steps", rung, method, metric, scores[method], steps)
             last_rung = rung == len(rungs) - 1
-            margin = tie_margin(metric, len(trainer.eval_dataset), last_rung)
+            margin = tie_margin(metric, validation_size, last_rung)
             ranked = rank_methods(scores, losses, higher_is_better, margin)
             keep = kept_count(len(ranked), last_rung=last_rung, eta=auto.auto_eta)
             for method in ranked[keep:]:
@@ -222,10 +223,15 @@ def rank_methods(
     left, ranked = dict(scores), []
     while left:
         best = max(sign * score for score in left.values())
-        tied = [m for m in left if sign * left[m] >= best - margin - 1e-9]
+        tied = [m for m in left if _ties(sign * left[m], best, margin)]
         ranked.append(min(tied, key=losses.__getitem__))  # the first of equal losses, as a stable sort would
         del left[ranked[-1]]
     return ranked
+
+
+def _ties(score: float, best: float, margin: float) -> bool:
+    """Whether `score` ties `best` (both signed so that higher is better): within `margin`, to float rounding."""
+    return score >= best - margin - 1e-9
 
 
 def drop_reason(
@@ -242,7 +248,7 @@ def drop_reason(
     sign = 1 if higher_is_better else -1
     score, loss, worst = scores[method], losses[method], ranked[kept - 1]
     best_left = max(sign * scores[m] for m in ranked[kept - 1 :])  # when the worst kept was chosen
-    if sign * score >= best_left - margin - 1e-9:
+    if _ties(sign * score, best_left, margin):
         loss_above = f"eval_loss {loss:.4f} above"
         if score == scores[worst]:
             return f"{metric} {score:.4f} tied with the worst of the {kept} kept, {loss_above} its {losses[worst]:.4f}"
