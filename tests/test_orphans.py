@@ -40,12 +40,19 @@ def test_a_benchmarks_fresh_process_ends_when_the_benchmark_is_killed(tmp_path):
     parent = subprocess.Popen([sys.executable, str(parent_script)])
     worker = None
     try:
-        # the measuring process is a grandchild: the parent starts a forkserver, which forks it
-        def measuring() -> list[psutil.Process]:
-            return [p for p in psutil.Process(parent.pid).children(recursive=True) if p.ppid() != parent.pid]
+        # the measuring process is a grandchild: the parent starts a forkserver, which forks it. The forkserver's
+        # imports also run short-lived helpers (ctypes' `ldconfig -p`): only a Python grandchild is the worker, and
+        # the one seen is the one kept.
+        found: list[psutil.Process] = []
 
-        assert wait_for(lambda: measuring(), 120), "the fresh process never started"
-        (worker,) = measuring()
+        def one_worker() -> bool:
+            found[:] = [
+                p for p in psutil.Process(parent.pid).children(recursive=True) if _is_python_grandchild(p, parent.pid)
+            ]
+            return len(found) == 1
+
+        assert wait_for(one_worker, 120), f"the fresh process never started: {found}"
+        (worker,) = found
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         assert wait_for(lambda: not _running(worker), 15), "the fresh process outlived the killed benchmark"
@@ -54,6 +61,13 @@ def test_a_benchmarks_fresh_process_ends_when_the_benchmark_is_killed(tmp_path):
             parent.kill()
         if worker is not None and _running(worker):
             worker.kill()
+
+
+def _is_python_grandchild(process: psutil.Process, parent_pid: int) -> bool:
+    try:
+        return process.ppid() != parent_pid and process.exe() == psutil.Process().exe()
+    except psutil.Error:  # ended meanwhile: a helper, not the worker
+        return False
 
 
 def _running(process: psutil.Process) -> bool:
