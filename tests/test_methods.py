@@ -3,6 +3,7 @@ weights, the loss falls, and save -> load (ft_plugin and, for PEFT layouts, plai
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -275,8 +276,7 @@ def test_a_checkpoint_without_a_trained_pooler_trains_and_saves_it_so_every_load
     method classified through a projection it could not change)."""
     model, tokenizer = _build(request.getfixturevalue(checkpoint), method, options)
     pooler = [(n, p) for n, p in model.named_parameters() if p.requires_grad and "pooler" in n and n.endswith(("weight", "bias"))]  # fmt: skip
-    keeps_it_frozen = checkpoint == "tiny_untrained_pooler_dir" and "intrinsic_prompt" in method  # measured worse
-    assert len(pooler) == (0 if keeps_it_frozen else 2), pooler  # weight and bias: one copy, the one in use
+    assert len(pooler) == 2, pooler  # weight and bias: one copy, the one in use
     with torch.no_grad():
         for _, parameter in pooler:  # as training would change them
             parameter.add_(torch.randn_like(parameter))
@@ -317,6 +317,23 @@ def test_a_result_saved_before_the_untrained_pooler_was_trained_loads_with_the_c
     earlier = {k: v for k, v in weights.items() if not re.search(r"pooler\.dense\.(base_layer\.)?(weight|bias)$", k)}
     assert len(weights) - len(earlier) == 2  # the pooler's own weights; BitFit's bias offset on it stays
     save_file(earlier, tmp_path / "delta_model.safetensors")
+    inputs = {k: v for k, v in _batch(tokenizer).items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(ft_plugin.load(tmp_path)(**inputs).logits, model.eval()(**inputs).logits)
+    assert "predates" not in caplog.text
+
+
+def test_an_intrinsic_prompt_result_saved_with_the_pooler_frozen_loads_as_it_trained(
+    tiny_untrained_pooler_dir, tmp_path, caplog
+):
+    """Intrinsic prompt tuning kept the never-trained pooler frozen until its head's rate was capped: such a PEFT
+    result (the pooler not in `modules_to_save`) loads with the checkpoint's pooler, the one it trained with."""
+    torch.manual_seed(0)
+    base, tokenizer = load_base_model(str(tiny_untrained_pooler_dir), LABELS)
+    base.ft_plugin_untrained_modules = []  # the earlier rule for this method
+    model = ft_plugin.apply(base, "intrinsic_prompt", num_virtual_tokens=4)
+    save_result(model, tmp_path, tokenizer)
+    assert "bert.pooler.dense" not in json.loads((tmp_path / "adapter_config.json").read_text())["modules_to_save"]
     inputs = {k: v for k, v in _batch(tokenizer).items() if k != "labels"}
     with torch.no_grad():
         torch.testing.assert_close(ft_plugin.load(tmp_path)(**inputs).logits, model.eval()(**inputs).logits)
@@ -431,11 +448,15 @@ def test_target_module_hints_leave_out_every_head_layer():
     assert names == ["dense", "key", "query", "value"]
 
 
-@pytest.mark.parametrize(("method", "learning_rate", "pooler_rate"), [("prompt", 3e-2, 1e-2), ("lora", 2e-3, 2e-3)])
-def test_a_never_trained_pooler_learns_at_most_at_1e_2(
-    tiny_untrained_pooler_dir, tiny_csv, tmp_path, method, learning_rate, pooler_rate
+@pytest.mark.parametrize(
+    ("method", "learning_rate", "head_rate"),
+    [("prompt", 3e-2, 1e-2), ("intrinsic_prompt", 1e-1, 1e-2), ("lora", 2e-3, 2e-3)],
+)
+def test_the_head_and_a_never_trained_pooler_learn_at_most_at_1e_2(
+    tiny_untrained_pooler_dir, tiny_csv, tmp_path, method, learning_rate, head_rate
 ):
-    """At the prompt methods' own rates (3e-2, 1e-1) the embedded pooler went astray; the rest keeps the method's."""
+    """At the prompt methods' own rates (3e-2, 1e-1) the embedded pooler went astray, and intrinsic prompt tuning
+    lost 6 points with its head at 1e-1 over a trained pooler; the rest keeps the method's rate."""
     from ft_plugin.recipe import build_trainer, parse_args
 
     argv = ["--model_name_or_path", str(tiny_untrained_pooler_dir), "--train_file", str(tiny_csv), "--report_to",
@@ -447,6 +468,11 @@ def test_a_never_trained_pooler_learns_at_most_at_1e_2(
         for parameter in group["params"]:
             rates[id(parameter)] = group["initial_lr"]
     named = {n: rates[id(p)] for n, p in trainer.model.named_parameters() if p.requires_grad}
-    assert {rate for name, rate in named.items() if "pooler" in name} == {pooler_rate}
-    assert {rate for name, rate in named.items() if "pooler" not in name} == {learning_rate}
+    head = {name for name in named if "pooler" in name or "classifier" in name}
+    assert {name.split(".modules_to_save")[0].split("model.")[-1] for name in head} == {
+        "bert.pooler.dense",
+        "classifier",
+    }
+    assert {named[name] for name in head} == {head_rate}
+    assert {rate for name, rate in named.items() if name not in head} == {learning_rate}
     assert len(rates) == len(named)  # every trainable parameter in exactly one group

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import fields
 from typing import Any
@@ -13,8 +12,6 @@ from torch import nn
 from ..errors import MethodError
 from ..models import in_new_modules, untrained_encoder_modules, whole_modules
 from .registry import MethodSpec, parse_method
-
-logger = logging.getLogger(__name__)
 
 # Order in which a combination's members are applied: in-place changes first, the PEFT wrapper last.
 SLOT_ORDER = ["full", "selective", "bias", "reparameterised", "adapter", "prompt"]
@@ -61,11 +58,7 @@ def apply_method(model: nn.Module, method: str, arguments: Any = None, **overrid
     Only the method's weights and the classification head are trainable afterwards.
     """
     named = parse_method(method)  # the user's order names the result; the slot order applies it
-    if not all(spec.trains_untrained_modules for spec in named):
-        if getattr(model, "ft_plugin_untrained_modules", None):
-            logger.info("%s keeps %s frozen.", method, ", ".join(model.ft_plugin_untrained_modules))
-        model.ft_plugin_untrained_modules = []
-    elif not hasattr(model, "ft_plugin_untrained_modules"):  # a model the caller loaded: `load_base_model` sets it
+    if not hasattr(model, "ft_plugin_untrained_modules"):  # a model the caller loaded: `load_base_model` sets it
         model.ft_plugin_untrained_modules = untrained_encoder_modules(model, whole_modules(model))
     specs = sorted(named, key=lambda spec: SLOT_ORDER.index(spec.slot))
     configs = configs_from_arguments(specs, arguments, **overrides)

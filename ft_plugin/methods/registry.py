@@ -32,8 +32,6 @@ class MethodSpec:
         save_format: `peft` (a standard PEFT adapter folder), `full` (a whole model) or `delta` (ft-plugin's).
         learning_rate: the default learning rate for this method.
         combinable: False where the method needs the whole model to itself (full fine-tuning, AdaLoRA).
-        trains_untrained_modules: False keeps a base module the checkpoint never trained (`models.
-            untrained_encoder_modules`: the embedded model's pooler) frozen, for this method and its combinations.
     """
 
     name: str
@@ -46,7 +44,6 @@ class MethodSpec:
     learning_rate: float
     description: str
     combinable: bool = True
-    trains_untrained_modules: bool = True
 
 
 METHODS: dict[str, MethodSpec] = {}
