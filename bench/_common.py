@@ -121,14 +121,52 @@ def encoder_matmul_parameters(model: nn.Module) -> int:
     )
 
 
-def training_flops(batches, matmul_params: int, layers: int, hidden: int, full: bool) -> float:
+def training_flops(
+    batches, matmul_params: int, layers: int, hidden: int, full: bool, input_only_params: int = 0
+) -> float:
     """Model FLOPs of training steps, per sequence of padded length T: forward 2 P T in the linear layers and
     4 L T^2 H in attention's two matmuls. Backward is 2x forward in the linear layers with weight gradients (full
-    fine-tuning) and 1x without (frozen weights: input gradients only); attention's matmuls have no weights, so
-    their backward is 2x forward either way (the gradients of both operands)."""
-    linear = sum(size * 2 * matmul_params * length for size, length, _ in batches)
+    fine-tuning) and 1x without (frozen weights: input gradients only), less the linear layers whose input needs no
+    gradient (`input_only_params`, e.g. the first block's query/key/value reading frozen embeddings: their backward
+    is skipped); attention's matmuls have no weights, so their backward is 2x forward either way (the gradients of
+    both operands)."""
+    tokens = sum(size * length for size, length, _ in batches)
     attention = sum(size * 4 * layers * length**2 * hidden for size, length, _ in batches)
-    return (3 if full else 2) * linear + 3 * attention
+    if full:
+        return 3 * 2 * matmul_params * tokens + 3 * attention
+    return 2 * (2 * matmul_params - input_only_params) * tokens + 3 * attention
+
+
+def frozen_input_parameters(model: nn.Module) -> int:
+    """Weights of the per-token linear layers (`encoder_matmul_parameters`) whose input needs no gradient when the
+    embeddings are frozen and every linear layer trains an adapter (LoRA's case): those reading the embedding output
+    alone, such as BERT's first query, key and value. Found by running the model once: each linear layer's output is
+    marked as needing a gradient, as an adapter's would be, and each input checked."""
+    seen: dict[str, bool] = {}
+
+    def check_input(name: str, args: tuple) -> None:
+        seen.setdefault(name, args[0].requires_grad)
+
+    def as_if_adapted(output: torch.Tensor) -> torch.Tensor:
+        return output if output.requires_grad else output.requires_grad_()
+
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not any(part in name for part in ("classifier", "pooler")):
+            hooks.append(module.register_forward_pre_hook(lambda _, args, name=name: check_input(name, args)))
+            hooks.append(module.register_forward_hook(lambda _, args, output: as_if_adapted(output)))
+    frozen = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    try:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        model(input_ids=torch.ones(1, 4, dtype=torch.long))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for parameter, requires_grad in frozen.items():
+            parameter.requires_grad_(requires_grad)
+    modules = dict(model.named_modules())
+    return sum(modules[name].weight.numel() for name, needs_gradient in seen.items() if not needs_gradient)
 
 
 def gemm_peak_flops(hidden: int, repeats: int = 20, device: torch.device | None = None) -> float:

@@ -28,6 +28,7 @@ from bench._common import (  # noqa: E402
     CountingCollator,
     StepClock,
     encoder_matmul_parameters,
+    frozen_input_parameters,
     gemm_peak_flops,
     print_table,
     record,
@@ -120,7 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(options.model_path)
-    matmul_params = encoder_matmul_parameters(AutoModel.from_pretrained(options.model_path))
+    encoder = AutoModel.from_pretrained(options.model_path)
+    matmul_params, input_only_params = encoder_matmul_parameters(encoder), frozen_input_parameters(encoder)
+    del encoder
 
     variants = {
         "ft-plugin": lambda m, c: run_ft_plugin(options, m, c),
@@ -146,8 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
                 peak_after = gemm_peak_flops(config.hidden_size)  # the run's own peak: the mean of these two
                 peaks_after_runs.append(peak_after)
                 flops = training_flops(
-                    batches, matmul_params, config.num_hidden_layers, config.hidden_size, method == "full"
-                )
+                    batches, matmul_params, config.num_hidden_layers, config.hidden_size, method == "full",
+                    input_only_params,
+                )  # fmt: skip
                 measured.setdefault((method, name), []).append(
                     {
                         "samples_per_s": sum(b[0] for b in batches) / seconds,

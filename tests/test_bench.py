@@ -186,20 +186,29 @@ def test_the_lora_baselines_adapt_the_layers_that_ft_plugin_adapts_by_default(ti
 def test_model_flops_count_every_token_s_matmuls_and_attention_s_backward_without_weights(tiny_model_dir):
     """The share of the GEMM peak divides these FLOPs: the encoder's per-token linear layers (not the pooler or the
     head, which see one vector per sequence), and attention's weightless matmuls whose backward is 2x forward for
-    LoRA too."""
+    LoRA too. With frozen weights the first block's query, key and value read the frozen embeddings: no backward."""
     from transformers import AutoConfig, AutoModel
 
-    from bench._common import encoder_matmul_parameters, training_flops
+    from bench._common import encoder_matmul_parameters, frozen_input_parameters, training_flops
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
     hidden, layers, inner = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    params = encoder_matmul_parameters(AutoModel.from_pretrained(tiny_model_dir))
+    encoder = AutoModel.from_pretrained(tiny_model_dir)
+    params, input_only = encoder_matmul_parameters(encoder), frozen_input_parameters(encoder)
     assert params == layers * (4 * hidden * hidden + 2 * hidden * inner)
+    assert input_only == 3 * hidden * hidden
+    assert all(parameter.requires_grad for parameter in encoder.parameters())  # left as it was
     batches = [(2, 5, 9), (3, 4, 12)]  # (sequences, padded length, real tokens)
-    linear = 2 * params * (2 * 5 + 3 * 4)
+    tokens = 2 * 5 + 3 * 4
+    linear = 2 * params * tokens
     attention = 4 * layers * hidden * (2 * 5**2 + 3 * 4**2)
     assert training_flops(batches, params, layers, hidden, full=True) == 3 * linear + 3 * attention
-    assert training_flops(batches, params, layers, hidden, full=False) == 2 * linear + 3 * attention
+    assert training_flops(batches, params, layers, hidden, full=True, input_only_params=input_only) == (
+        3 * linear + 3 * attention
+    )  # full fine-tuning trains the embeddings: every input gradient is needed
+    assert training_flops(batches, params, layers, hidden, full=False, input_only_params=input_only) == (
+        2 * linear - 2 * input_only * tokens + 3 * attention
+    )
 
 
 def test_selection_benchmark_reports_tau_and_the_time_ratio_of_each_scorer(tiny_model_dir, tiny_csv, tmp_path):
