@@ -124,7 +124,7 @@ class ClassificationTrainer(Trainer):
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(model)
-        cap_whole_module_learning_rate(optimizer, self.model if model is None else model)
+        cap_head_learning_rate(optimizer, self.model if model is None else model)
         return optimizer
 
     def evaluation_loop(self, *args, **kwargs):
@@ -232,20 +232,20 @@ PROMPT_ENCODER_STATE = "prompt_encoder_state.safetensors"
 
 
 # The fastest the layers trained whole learn: the new classification head and a base module the checkpoint never
-# trained (`models.whole_modules`: BERT's pooler, missing or untrained). Trainable parameters of those helped every
-# method at 1e-3 to 1e-2; at the prompt methods' 3e-2 and 1e-1 the embedded model's pooler (384 x 384, then tanh) went
-# astray on one seed in two, and intrinsic prompt tuning with the pooler trained lost 6 points until its head was
-# capped too (bench/README.md, "A pooler the checkpoint never trained").
-WHOLE_MODULE_MAX_LR = 1e-2
+# trained (`models.whole_modules`: BERT's pooler, missing or untrained). Training the pooler helped every method at
+# 1e-3 to 1e-2; at the prompt methods' 3e-2 and 1e-1 the embedded model's pooler (384 x 384, then tanh) went astray on
+# one seed in two, and intrinsic prompt tuning lost 6 points with it until its head was capped too (bench/README.md,
+# "A pooler the checkpoint never trained" and "The head's rate").
+HEAD_MAX_LR = 1e-2
 
 
-def cap_whole_module_learning_rate(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+def cap_head_learning_rate(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
     """Move the trainable parameters of the head and of `whole_modules(model)` (`head_parameter_names`) out of any
-    parameter group faster than `WHOLE_MODULE_MAX_LR` into a copy of that group at that rate (the scheduler then
+    parameter group faster than `HEAD_MAX_LR` into a copy of that group at that rate (the scheduler then
     scales it like the rest)."""
     head = head_parameter_names(model)
     capped = {id(p) for name, p in model.named_parameters() if p.requires_grad and name in head}
-    faster = [group for group in optimizer.param_groups if group["lr"] > WHOLE_MODULE_MAX_LR]
+    faster = [group for group in optimizer.param_groups if group["lr"] > HEAD_MAX_LR]
     for group in faster:
         slow = [p for p in group["params"] if id(p) in capped]
         if not slow:
@@ -253,11 +253,11 @@ def cap_whole_module_learning_rate(optimizer: torch.optim.Optimizer, model: torc
         group["params"] = [p for p in group["params"] if id(p) not in capped]
         if not group["params"]:
             optimizer.param_groups.remove(group)
-        optimizer.add_param_group({**group, "params": slow, "lr": WHOLE_MODULE_MAX_LR})
+        optimizer.add_param_group({**group, "params": slow, "lr": HEAD_MAX_LR})
     if capped and faster:
         logging.getLogger("ft_plugin").info(
-            "The classification head%s learns at %g, the rest at %g.",
-            "".join(f", {name}" for name in whole_modules(model)), WHOLE_MODULE_MAX_LR, faster[0]["lr"],
+            "The classification head%s: learning rate %g (the rest: %g).",
+            "".join(f", {name}" for name in whole_modules(model)), HEAD_MAX_LR, faster[0]["lr"],
         )  # fmt: skip
 
 
