@@ -6,7 +6,8 @@
     python bench/throughput.py --variant "bf16=--bf16 true --use_cpu true" --variant "compile=--torch_compile true"
 
 Same data (the embedded tweets), batch size, max sequence length, steps and threads for every variant; the first
-`--warmup` steps of each run are not timed; variants alternate within each repeat. Reports medians, ratios, and
+`--warmup` steps of each run are not timed; variants alternate within each repeat, and each repeat starts at another
+run of the order (rotated), so no run is always first. Reports medians, ratios, and
 achieved model FLOP/s as a share of an fp32 GEMM peak measured in the same run (in every repeat; the median), and as
 a share of each run's own peak (the mean of the peaks measured just before and just after it; the median over the
 repeats), which follows a drift of the machine's speed within a repeat.
@@ -97,6 +98,13 @@ def profile_ft_plugin(options, method: str, top: int = 12) -> list[dict]:
     return rows[:top]
 
 
+def rotated(runs: list, repeat: int, repeats: int) -> list:
+    """The runs of one repeat: the same order, started `repeat / repeats` of the way along it, so that no run is
+    always first after the repeat's GEMM peak (a machine's speed drifts within a repeat)."""
+    shift = repeat * len(runs) // repeats
+    return runs[shift:] + runs[:shift]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["lora", "full"], choices=["lora", "full"])
@@ -137,34 +145,35 @@ def main(argv: list[str] | None = None) -> dict:
     measured: dict[tuple[str, str], list[dict]] = {}
     peaks = []  # the GEMM peak in every repeat, beside the runs it divides: a machine's speed drifts
     peaks_after_runs = []
+    runs_in_order = [(method, name) for method in options.methods for name in variants]
     for repeat in range(options.repeats):
         peaks.append(gemm_peak_flops(config.hidden_size))
         print(f"repeat {repeat + 1}: fp32 GEMM peak {peaks[-1] / 1e9:.1f} GFLOP/s")
         peak_before = peaks[-1]
-        for method in options.methods:
-            for name, run in variants.items():
-                clock = StepClock()
-                batches = run(method, clock)[options.warmup :]
-                seconds = clock.seconds_after(options.warmup)
-                peak_after = gemm_peak_flops(config.hidden_size)  # the run's own peak: the mean of these two
-                peaks_after_runs.append(peak_after)
-                flops = training_flops(
-                    batches, matmul_params, config.num_hidden_layers, config.hidden_size, method == "full",
-                    input_only_params,
-                )  # fmt: skip
-                measured.setdefault((method, name), []).append(
-                    {
-                        "samples_per_s": sum(b[0] for b in batches) / seconds,
-                        "real_tokens_per_s": sum(b[2] for b in batches) / seconds,
-                        "padding_share": 1 - sum(b[2] for b in batches) / sum(b[0] * b[1] for b in batches),
-                        "model_flops_per_s": flops / seconds,
-                        "share_of_local_peak": flops / seconds / ((peak_before + peak_after) / 2),
-                    }
-                )
-                peak_before = peak_after
-                print(
-                    f"repeat {repeat + 1}: {method:5s} {name:30s} {measured[(method, name)][-1]['samples_per_s']:.2f} samples/s"
-                )
+        for method, name in rotated(runs_in_order, repeat, options.repeats):
+            run = variants[name]
+            clock = StepClock()
+            batches = run(method, clock)[options.warmup :]
+            seconds = clock.seconds_after(options.warmup)
+            peak_after = gemm_peak_flops(config.hidden_size)  # the run's own peak: the mean of these two
+            peaks_after_runs.append(peak_after)
+            flops = training_flops(
+                batches, matmul_params, config.num_hidden_layers, config.hidden_size, method == "full",
+                input_only_params,
+            )  # fmt: skip
+            measured.setdefault((method, name), []).append(
+                {
+                    "samples_per_s": sum(b[0] for b in batches) / seconds,
+                    "real_tokens_per_s": sum(b[2] for b in batches) / seconds,
+                    "padding_share": 1 - sum(b[2] for b in batches) / sum(b[0] * b[1] for b in batches),
+                    "model_flops_per_s": flops / seconds,
+                    "share_of_local_peak": flops / seconds / ((peak_before + peak_after) / 2),
+                }
+            )
+            peak_before = peak_after
+            print(
+                f"repeat {repeat + 1}: {method:5s} {name:30s} {measured[(method, name)][-1]['samples_per_s']:.2f} samples/s"
+            )
 
     peak = statistics.median(peaks)
     rows = []
@@ -213,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         "gemm_peaks": peaks,
         "gemm_peaks_after_runs": peaks_after_runs,
         "rows": rows,
+        "runs": [{"method": m, "variant": n, "per_repeat": runs} for (m, n), runs in measured.items()],
         "profile": profile,
     }
     path = write_json(options.output, payload)

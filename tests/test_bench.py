@@ -66,6 +66,7 @@ def test_benchmark_runs_and_writes_its_table(script, args, tiny_model_dir, tiny_
         assert len(variants) == 4 and all(row["samples_per_s"] > 0 for row in payload["rows"])
         assert "ft-plugin no-attn-dropout" in variants and all(row["vs_ft_plugin"] > 0 for row in payload["rows"])
         assert len(payload["gemm_peaks_after_runs"]) == 4  # one after each run: each run's share uses its own
+        assert [len(run["per_repeat"]) for run in payload["runs"]] == [1] * 4  # every run's own figures kept too
         assert all(row["share_of_local_peak"] > 0 and row["share_of_gemm_peak"] > 0 for row in payload["rows"])
         shares = [row["self_cpu_%"] for row in payload["profile"]]  # the top operators, largest first
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.001
@@ -181,6 +182,18 @@ def test_the_lora_baselines_adapt_the_layers_that_ft_plugin_adapts_by_default(ti
 
     layers = adapted(LORA_TARGETS)
     assert layers == adapted(hidden_state_targets(model)) and len(layers) == 5 * model.config.num_hidden_layers
+
+
+def test_throughput_repeats_start_at_different_runs():
+    """A machine's speed drifts within a repeat: the run timed first after the repeat's GEMM peak changes."""
+    from bench.throughput import rotated
+
+    runs = ["lora ft-plugin", "lora baseline", "lora naive", "full ft-plugin", "full baseline", "full naive"]
+    orders = [rotated(runs, repeat, 3) for repeat in range(3)]
+    assert [order[0] for order in orders] == ["lora ft-plugin", "lora naive", "full baseline"]
+    assert all(sorted(order) == sorted(runs) for order in orders)
+    assert orders[1] == runs[2:] + runs[:2]  # the same cycle, from another start
+    assert rotated(runs, 0, 1) == runs
 
 
 def test_model_flops_count_every_token_s_matmuls_and_attention_s_backward_without_weights(tiny_model_dir):
