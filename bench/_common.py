@@ -111,14 +111,19 @@ def record(batches: list, batch) -> None:
     batches.append((size, length, int(batch["attention_mask"].sum())))
 
 
+def per_token_linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """The linear layers that every token passes through, by name: embeddings, the pooler and the head (one vector
+    per sequence) excluded."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not any(part in name for part in ("classifier", "pooler"))
+    }
+
+
 def encoder_matmul_parameters(model: nn.Module) -> int:
-    """Weights of the linear layers that every token passes through: embeddings, the pooler and the head (one
-    vector per sequence) excluded."""
-    return sum(
-        m.weight.numel()
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and not any(part in name for part in ("classifier", "pooler"))
-    )
+    """Weights of `per_token_linear_layers`."""
+    return sum(layer.weight.numel() for layer in per_token_linear_layers(model).values())
 
 
 def training_flops(
@@ -138,7 +143,7 @@ def training_flops(
 
 
 def frozen_input_parameters(model: nn.Module) -> int:
-    """Weights of the per-token linear layers (`encoder_matmul_parameters`) whose input needs no gradient when the
+    """Weights of the per-token linear layers (`per_token_linear_layers`) whose input needs no gradient when the
     embeddings are frozen and every linear layer trains an adapter (LoRA's case): those reading the embedding output
     alone, such as BERT's first query, key and value. Found by running the model once: each linear layer's output is
     marked as needing a gradient, as an adapter's would be, and each input checked."""
@@ -150,23 +155,22 @@ def frozen_input_parameters(model: nn.Module) -> int:
     def as_if_adapted(output: torch.Tensor) -> torch.Tensor:
         return output if output.requires_grad else output.requires_grad_()
 
+    layers = per_token_linear_layers(model)
     hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and not any(part in name for part in ("classifier", "pooler")):
-            hooks.append(module.register_forward_pre_hook(lambda _, args, name=name: check_input(name, args)))
-            hooks.append(module.register_forward_hook(lambda _, args, output: as_if_adapted(output)))
-    frozen = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    for name, layer in layers.items():
+        hooks.append(layer.register_forward_pre_hook(lambda _, args, name=name: check_input(name, args)))
+        hooks.append(layer.register_forward_hook(lambda _, args, output: as_if_adapted(output)))
+    requires_grad_before = {parameter: parameter.requires_grad for parameter in model.parameters()}
     try:
-        for parameter in frozen:
+        for parameter in requires_grad_before:
             parameter.requires_grad_(False)
         model(input_ids=torch.ones(1, 4, dtype=torch.long))
     finally:
         for hook in hooks:
             hook.remove()
-        for parameter, requires_grad in frozen.items():
+        for parameter, requires_grad in requires_grad_before.items():
             parameter.requires_grad_(requires_grad)
-    modules = dict(model.named_modules())
-    return sum(modules[name].weight.numel() for name, needs_gradient in seen.items() if not needs_gradient)
+    return sum(layers[name].weight.numel() for name, needs_gradient in seen.items() if not needs_gradient)
 
 
 def gemm_peak_flops(hidden: int, repeats: int = 20, device: torch.device | None = None) -> float:
