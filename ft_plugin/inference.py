@@ -28,6 +28,7 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     from peft import PeftModel
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    unwrap_trained_copies(model)
     if isinstance(model, PeftModel) and not model.active_peft_config.is_prompt_learning:
         return model.merge_and_unload()
     for name, module in reversed(list(model.named_modules())):  # innermost first: a layer may wrap another
@@ -36,6 +37,19 @@ def merge_adapters(model: nn.Module) -> nn.Module:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, module.get_base_layer())
     return model
+
+
+def unwrap_trained_copies(model: nn.Module) -> None:
+    """Put each module that PEFT trained as a copy (`modules_to_save`: the head, a pooler) back in place of its
+    wrapper. PEFT's own unloading does it for LoRA, but IA3's and BEFT's copy the wrapper's `weight` onto the module
+    and fail on a head that has none (RoBERTa's and ELECTRA's `classifier`: AttributeError)."""
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            parent, _, child = name.rpartition(".")
+            unwrapped = module.unload_and_optionally_merge_module(merge=True, safe_merge=False, adapter_names=None)
+            setattr(model.get_submodule(parent), child, unwrapped)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

@@ -284,6 +284,41 @@ def test_a_combinations_result_merges_its_peft_layers_and_quantizes(method, tiny
     assert (int8.predict_proba(texts) - unmerged.predict_proba(texts)).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("method", ["ia3", "bitfit", "lora"])
+def test_a_result_whose_head_is_not_a_linear_layer_merges(method, tiny_model_dir, tmp_path):
+    """RoBERTa's head (`classifier`: dense + out_proj) is no `nn.Linear`: PEFT's IA3/BEFT unloading copied the
+    wrapper's `weight` onto it and failed (AttributeError), so `predict` and `export --merged` did too."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+
+    import ft_plugin as library
+    from ft_plugin.inference import TextClassifier
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = RobertaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=66, pad_token_id=0, num_labels=3,
+        id2label={0: "negative", 1: "neutral", 2: "positive"}, label2id={"negative": 0, "neutral": 1, "positive": 2},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    RobertaForSequenceClassification(config).save_pretrained(tmp_path / "base")
+    model = library.apply(RobertaForSequenceClassification.from_pretrained(tmp_path / "base"), method)
+    with torch.no_grad():  # as if trained: merging an untrained IA3/LoRA layer would be trivially exact
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    library.save_result(model, tmp_path / "result", tokenizer)
+    texts = ["great flight thanks", "the bag is lost again", "seat and gate"]
+    unmerged = TextClassifier.from_pretrained(tmp_path / "result", merge=False)
+    merged = TextClassifier.from_pretrained(tmp_path / "result")
+    unwrapped = (BaseTunerLayer, AuxiliaryTrainingWrapper)
+    assert not any(isinstance(m, unwrapped) for m in merged.model.modules())
+    torch.testing.assert_close(merged.predict_proba(texts), unmerged.predict_proba(texts), rtol=1e-4, atol=1e-5)
+    exported = ft_plugin("export", str(tmp_path / "result"), "--merged", "--to", str(tmp_path / "merged"))
+    assert exported.returncode == 0, exported.stderr[-2000:]
+
+
 def test_int8_quantization_of_an_unmerged_adapter_is_refused_in_one_line(trained):
     from ft_plugin import ModelError
     from ft_plugin.inference import TextClassifier
