@@ -307,19 +307,32 @@ def train_class_weights(model_args: ModelArguments, data: TextClassificationData
     return weights
 
 
-def fitting_max_seq_length(max_seq_length: int, model, tokenizer) -> int:
-    """`--max_seq_length`, lowered (with a warning, as run_glue does) to what the model's positions allow."""
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+def fitting_max_seq_length(max_seq_length: int, model, tokenizer, virtual_tokens: int = 0) -> int:
+    """`--max_seq_length`, lowered (with a warning, as run_glue does) to what the model's positions allow, less the
+    positions a prompt method's virtual tokens take before the text (prefix tuning's shift the position ids)."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    limits = [
+        positions - virtual_tokens if isinstance(positions, int) else None,
+        getattr(tokenizer, "model_max_length", None),
+    ]
     limit = min((n for n in limits if isinstance(n, int) and 0 < n < 1_000_000), default=None)
     if limit is not None and max_seq_length > limit:
         logger.warning(
-            "--max_seq_length %d is larger than the model's maximum length (%d): using %d.",
+            "--max_seq_length %d is larger than the model's maximum length (%d%s): using %d.",
             max_seq_length,
             limit,
+            f", after {virtual_tokens} positions for the virtual tokens" if virtual_tokens else "",
             limit,
         )
         return limit
     return max_seq_length
+
+
+def virtual_token_count(method: str, method_args: Any) -> int:
+    """Positions that `method`'s virtual tokens take in front of each text: `--num_virtual_tokens` for the prompt
+    methods (alone or in a combination), else 0."""
+    prompted = any(spec.family == "prompt" for spec in parse_method(method))
+    return getattr(method_args, "num_virtual_tokens", 0) if prompted else 0
 
 
 def with_speedups(model, model_args: ModelArguments):
@@ -354,7 +367,8 @@ def build_trainer(
         data = data or load_data(data_args)
     set_seed(training_args.seed)  # before the new head and the delta weights are initialised (as run_glue does)
     model, tokenizer = load_base(model_args, data.labels)
-    max_seq_length = fitting_max_seq_length(data_args.max_seq_length, model, tokenizer)
+    virtual_tokens = virtual_token_count(model_args.method, method_args)
+    max_seq_length = fitting_max_seq_length(data_args.max_seq_length, model, tokenizer, virtual_tokens)
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = data.tokenize(tokenizer, max_seq_length)
     check_batches(len(tokenized["train"]), training_args.per_device_train_batch_size, training_args.world_size)

@@ -178,6 +178,11 @@ def _write_result(model: nn.Module, output: Path, tokenizer=None, extra: dict | 
         **(extra or {}),
     }
     (output / FT_PLUGIN_CONFIG).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    if layout != "full" and not base.name_or_path:
+        logging.getLogger(__name__).warning(
+            "The base model has no name_or_path (built in code, not loaded with from_pretrained): the result records "
+            "no base model, so load it with model_name_or_path= naming the base it was trained on."
+        )
 
 
 # -- end atomic saving -----------------------------------------------------------------------------------------
@@ -279,6 +284,11 @@ def load(
         )  # fmt: skip
     config = AutoConfig.from_pretrained(folder)
     labels = [config.id2label[i] for i in range(config.num_labels)]
+    if not (model_name_or_path or record["base_model"]):  # "" would load the default base model instead
+        raise ModelError(
+            f"'{folder}' records no base model (saved from a model built in code, which has no name_or_path): pass "
+            "the base it was trained on as model_name_or_path= (--model_name_or_path on the command line)."
+        )
     base, _ = load_base_model(model_name_or_path or record["base_model"], labels, allow_pickle=allow_pickle)
     _check_same_architecture(base.config, config, folder)
     adalora = "adalora" in str(record.get("method") or "").split("+")

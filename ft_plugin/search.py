@@ -41,8 +41,11 @@ def _lora_space(trial) -> dict[str, Any]:
     return {"lora_r": r, "lora_alpha": r * trial.suggest_categorical("lora_alpha_ratio", [1, 2, 4])}
 
 
+VIRTUAL_TOKEN_CHOICES = [5, 10, 20]
+
+
 def _virtual_tokens_space(trial) -> dict[str, Any]:
-    return {"num_virtual_tokens": trial.suggest_categorical("num_virtual_tokens", [5, 10, 20])}
+    return {"num_virtual_tokens": trial.suggest_categorical("num_virtual_tokens", VIRTUAL_TOKEN_CHOICES)}
 
 
 SEARCH_SPACES: dict[str, Callable[[Any], dict[str, Any]]] = {
@@ -168,7 +171,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     Returns `{"best": row, "rows": [...], "outputs": {name: path}}`.
     """
     from .data import load_data
-    from .recipe import fitting_max_seq_length, load_base, train_class_weights, with_speedups
+    from .recipe import fitting_max_seq_length, load_base, train_class_weights, virtual_token_count, with_speedups
     from .trainer import classification_trainer
 
     try:
@@ -204,7 +207,11 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
             f"({'; '.join(f'{m}: {r}' for m, r in dropped.items())}): choose other methods."
         )
     _check_same_methods(existing, storage, methods)
-    tokenized = data.tokenize(tokenizer, fitting_max_seq_length(data_args.max_seq_length, base, tokenizer))
+    prompted = any(virtual_token_count(method, method_args) for method in methods)
+    virtual_tokens = max(method_args.num_virtual_tokens, *VIRTUAL_TOKEN_CHOICES) if prompted else 0  # any a trial draws
+    tokenized = data.tokenize(
+        tokenizer, fitting_max_seq_length(data_args.max_seq_length, base, tokenizer, virtual_tokens)
+    )
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     steps_per_epoch = max(1, math.ceil(len(tokenized["train"]) / batch))
     max_epochs = max(1, math.ceil(training_args.num_train_epochs))

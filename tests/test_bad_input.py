@@ -307,6 +307,9 @@ def _broken_copy(saved: Path, tmp_path: Path, breakage: str, other_base: Path) -
     elif breakage == "adapter for another base":
         record = json.loads((folder / "ft_plugin_config.json").read_text())
         (folder / "ft_plugin_config.json").write_text(json.dumps({**record, "base_model": str(other_base)}))
+    elif breakage == "no base model recorded":  # saved from a model built in code (no name_or_path)
+        record = json.loads((folder / "ft_plugin_config.json").read_text())
+        (folder / "ft_plugin_config.json").write_text(json.dumps({**record, "base_model": ""}))
     return folder
 
 
@@ -315,6 +318,7 @@ MODEL_ERRORS = {
     "missing weights": "has no weights file (adapter_model.safetensors): the result is incomplete",
     "corrupted safetensors": "is corrupted",
     "pickled weights": "has only pickled weights (adapter_model.bin)",
+    "no base model recorded": "records no base model (saved from a model built in code",
 }
 
 
@@ -334,6 +338,21 @@ def test_broken_adapter_is_one_line_with_exit_status_2(case, saved_lora, other_b
     folder = _broken_copy(saved_lora, tmp_path, case, other_base)
     assert cli_main(["predict", "--adapter", str(folder), "great flight"]) == 2
     assert MODEL_ERRORS[case] in _one_error_line(capsys.readouterr().err)
+
+
+def test_saving_a_model_built_in_code_warns_that_no_base_model_is_recorded(tmp_path, caplog):
+    """It used to load on the default base model and blame 'a different base model'."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    import ft_plugin
+
+    config = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    model = ft_plugin.apply(BertForSequenceClassification(config), "lora")
+    with caplog.at_level(logging.WARNING, logger="ft_plugin"):
+        ft_plugin.save_result(model, tmp_path / "result")
+    assert "records no base model, so load it with model_name_or_path=" in caplog.text
+    with pytest.raises(ft_plugin.ModelError, match="records no base model"):
+        ft_plugin.load(tmp_path / "result")
 
 
 def test_pickled_weights_load_with_the_explicit_flag(saved_lora, other_base, tmp_path, monkeypatch, capsys):
@@ -440,6 +459,26 @@ def test_a_max_seq_length_beyond_the_model_is_lowered_with_a_warning(train_argv,
         train_main(train_argv(["--max_seq_length", "1000", "--output_dir", str(tmp_path / "long")]))
     assert "--max_seq_length 1000 is larger than the model's maximum length (64): using 64" in caplog.text
     assert json.loads((tmp_path / "long" / "ft_plugin_config.json").read_text())["max_seq_length"] == 64
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_a_prompt_methods_virtual_tokens_are_kept_within_the_models_positions(
+    method, files, train_argv, tmp_path, caplog
+):
+    """The virtual tokens take positions too (prefix tuning's shift the text's position ids): the tiny model's 64
+    positions with 8 virtual tokens leave 56 for the text; 64 failed in the forward pass on long texts."""
+    from ft_plugin.inference import TextClassifier
+
+    output = tmp_path / method
+    argv = ["--method", method, "--num_virtual_tokens", "8", "--max_seq_length", "1000", "--output_dir", str(output),
+            "--train_file", str(files["long_texts.csv"]), "--per_device_train_batch_size", "64"]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="ft_plugin"):
+        train_main(train_argv(argv))
+    assert "maximum length (56, after 8 positions for the virtual tokens): using 56" in caplog.text
+    assert json.loads((output / "ft_plugin_config.json").read_text())["max_seq_length"] == 56
+    classifier = TextClassifier.from_pretrained(output)
+    assert classifier.count_tokens("great " * 100) > 56  # truncated to 56 tokens, and predicted
+    assert len(classifier.predict(["great " * 100])) == 1
 
 
 def test_a_training_checkpoint_is_not_mistaken_for_a_result(saved_lora, tmp_path, capsys):
