@@ -130,6 +130,25 @@ def test_all_linear_adapts_every_linear_layer_but_the_head(tiny_model_dir, metho
     assert adapted == {"query", "key", "value", "dense"}  # the head is trained whole, not adapted
 
 
+@pytest.mark.parametrize(
+    "targets,expected",
+    [("all-linear", {"query", "key", "value", "dense"}), (r".*\.self\.(query|value)", {"query", "value"})],
+)
+def test_target_modules_as_one_string_is_peft_s_shorthand_or_regular_expression(tiny_model_dir, targets, expected):
+    """In Python, PEFT takes one string as `all-linear` or a regular expression; it was split into characters."""
+    model, _ = _build(tiny_model_dir, "lora", {"target_modules": targets})
+    adapted = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "base_layer")}
+    assert adapted == expected
+
+
+def test_an_options_own_name_in_a_combination_is_not_also_another_methods_short_name(tiny_model_dir):
+    """`target_modules` is LoRA's field; it was also sent to the adapter as `adapter_target_modules` (a regex)."""
+    model, _ = _build(tiny_model_dir, "adapter+lora", {"target_modules": ["query", "value"]})
+    assert model.ft_plugin_configs["lora"].target_modules == ["query", "value"]
+    assert model.ft_plugin_configs["adapter"].adapter_target_modules is None  # its default placement
+    assert {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if hasattr(m, "lora_A")} == {"query", "value"}
+
+
 @pytest.mark.parametrize("method", ["lora", "lora+bitfit", "dora"])
 def test_lora_adapts_the_block_layers_that_read_the_hidden_state_by_default(tiny_model_dir, method):
     """Query, key, value, attention output and feed-forward up projection of every block; not the feed-forward
@@ -183,6 +202,47 @@ def test_prompt_init_text_reads_the_packaged_tokenizer_not_the_hub(monkeypatch):
     model = ft_plugin.apply(base, "prompt", prompt_init_text="classify the sentiment of this tweet")
     assert len(asked) == 1 and Path(asked[0]).is_dir()
     assert model.peft_config["default"].tokenizer_name_or_path == DEFAULT_MODEL_HUB_ID
+
+
+def test_prompt_tuning_on_a_model_built_in_code_needs_a_random_start_or_a_tokenizer():
+    """PEFT's raw ValueError ("tokenizer_name_or_path can't be .") became one line naming both ways out."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    with pytest.raises(
+        ft_plugin.MethodError, match='names no tokenizer: load it with from_pretrained, or pass prompt_init_text=""'
+    ):
+        ft_plugin.apply(BertForSequenceClassification(config), "prompt")
+    model = ft_plugin.apply(BertForSequenceClassification(config), "prompt", prompt_init_text="")
+    assert model.peft_config["default"].prompt_tuning_init == "RANDOM"
+
+
+def _tiny_distilbert():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    config = DistilBertConfig(vocab_size=50, dim=16, hidden_dim=32, n_layers=2, n_heads=2, num_labels=3)
+    return DistilBertForSequenceClassification(config)
+
+
+@pytest.mark.parametrize("method", ["prompt", "p_tuning", "intrinsic_prompt", "lora+intrinsic_prompt"])
+def test_prompt_methods_read_distilberts_sizes_under_its_own_names(method):
+    """DistilBERT's config says `dim`, `n_layers`, `n_heads`: PEFT found no `hidden_size` and asked for `token_dim`."""
+    import torch
+
+    options = {"prompt_init_text": ""} if method == "prompt" else {}
+    model = ft_plugin.apply(_tiny_distilbert(), method, **options)
+    ids = torch.randint(5, 50, (2, 6))
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 2])).loss.backward()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for p in trained)
+
+
+def test_prefix_tuning_is_refused_in_one_line_on_a_model_without_past_key_values():
+    """PEFT raised its ValueError only at the first forward pass, mid-training."""
+    with pytest.raises(
+        ft_plugin.MethodError, match="DistilBertForSequenceClassification does not take: choose another"
+    ):
+        ft_plugin.apply(_tiny_distilbert(), "prefix")
 
 
 def test_the_embedded_models_never_trained_pooler_trains_with_the_head():

@@ -20,11 +20,12 @@ SLOT_ORDER = ["full", "selective", "bias", "reparameterised", "adapter", "prompt
 def configs_from_arguments(specs: list[MethodSpec], arguments: Any = None, **overrides: Any) -> list[Any]:
     """Each method's config, from a parsed arguments object (CLI) and keyword overrides (`r=16` or `lora_r=16`)."""
     configs, used = [], set()
+    exact = {f.name for spec in specs for f in fields(spec.config_cls)}  # a field's own name is never a short one
     for spec in specs:
         names = {f.name for f in fields(spec.config_cls)}
         values = {name: getattr(arguments, name) for name in names if hasattr(arguments, name)}
         for key, value in overrides.items():
-            full = key if key in names else f"{spec.config_cls.prefix}_{key}"
+            full = key if key in exact else f"{spec.config_cls.prefix}_{key}"
             if full in names:
                 values[full] = value
                 used.add(key)

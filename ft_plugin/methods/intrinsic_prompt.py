@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import MethodError
 from .base import MethodConfig, VirtualTokensMixin, parameters_containing
-from .peft_tuners import in_combination, sequence_classification
+from .peft_tuners import in_combination, prompt_dimensions, sequence_classification
 from .registry import MethodSpec, register_method
 
 
@@ -94,7 +94,7 @@ def add_intrinsic_prompt(model: nn.Module, config: IntrinsicPromptArguments, com
     """Wrap with PEFT prompt tuning, then swap its prompt table for the low-dimensional parameterisation."""
     word_embeddings = model.get_input_embeddings()
     prompt_config = peft.PromptTuningConfig(
-        num_virtual_tokens=config.num_virtual_tokens, **sequence_classification(model)
+        num_virtual_tokens=config.num_virtual_tokens, **prompt_dimensions(model), **sequence_classification(model)
     )
     prompt_config = in_combination(prompt_config, combined)
     peft_model = peft.get_peft_model(model, prompt_config)

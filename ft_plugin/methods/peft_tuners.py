@@ -8,6 +8,7 @@ and a prompt method, if any, wraps the result last.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -165,7 +166,11 @@ def in_combination(peft_config: peft.PeftConfig, combined: bool) -> peft.PeftCon
 
 
 def _targets(config, default=None) -> dict:
+    """PEFT's `target_modules`: name suffixes, or as in PEFT one string (Python API): `all-linear`, or a regular
+    expression that whole module names must match."""
     targets = config.target_modules or default
+    if isinstance(targets, str):
+        return {"target_modules": ALL_LINEAR if targets.lower().replace("_", "-") == ALL_LINEAR else targets}
     if targets and [t.lower().replace("_", "-") for t in targets] == [ALL_LINEAR]:  # PEFT's shorthand, a string
         return {"target_modules": ALL_LINEAR}
     return {"target_modules": list(targets)} if targets else {}
@@ -223,7 +228,7 @@ def _adalora(config: AdaLoraArguments, model: nn.Module) -> peft.PeftConfig:
 
 def _ia3(config: IA3Arguments, model: nn.Module) -> peft.PeftConfig:
     targets = _targets(config)
-    if targets and targets["target_modules"] != ALL_LINEAR:  # feed-forward modules: a subset of the targets
+    if targets and isinstance(targets["target_modules"], list):  # feed-forward modules: a subset of the targets
         targets["feedforward_modules"] = [t for t in targets["target_modules"] if "output" in t or "fc" in t]
     return peft.IA3Config(**targets, **sequence_classification(model))
 
@@ -232,36 +237,64 @@ def _bitfit(config: BitFitArguments, model: nn.Module) -> peft.PeftConfig:
     return peft.BeftConfig(**_targets(config, BitFitArguments.default_targets), **sequence_classification(model))
 
 
-def _word_embedding_size(model: nn.Module) -> int:
-    return model.get_input_embeddings().embedding_dim
+def prompt_dimensions(model: nn.Module) -> dict:
+    """The sizes a PEFT prompt method reads from the model's config dict, taken from the model itself: PEFT looks
+    for `hidden_size`, `num_hidden_layers` and `num_attention_heads` by name and misses DistilBERT's aliases for them
+    (`dim`, `n_layers`, `n_heads`)."""
+    config = model.config
+    sizes = {
+        "token_dim": model.get_input_embeddings().embedding_dim,
+        "num_layers": getattr(config, "num_hidden_layers", None),
+        "num_attention_heads": getattr(config, "num_attention_heads", None),
+    }
+    return {name: size for name, size in sizes.items() if isinstance(size, int)}
+
+
+def takes_past_key_values(model: nn.Module) -> bool:
+    """Whether the model (or its backbone) takes `past_key_values`, where PEFT's prefix tuning puts its prefixes."""
+    modules = [model, getattr(model, "base_model", model)]
+    return any("past_key_values" in inspect.signature(module.forward).parameters for module in modules)
 
 
 def _prefix(config: PrefixArguments, model: nn.Module) -> peft.PeftConfig:
+    if not takes_past_key_values(model):  # PEFT says so only at the first forward pass
+        raise MethodError(
+            f"Prefix tuning passes its prefixes to the attention as past key values, which {type(model).__name__} "
+            "does not take: choose another method (prompt, p_tuning or lora)."
+        )
     return peft.PrefixTuningConfig(
         num_virtual_tokens=config.num_virtual_tokens, prefix_projection=config.prefix_projection,
-        encoder_hidden_size=config.prefix_encoder_hidden_size, **sequence_classification(model),
+        encoder_hidden_size=config.prefix_encoder_hidden_size, **prompt_dimensions(model),
+        **sequence_classification(model),
     )  # fmt: skip
 
 
 def _prompt(config: PromptArguments, model: nn.Module) -> peft.PeftConfig:
     init = {}
     if config.prompt_init_text:
+        if not model.name_or_path:  # built from a config: no tokenizer to read the text with
+            raise MethodError(
+                "Prompt tuning starts from the tokens of --prompt_init_text, and this model (built in code) names no "
+                'tokenizer: load it with from_pretrained, or pass prompt_init_text="" for a random start.'
+            )
         init = {
             "prompt_tuning_init": peft.PromptTuningInit.TEXT,
             "prompt_tuning_init_text": config.prompt_init_text,
-            # a packaged base's own folder: the Hub id would make transformers try the Hub (~90 s of retries offline);
-            # a model built from a config has no name (resolving "" would give the embedded default's tokenizer)
-            "tokenizer_name_or_path": resolve_model(model.name_or_path).path if model.name_or_path else "",
+            # a packaged base's own folder: the Hub id would make transformers try the Hub (~90 s of retries offline)
+            "tokenizer_name_or_path": resolve_model(model.name_or_path).path,
         }
     return peft.PromptTuningConfig(
-        num_virtual_tokens=config.num_virtual_tokens, **init, **sequence_classification(model)
+        num_virtual_tokens=config.num_virtual_tokens,
+        **init,
+        **prompt_dimensions(model),
+        **sequence_classification(model),
     )
 
 
 def _ptuning(config: PTuningArguments, model: nn.Module) -> peft.PeftConfig:
     return peft.PromptEncoderConfig(
         num_virtual_tokens=config.num_virtual_tokens, encoder_hidden_size=config.ptuning_encoder_hidden_size,
-        **sequence_classification(model),
+        **prompt_dimensions(model), **sequence_classification(model),
     )  # fmt: skip
 
 
@@ -287,10 +320,13 @@ def peft_apply(make_config: Callable[[object, nn.Module], peft.PeftConfig]):
             wrapped = peft.get_peft_model(model, peft_config)
         except ValueError as error:  # PEFT's messages for unmatched target modules are long and multi-line
             first = str(error).strip().splitlines()[0]
-            raise MethodError(
-                f"{type(peft_config).__name__} cannot be applied to this model: {first} Pass --target_modules "
-                f"with names of its linear layers: {', '.join(linear_layer_names(model))} (or all-linear)."
-            ) from error
+            hint = (
+                ""
+                if peft_config.is_prompt_learning
+                else " Pass --target_modules with names of its linear layers: "
+                f"{', '.join(linear_layer_names(model))} (or all-linear)."
+            )
+            raise MethodError(f"{type(peft_config).__name__} cannot be applied to this model: {first}{hint}") from error
         if getattr(peft_config, "tokenizer_name_or_path", None):  # the saved config names the base as it is shared
             wrapped.peft_config["default"].tokenizer_name_or_path = model.name_or_path
         return wrapped
