@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import FtPluginError
-from .saving import DELTA_WEIGHTS, FT_PLUGIN_CONFIG
+from .saving import DELTA_WEIGHTS, FT_PLUGIN_CONFIG, move_result_in
 
 logger = logging.getLogger("ft_plugin")
 
@@ -96,7 +96,8 @@ def export_result(
             "download: train on a Hub model id, or export a standalone model with --merged."
         )
     # a new folder is written beside its place and renamed in whole: a crash or kill leaves no half-written export;
-    # into an existing folder (empty, or with --overwrite) the files move in, weights last; other files there stay
+    # into an existing folder (empty, or with --overwrite) the files move in, weights last, and a result there is
+    # replaced whole (its adapter config and weights would still load beside a merged model); other files stay
     existing = target.is_dir()
     staging = (target / ".exporting") if existing else target.with_name(f".{target.name}.exporting")
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed export
@@ -111,9 +112,8 @@ def export_result(
         _without_local_paths(staging)
         card = render_card(staging, repo_id=repo_id or f"your-name/{target.name}", revision=revision)  # not staging's
         card.save(staging / "README.md")
-        if existing:
-            for path in sorted(staging.iterdir(), key=lambda p: p.suffix == ".safetensors"):
-                os.replace(path, target / path.name)
+        if existing:  # as a training result moves in: the files of a result already there stop loading first
+            move_result_in(staging, target)
         else:
             os.replace(staging, target)
     finally:

@@ -59,7 +59,7 @@ def save_result(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
     staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=output))
     try:
         _write_result(model, staging, tokenizer, extra)
-        _move_in(staging, output)
+        move_result_in(staging, output)
     except OSError as error:
         raise ModelError(
             f"Could not save the result in '{output}' ({error.strerror or error}): free disk space or choose a "
@@ -96,7 +96,7 @@ def _loading_files(output: Path) -> list[Path]:
     ]
 
 
-def _move_in(staging: Path, output: Path) -> None:
+def move_result_in(staging: Path, output: Path) -> None:
     """Move the files the new result replaces into `.previous-result/` (the old result stops loading before any
     new file lands), rename the staged files in, weight indexes and weights last (the folder loads only once the
     last weights file has landed), then drop the previous result. An error on the way puts it back."""

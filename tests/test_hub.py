@@ -614,6 +614,35 @@ def test_merged_export_of_a_combination_and_a_refusal_that_leaves_no_folder(tiny
     assert not (tmp_path / "refused").exists()
 
 
+def test_a_merged_export_over_another_result_replaces_it_whole(tiny_model_dir, tmp_path):
+    """`--overwrite` into a folder holding a PEFT result left its adapter_config.json and adapter weights beside the
+    merged model: the folder loaded as neither (predict: size-mismatch traceback)."""
+    import shutil
+
+    import torch
+
+    from ft_plugin.hub import export_result
+    from ft_plugin.inference import TextClassifier
+    from ft_plugin.models import load_base_model
+
+    base, tokenizer = load_base_model(str(tiny_model_dir), ["negative", "neutral", "positive"])
+    model = ft_plugin.apply(base, "lora")
+    with torch.no_grad():  # stand-in for training: LoRA's B starts at zero
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    ft_plugin.save_result(model, tmp_path / "lora", tokenizer)
+    other = ft_plugin.apply(load_base_model(str(tiny_model_dir), ["no", "yes"])[0], "lora")
+    ft_plugin.save_result(other, tmp_path / "target", tokenizer)  # another result, 2 labels, in the export's way
+    shutil.copy(tmp_path / "target" / "README.md", tmp_path / "target" / "notes.md")  # a file of the user's
+
+    export_result(tmp_path / "lora", tmp_path / "target", merged=True, overwrite=True)
+    assert not (tmp_path / "target" / "adapter_config.json").exists()
+    assert not (tmp_path / "target" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "target" / "notes.md").is_file()
+    expected = TextClassifier.from_pretrained(tmp_path / "lora").predict_proba(TEXTS)
+    torch.testing.assert_close(TextClassifier.from_pretrained(tmp_path / "target").predict_proba(TEXTS), expected)
+
+
 def test_a_jobs_hub_downloads_use_the_machines_login_only_when_allowed(hub, tiny_model_dir, tiny_csv, tmp_path):
     """A private base model on the Hub, `HF_TOKEN` set on the machine: a `TrainingJob(hub_login=False)` (what the
     Space runs for its visitors) sends no token and cannot see the model; `hub_login=True` (the default) can."""
