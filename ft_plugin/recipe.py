@@ -36,7 +36,7 @@ from .card import hardware, hyperparameters, render_card
 from .data import DataArguments, TextClassificationData, load_data
 from .distributed import check_batches, check_launch, is_main_process
 from .dropout import use_fast_dropout
-from .errors import CheckpointWriteError, FtPluginError, MethodError
+from .errors import CheckpointWriteError, FtPluginError, MethodError, first_line
 from .hub import push_after_training
 from .methods import METHODS, apply_method, count_parameters, parse_method, trainable_report
 from .methods.compose import configs_from_arguments
@@ -156,8 +156,16 @@ def _config_file_to_argv(path: str) -> list[str]:
     """A YAML/JSON config (`key: value` per flag) as command-line arguments, so flags after it override it."""
     import yaml
 
-    text = Path(path).read_text()
-    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    if not Path(path).is_file():
+        raise FtPluginError(f"Config file '{path}' does not exist: check the path (flags can follow it or replace it).")
+    try:
+        text = Path(path).read_text()
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise FtPluginError(
+            f"Config file '{path}' could not be read ({_parse_problem(error)}): fix its syntax, one `flag_name: "
+            "value` per line."
+        ) from None
     if not isinstance(values, dict):
         raise FtPluginError(f"Config file '{path}' must hold a mapping of flag names to values.")
     argv = []
@@ -167,6 +175,16 @@ def _config_file_to_argv(path: str) -> list[str]:
         elif value is not None:
             argv += [f"--{key}", str(value)]
     return argv
+
+
+def _parse_problem(error: Exception) -> str:
+    """What a YAML or JSON parser found wrong, and where, on one line."""
+    mark = getattr(error, "problem_mark", None)  # yaml.MarkedYAMLError
+    if mark is not None:
+        return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} at line {error.lineno}, column {error.colno}"
+    return first_line(error)
 
 
 def expand_config_file(argv: list[str]) -> list[str]:
@@ -186,6 +204,34 @@ def check_training_budget(training_args: TrainingArguments) -> None:
             f"--num_train_epochs {training_args.num_train_epochs} trains nothing: give a positive number of epochs "
             "(or --max_steps); to evaluate a result, use ft-plugin evaluate."
         )
+
+
+MEASURED_METRICS = ("accuracy", "f1_macro", "loss")  # what every evaluation reports (metrics.compute_metrics)
+
+
+def check_selection_and_reporting(model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    """One-line errors, before data and model load, for flags the Trainer refuses only when it starts (loggers) or
+    at the first evaluation, an epoch in (the metric that picks the best checkpoint)."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    metric = training_args.metric_for_best_model
+    if metric and metric.removeprefix("eval_") not in MEASURED_METRICS:
+        raise FtPluginError(
+            f"--metric_for_best_model {metric} is not measured: choose one of {', '.join(MEASURED_METRICS)}."
+        )
+    patience = model_args.early_stopping_patience
+    if patience is not None and patience < 0:
+        raise FtPluginError(f"--early_stopping_patience must be a number of evaluations (1 or more), got {patience}.")
+    if patience and training_args.eval_strategy == "no":
+        raise FtPluginError(
+            "--early_stopping_patience needs evaluations to compare: drop --eval_strategy no (or the patience)."
+        )
+    reporters = [training_args.report_to] if isinstance(training_args.report_to, str) else training_args.report_to
+    for name in [r for r in reporters or [] if r not in ("none", "all")]:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise FtPluginError(f"--report_to {name} is unknown: choose from {', '.join(INTEGRATION_TO_CALLBACK)}.")
+        if name not in get_available_reporting_integrations():
+            raise FtPluginError(f"--report_to {name} needs the {name} package: install it, or drop --report_to.")
 
 
 def has_flag(argv: list[str], flag: str) -> bool:
@@ -269,6 +315,7 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     if training_args.learning_rate <= 0:
         raise MethodError(f"--learning_rate must be positive, got {training_args.learning_rate}.")
     check_training_budget(training_args)
+    check_selection_and_reporting(model_args, training_args)
     if {"--do_eval", "--do_predict"} & set(argv) and "--do_train" not in argv:
         raise FtPluginError(
             "A recipe always trains, then evaluates and tests (run_glue's --do_train --do_eval --do_predict): to "

@@ -114,6 +114,15 @@ TRAIN_ERRORS = {
         "Pass --target_modules with names of its linear layers",
     ),
     "incompatible combination": (lambda f: ["--method", "lora+dora"], "cannot be combined"),
+    "a best-model metric that is not measured": (  # a KeyError at the first evaluation, an epoch in
+        lambda f: ["--metric_for_best_model", "f1"],
+        "--metric_for_best_model f1 is not measured: choose one of accuracy, f1_macro, loss.",
+    ),
+    "early stopping without evaluations": (
+        lambda f: ["--early_stopping_patience", "2", "--eval_strategy", "no"],
+        "--early_stopping_patience needs evaluations to compare: drop --eval_strategy no",
+    ),
+    "a misspelled logger": (lambda f: ["--report_to", "tensorbord"], "--report_to tensorbord is unknown: choose from"),
     "a combination with an empty part": (lambda f: ["--method", "lora+"], "has an empty part: name the methods"),
     "unknown flag": (lambda f: ["--lora_rank", "8"], "Invalid arguments"),
     "a flag value of the wrong type": (
@@ -198,6 +207,25 @@ def test_training_error_is_one_line_with_exit_status_2(case, files, train_argv, 
         train_main(train_argv(extra(files)))
     assert exit_info.value.code == 2
     assert expected in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "name,content,expected",
+    [
+        ("missing.yaml", None, "Config file '{}' does not exist: check the path"),
+        ("broken.yaml", "method: lora\n  lora_r: 4\n", "could not be read (mapping values are not allowed here at line 2"),
+        ("broken.json", '{"method": "lora",}', "could not be read (Expecting property name enclosed in double quotes at line 1"),
+    ],
+)  # fmt: skip
+def test_a_config_file_that_is_missing_or_malformed_is_one_line(name, content, expected, tmp_path, capsys):
+    """They were a FileNotFoundError and a yaml.scanner.ScannerError traceback."""
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([str(path), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert expected.format(path) in _one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 on a GPU is valid")
