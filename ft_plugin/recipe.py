@@ -234,6 +234,23 @@ def check_selection_and_reporting(model_args: ModelArguments, training_args: Tra
             raise FtPluginError(f"--report_to {name} needs the {name} package: install it, or drop --report_to.")
 
 
+def warn_unused_method_options(argv: list[str], method: str) -> None:
+    """A warning for each method option on the command line that no method of `method` takes (`--lora_r` with
+    `--method ia3`): it changes nothing, which the user would otherwise not learn. Not an error: one config file may
+    serve several methods."""
+    asked_auto = "--method=auto" in argv or any(a == "--method" and b == "auto" for a, b in zip(argv, argv[1:]))
+    if method == "auto" or asked_auto:  # the race's candidates take the options (auto.py)
+        return
+    chosen = {f.name for spec in parse_method(method) for f in fields(spec.config_cls)}
+    takers: dict[str, list[str]] = {}
+    for spec in METHODS.values():
+        for option in fields(spec.config_cls):
+            takers.setdefault(option.name, []).append(spec.name)
+    given = {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")}
+    for option in sorted(given & takers.keys() - chosen):
+        logger.warning("--%s applies to %s, not %s: ignored.", option, ", ".join(takers[option]), method)
+
+
 def has_flag(argv: list[str], flag: str) -> bool:
     """Whether `argv` gives `flag`, as `--flag value` or `--flag=value`."""
     return any(arg == flag or arg.startswith(f"{flag}=") for arg in argv)
@@ -305,6 +322,7 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     chosen, _ = pre_parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     method = chosen.method if has_flag(argv, "--method") or method is None else method
     specs = parse_method(method)
+    warn_unused_method_options(argv, method)
     parser.set_defaults(
         **{**RECIPE_DEFAULTS, **checkpointing_defaults(argv)},
         method=method,

@@ -122,6 +122,10 @@ TRAIN_ERRORS = {
         lambda f: ["--early_stopping_patience", "2", "--eval_strategy", "no"],
         "--early_stopping_patience needs evaluations to compare: drop --eval_strategy no",
     ),
+    "a prompt without virtual tokens": (  # 0 trained without a prompt; -4 failed in torch
+        lambda f: ["--method", "prefix", "--num_virtual_tokens", "0"],
+        "--num_virtual_tokens must be at least 1, got 0 (try 20).",
+    ),
     "a misspelled logger": (lambda f: ["--report_to", "tensorbord"], "--report_to tensorbord is unknown: choose from"),
     "a combination with an empty part": (lambda f: ["--method", "lora+"], "has an empty part: name the methods"),
     "unknown flag": (lambda f: ["--lora_rank", "8"], "Invalid arguments"),
@@ -226,6 +230,20 @@ def test_a_config_file_that_is_missing_or_malformed_is_one_line(name, content, e
         train_main([str(path), "--output_dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert expected.format(path) in _one_error_line(capsys.readouterr().err)
+
+
+def test_an_option_of_a_method_not_in_the_run_is_named_as_ignored(caplog):
+    """`--lora_r 16 --method ia3` trained IA3 as if the flag were not there, without a word."""
+    from ft_plugin.recipe import parse_args
+
+    with caplog.at_level(logging.WARNING, logger="ft_plugin"):
+        parse_args(["--method", "ia3", "--lora_r", "16", "--adapter-placement", "pfeiffer", "--output_dir", "x"])
+    assert "--lora_r applies to lora, dora, not ia3: ignored." in caplog.text
+    assert "--adapter_placement applies to adapter, not ia3: ignored." in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ft_plugin"):
+        parse_args(["--method", "lora+bitfit", "--lora_r", "16", "--target_modules", "query", "--output_dir", "x"])
+    assert "ignored" not in caplog.text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 on a GPU is valid")

@@ -8,6 +8,8 @@ from typing import ClassVar
 
 from torch import nn
 
+from ..errors import MethodError
+
 
 @dataclass
 class MethodConfig:
@@ -29,6 +31,10 @@ class TargetModulesMixin:
 @dataclass
 class VirtualTokensMixin:
     num_virtual_tokens: int = field(default=20, metadata={"help": "Prompt methods: number of virtual tokens."})
+
+    def __post_init__(self) -> None:
+        if self.num_virtual_tokens < 1:  # 0 trained a prompt method without a prompt; below 0 failed in torch
+            raise MethodError(f"--num_virtual_tokens must be at least 1, got {self.num_virtual_tokens} (try 20).")
 
 
 def parameters_containing(*markers: str) -> Callable[[nn.Module, object], list[str]]:
