@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
             f"({'; '.join(f'{m}: {r}' for m, r in dropped.items())}): choose other methods."
         )
     _check_same_methods(existing, storage, methods)
+    _check_same_setting(existing, storage, study_setting(model_args, data_args))
     prompted = any(virtual_token_count(method, method_args) for method in methods)
     virtual_tokens = max(method_args.num_virtual_tokens, *VIRTUAL_TOKEN_CHOICES) if prompted else 0  # any a trial draws
     tokenized = data.tokenize(
@@ -251,6 +252,10 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
     remaining = sweep_args.n_trials - finished
     if remaining > 0:
         logger.info("Study %s: %d trials done, running %d more.", sweep_args.study_name, finished, remaining)
+        study = optuna.create_study(
+            study_name=sweep_args.study_name, storage=storage, direction="maximize", load_if_exists=True
+        )  # the search loads it; created here first to record what its trials train on, before the first one runs
+        study.set_user_attr(SETTING_ATTRIBUTE, study_setting(model_args, data_args))
         trainer.hyperparameter_search(
             hp_space=hp_space,
             compute_objective=lambda metrics: metrics["eval_accuracy"],
@@ -291,6 +296,33 @@ def _check_same_methods(study, storage: str, methods: list[str]) -> None:
             f"Study '{study.study_name}' in '{storage.removeprefix('sqlite:///')}' searches the methods {','.join(choices)}, "
             f"not {','.join(methods)}: Optuna cannot change a study's choices. Pass --methods {','.join(choices)} to go "
             "on with it, or a new --study_name (or --output_dir) for the new set."
+        )
+
+
+SETTING_ATTRIBUTE = "ft_plugin_setting"  # the study's user attribute: the base model and data its trials train on
+SETTING_EXCLUDED = ("test_file", "max_predict_samples")  # the test split: not what the trials are scored on
+
+
+def study_setting(model_args, data_args) -> dict[str, Any]:
+    """The flags every trial of a study must share to be compared: the base model and the training and validation
+    data (`DataArguments` but the test split's)."""
+    data = {key: value for key, value in asdict(data_args).items() if key not in SETTING_EXCLUDED}
+    return {"model_name_or_path": model_args.model_name_or_path, **data}
+
+
+def _check_same_setting(study, storage: str, setting: dict[str, Any]) -> None:
+    """An existing study goes on only on the model and data its trials trained on: a resume with others ranked
+    trials of different models and data together, and the best recipe did not reproduce its trial."""
+    recorded = study.user_attrs.get(SETTING_ATTRIBUTE) if study is not None else None
+    if not recorded:  # a new study, or one of an earlier ft-plugin that recorded nothing
+        return
+    changed = [key for key in setting if recorded.get(key) != setting[key]]
+    if changed:
+        was = " ".join(f"--{key} {recorded.get(key)}" for key in changed)
+        raise MethodError(
+            f"Study '{study.study_name}' in '{storage.removeprefix('sqlite:///')}' was run with {was}, and its trials "
+            "would not compare with these: pass the same flags to go on with it, or a new --study_name (or "
+            "--output_dir)."
         )
 
 

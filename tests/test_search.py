@@ -83,6 +83,19 @@ def test_a_study_goes_on_only_with_its_own_methods(tiny_model_dir, tiny_csv, tmp
     assert main([*argv, "--study_name", "with-ia3"]) == 0
 
 
+def test_a_study_goes_on_only_on_the_model_and_data_it_was_run_on(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    """A resume with another base model or data ranked trials of both together, and best_recipe.yaml did not
+    reproduce its best trial; now a one-line error before any trial."""
+    argv = sweep_argv(tiny_model_dir, tiny_csv, tmp_path, "--n_trials", "1", "--num_train_epochs", "1")
+    assert main([*argv, "--max_train_samples", "120"]) == 0
+    capsys.readouterr()
+    argv[argv.index("--n_trials") + 1] = "2"
+    assert main([*argv, "--max_train_samples", "60"]) == 2
+    error = capsys.readouterr().err
+    assert "Study 'ft-plugin-sweep' in '" in error and "was run with --max_train_samples 120, and its trials" in error
+    assert main([*argv, "--max_train_samples", "120"]) == 0
+
+
 @pytest.mark.parametrize(("cpu_dropout", "fast"), [("fast", True), ("torch", False)])
 def test_sweep_trials_train_with_the_cpu_dropout_asked_for(
     tiny_model_dir, tiny_csv, tmp_path, attention_masks, cpu_dropout, fast
