@@ -79,6 +79,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .metrics import classification_metrics
     from .saving import read_record, resolve_result
 
+    if args.batch_size < 1:  # range() or the metric failed, after the model loaded
+        raise FtPluginError(f"--batch_size must be at least 1, got {args.batch_size}.")
     classifier = TextClassifier.from_pretrained(
         args.adapter, allow_pickle=args.allow_pickle, quantize=args.quantize, revision=args.revision
     )

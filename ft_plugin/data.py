@@ -304,15 +304,48 @@ def _normalise_columns(raw: DatasetDict, args: DataArguments) -> tuple[DatasetDi
             {old: new for old, new in mapping.items() if old != new}
         )
         for column, flag in (("text", "--text_column"), ("text_pair", "--text_pair_column")):
-            kind = getattr(dataset.features.get(column), "dtype", "string")
-            if kind not in ("string", "large_string", "null"):
+            if column in dataset.column_names:
                 original = next(old for old, new in mapping.items() if new == column)
-                raise DataError(
-                    f"{column.replace('_', ' ').capitalize()} column '{original}' holds {kind} values, not text: "
-                    f"pass {flag} with the column of texts."
-                )
+                check_text_column(dataset.features[column], original, flag, column.replace("_", " ").capitalize())
+        kind = column_kind(dataset.features["label"])
+        if kind in ("lists", "objects", "mixed JSON"):
+            raise DataError(
+                f"Label column '{label}' holds {_described(kind)}: give one label per row (a name or a number); "
+                "multi-label data is not supported."
+            )
         normalised[split] = _clean_rows(dataset, split)
     return DatasetDict(normalised), pair is not None
+
+
+def column_kind(feature) -> str:
+    """What a column of a `datasets` table holds: a value type (`string`, `int64`...), `lists`, `objects`, or `mixed
+    JSON` (a JSON column whose rows mix types, e.g. texts and numbers)."""
+    from datasets import Json, LargeList, List, Value
+
+    if isinstance(feature, Value):
+        return feature.dtype
+    if isinstance(feature, (List, LargeList)):
+        return "lists"
+    if isinstance(feature, dict):
+        return "objects"
+    if isinstance(feature, Json):
+        return "mixed JSON"
+    return type(feature).__name__
+
+
+def _described(kind: str) -> str:
+    return kind if kind in ("lists", "objects") else f"{kind} values"
+
+
+def check_text_column(feature, name: str, flag: str, role: str = "Text") -> None:
+    """A one-line error unless the column holds texts (numbers, lists and objects would be tokenized as their
+    Python repr, or fail inside the tokenizer)."""
+    kind = column_kind(feature)
+    if kind not in ("string", "large_string", "null"):
+        raise DataError(
+            f"{role} column '{name}' holds {_described(kind)}, not text: pass {flag} with the column of texts"
+            + (", or make every value a string." if kind == "mixed JSON" else ".")
+        )
 
 
 def _clean_rows(dataset: Dataset, split: str) -> Dataset:
@@ -478,8 +511,12 @@ def load_text_file(
     """A file of texts to classify, as it is (its columns keep their names), and the name of its text column."""
     dataset = read_file(path)
     text = _pick_column(dataset.column_names, text_column, TEXT_COLUMN_CANDIDATES, "Text", "--text_column")
+    check_text_column(dataset.features[text], text, "--text_column")
     if text_pair_column is not None:
-        _pick_column(dataset.column_names, text_pair_column, PAIR_COLUMN_CANDIDATES, "Text pair", "--text_pair_column")
+        pair = _pick_column(
+            dataset.column_names, text_pair_column, PAIR_COLUMN_CANDIDATES, "Text pair", "--text_pair_column"
+        )
+        check_text_column(dataset.features[pair], pair, "--text_pair_column", "Text pair")
     texts = dataset.map(lambda batch: {text: ["" if v is None else str(v) for v in batch[text]]}, batched=True)
     return texts, text
 

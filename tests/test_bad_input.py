@@ -54,6 +54,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "one_class.csv": _csv([(t, "positive") for t, _ in ROWS]).encode(),
         "unseen_test.csv": _csv([(t, "angry") for t, _ in ROWS[:6]] + ROWS[:6]).encode(),
         "int_labels.csv": _csv([(t, ["negative", "neutral", "positive"].index(label)) for t, label in ROWS]).encode(),
+        "list_texts.jsonl": b"".join(json.dumps({"text": t.split(), "label": lb}).encode() + b"\n" for t, lb in ROWS),
+        "mixed_texts.jsonl": b"".join(
+            json.dumps({"text": 7 if i == 5 else t, "label": lb}).encode() + b"\n" for i, (t, lb) in enumerate(ROWS)
+        ),
+        "list_labels.jsonl": b"".join(
+            json.dumps({"text": t, "label": [lb, "neutral"]}).encode() + b"\n" for t, lb in ROWS
+        ),
         "texts_only.csv": ("text\n" + "".join(f"{text}\n" for text, _ in ROWS)).encode(),
         "int_labels_one_missing.csv": _csv(
             [(t, ["negative", "neutral", "positive"].index(label) if i else "") for i, (t, label) in enumerate(ROWS)]
@@ -114,6 +121,18 @@ TRAIN_ERRORS = {
         "Pass --target_modules with names of its linear layers",
     ),
     "incompatible combination": (lambda f: ["--method", "lora+dora"], "cannot be combined"),
+    "texts that are lists": (  # trained on their Python repr, "['great', 'flight']"
+        lambda f: ["--train_file", str(f["list_texts.jsonl"])],
+        "Text column 'text' holds lists, not text: pass --text_column with the column of texts.",
+    ),
+    "a number among the texts": (  # AttributeError: 'int' object has no attribute 'strip'
+        lambda f: ["--train_file", str(f["mixed_texts.jsonl"])],
+        "holds mixed JSON values, not text: pass --text_column with the column of texts, or make every value a string.",
+    ),
+    "labels that are lists": (  # TypeError: unhashable type: 'list'
+        lambda f: ["--train_file", str(f["list_labels.jsonl"])],
+        "Label column 'label' holds lists: give one label per row (a name or a number); multi-label data is not",
+    ),
     "a best-model metric that is not measured": (  # a KeyError at the first evaluation, an epoch in
         lambda f: ["--metric_for_best_model", "f1"],
         "--metric_for_best_model f1 is not measured: choose one of accuracy, f1_macro, loss.",

@@ -87,6 +87,25 @@ def test_predict_texts_and_file(trained, tmp_path):
     assert_one_error_line(ft_plugin(*argv, "--output_file", str(tmp_path / "preds.xlsx")), "name it .csv, .tsv")
 
 
+def test_predict_refuses_a_text_column_of_numbers_in_one_line(trained, tmp_path):
+    """It was a tokenizer ValueError traceback; training and evaluate already said so in one line."""
+    inputs = tmp_path / "ids.csv"
+    inputs.write_text("id,body\n1,love great thanks\n2,late bag\n")
+    argv = ["predict", "--adapter", str(trained), "--input_file", str(inputs), "--output_file", str(tmp_path / "p.csv")]
+    result = ft_plugin(*argv, "--text_column", "id")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Text column 'id' holds int64 values, not text: pass --text_column" in result.stderr
+    assert ft_plugin(*argv, "--text_column", "body").returncode == 0
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_evaluate_refuses_a_batch_size_below_1_in_one_line(trained, size):
+    """0 was a ValueError from range(), -1 a ZeroDivisionError inside the accuracy metric."""
+    result = ft_plugin("evaluate", "--adapter", str(trained), "--batch_size", size)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--batch_size must be at least 1, got {size}." in result.stderr
+
+
 def test_predict_never_writes_over_its_input_nor_an_existing_file_unasked(trained, tmp_path):
     inputs = tmp_path / "in.csv"
     inputs.write_text("text,label\nlove great thanks,positive\n")
