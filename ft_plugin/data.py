@@ -266,13 +266,27 @@ def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, .
     if given is not None:
         if given not in columns:
             raise DataError(
-                f"{what} column '{given}' not found; the columns are {columns}: pass {flag} with one of them."
+                f"{what} column '{given}' not found; the columns are {columns}: "
+                + (_separator_hint(columns) or f"pass {flag} with one of them.")
             )
         return given
     for name in candidates:
         if name in columns:
             return name
-    raise DataError(f"No {what.lower()} column found among {columns}: pass {flag} with one of them.")
+    raise DataError(
+        f"No {what.lower()} column found among {columns}: "
+        + (_separator_hint(columns) or f"pass {flag} with one of them.")
+    )
+
+
+def _separator_hint(columns: list[str]) -> str:
+    """For a .csv file read as one column because another character separates its fields: how to fix it."""
+    if len(columns) != 1:
+        return ""
+    for separator, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "vertical bars")):
+        if separator in columns[0]:
+            return f"the file looks separated by {name}: save it comma-separated as .csv, or tab-separated as .tsv."
+    return ""
 
 
 def _normalise_columns(raw: DatasetDict, args: DataArguments) -> tuple[DatasetDict, bool]:

@@ -91,9 +91,10 @@ def export_result(
     if merge:
         _check_mergeable(record)
     elif not is_hub_id(record.get("base_model")) and record["save_format"] != "full":
+        merged_too = "" if unmergeable_methods(record) else ", or export a standalone model with --merged"
         raise HubError(
             f"'{folder}' was trained on the local model '{record.get('base_model')}', which other users cannot "
-            "download: train on a Hub model id, or export a standalone model with --merged."
+            f"download: train on a Hub model id{merged_too}."
         )
     # a new folder is written beside its place and renamed in whole: a crash or kill leaves no half-written export;
     # into an existing folder (empty, or with --overwrite) the files move in, weights last, and a result there is
@@ -121,16 +122,28 @@ def export_result(
     return target
 
 
-def _check_mergeable(record: dict) -> None:
-    """Only reparameterisations (LoRA, DoRA, AdaLoRA, IA3, BEFT) and weights trained in place merge into a plain
-    transformers model: bottleneck adapters and prompts are modules or virtual tokens of their own."""
+def unmergeable_methods(record: dict) -> list[str]:
+    """The methods of a result that cannot merge into a plain transformers model: bottleneck adapters and prompts
+    are modules or virtual tokens of their own; reparameterisations (LoRA, DoRA, AdaLoRA, IA3, BEFT) and weights
+    trained in place merge."""
     from .methods import parse_method
 
-    unmergeable = [spec.name for spec in parse_method(record["method"]) if spec.slot in ("adapter", "prompt")]
+    return [spec.name for spec in parse_method(record["method"]) if spec.slot in ("adapter", "prompt")]
+
+
+def _check_mergeable(record: dict) -> None:
+    from .card import is_hub_id
+
+    unmergeable = unmergeable_methods(record)
     if unmergeable:
+        fix = (
+            "push or export it without --merged"
+            if is_hub_id(record.get("base_model"))
+            else f"and its base model '{record.get('base_model')}' is local, so to share it train on a Hub model id"
+        )
         raise HubError(
             f"Method '{record['method']}' adds {' and '.join(unmergeable)}, which cannot be merged into the base "
-            "weights: push or export it without --merged."
+            f"weights: {fix}."
         )
 
 

@@ -61,6 +61,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "list_labels.jsonl": b"".join(
             json.dumps({"text": t, "label": [lb, "neutral"]}).encode() + b"\n" for t, lb in ROWS
         ),
+        "semicolons.csv": _csv(ROWS).replace(",", ";").encode(),
         "texts_only.csv": ("text\n" + "".join(f"{text}\n" for text, _ in ROWS)).encode(),
         "int_labels_one_missing.csv": _csv(
             [(t, ["negative", "neutral", "positive"].index(label) if i else "") for i, (t, label) in enumerate(ROWS)]
@@ -121,6 +122,10 @@ TRAIN_ERRORS = {
         "Pass --target_modules with names of its linear layers",
     ),
     "incompatible combination": (lambda f: ["--method", "lora+dora"], "cannot be combined"),
+    "a .csv separated by semicolons": (
+        lambda f: ["--train_file", str(f["semicolons.csv"])],
+        "the file looks separated by semicolons: save it comma-separated as .csv, or tab-separated as .tsv.",
+    ),
     "texts that are lists": (  # trained on their Python repr, "['great', 'flight']"
         lambda f: ["--train_file", str(f["list_texts.jsonl"])],
         "Text column 'text' holds lists, not text: pass --text_column with the column of texts.",

@@ -609,9 +609,14 @@ def test_merged_export_of_a_combination_and_a_refusal_that_leaves_no_folder(tiny
         expected = TextClassifier.from_pretrained(tmp_path / "lora+bitfit", merge=False).model(**inputs).logits
         torch.testing.assert_close(plain(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
 
-    with pytest.raises(HubError, match="adds adapter, which cannot be merged"):
+    with pytest.raises(HubError, match="adds adapter, which cannot be merged") as refusal:
         export_result(tmp_path / "adapter+lora", tmp_path / "refused", merged=True)
     assert not (tmp_path / "refused").exists()
+    # on a local base neither export works: each refusal used to send the user to the other
+    assert "is local, so to share it train on a Hub model id" in str(refusal.value)
+    with pytest.raises(HubError, match="which other users cannot download: train on a Hub model id") as unmerged:
+        export_result(tmp_path / "adapter+lora", tmp_path / "refused")
+    assert "--merged" not in str(unmerged.value)
 
 
 def test_a_merged_export_over_another_result_replaces_it_whole(tiny_model_dir, tmp_path):
