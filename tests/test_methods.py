@@ -224,13 +224,25 @@ def _tiny_distilbert():
     return DistilBertForSequenceClassification(config)
 
 
+def _tiny_albert():
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    config = AlbertConfig(
+        vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, num_labels=3,
+    )  # fmt: skip
+    return AlbertForSequenceClassification(config)
+
+
+@pytest.mark.parametrize("build", [_tiny_distilbert, _tiny_albert])
 @pytest.mark.parametrize("method", ["prompt", "p_tuning", "intrinsic_prompt", "lora+intrinsic_prompt"])
-def test_prompt_methods_read_distilberts_sizes_under_its_own_names(method):
-    """DistilBERT's config says `dim`, `n_layers`, `n_heads`: PEFT found no `hidden_size` and asked for `token_dim`."""
+def test_prompt_methods_read_the_models_sizes_under_its_own_names(method, build):
+    """DistilBERT's config says `dim`, `n_layers`, `n_heads`: PEFT found no `hidden_size` and asked for `token_dim`.
+    ALBERT's word embeddings (8 wide here) are narrower than its hidden size (16): the prompt takes theirs."""
     import torch
 
     options = {"prompt_init_text": ""} if method == "prompt" else {}
-    model = ft_plugin.apply(_tiny_distilbert(), method, **options)
+    model = ft_plugin.apply(build(), method, **options)
     ids = torch.randint(5, 50, (2, 6))
     model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 2])).loss.backward()
     trained = [p for p in model.parameters() if p.requires_grad]

@@ -237,13 +237,14 @@ def _bitfit(config: BitFitArguments, model: nn.Module) -> peft.PeftConfig:
     return peft.BeftConfig(**_targets(config, BitFitArguments.default_targets), **sequence_classification(model))
 
 
-def prompt_dimensions(model: nn.Module) -> dict:
+def prompt_dimensions(model: nn.Module, token_dim: int | None = None) -> dict:
     """The sizes a PEFT prompt method reads from the model's config dict, taken from the model itself: PEFT looks
     for `hidden_size`, `num_hidden_layers` and `num_attention_heads` by name and misses DistilBERT's aliases for them
-    (`dim`, `n_layers`, `n_heads`)."""
+    (`dim`, `n_layers`, `n_heads`). `token_dim`: the virtual tokens' width, by default the word embeddings' (prompts
+    enter as input tokens; ALBERT's are narrower than its hidden size); prefix tuning passes the attention's."""
     config = model.config
     sizes = {
-        "token_dim": model.get_input_embeddings().embedding_dim,
+        "token_dim": token_dim or model.get_input_embeddings().embedding_dim,
         "num_layers": getattr(config, "num_hidden_layers", None),
         "num_attention_heads": getattr(config, "num_attention_heads", None),
     }
@@ -264,7 +265,8 @@ def _prefix(config: PrefixArguments, model: nn.Module) -> peft.PeftConfig:
         )
     return peft.PrefixTuningConfig(
         num_virtual_tokens=config.num_virtual_tokens, prefix_projection=config.prefix_projection,
-        encoder_hidden_size=config.prefix_encoder_hidden_size, **prompt_dimensions(model),
+        encoder_hidden_size=config.prefix_encoder_hidden_size,
+        **prompt_dimensions(model, getattr(model.config, "hidden_size", None)),  # keys and values: the attention's width
         **sequence_classification(model),
     )  # fmt: skip
 
