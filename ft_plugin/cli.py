@@ -282,10 +282,17 @@ SUBCOMMANDS = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, as ft-plugin's others: the usage block is one `--help` away."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help).\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ft-plugin", description="Delta fine-tuning for text classification.")
+    parser = OneLineErrorParser(prog="ft-plugin", description="Delta fine-tuning for text classification.")
     parser.add_argument("--debug", action="store_true", help="Show tracebacks.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     subparsers.add_parser("train", help="Train a method (the recipes' flags; `ft-plugin train --help`).")
     for name, (help_text, add_arguments, _) in SUBCOMMANDS.items():
         add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
@@ -303,7 +310,13 @@ def main(argv: list[str] | None = None) -> int:
 
         train_main(argv[1:])
         return 0
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse reports them from the top-level parser, with the top-level usage
+        parser.exit(
+            2,
+            f"ft-plugin {args.command}: error: unrecognized arguments: {' '.join(unknown)} (see ft-plugin {args.command} --help).\n",
+        )
     try:
         return SUBCOMMANDS[args.command][2](args)
     except FtPluginError as error:

@@ -270,6 +270,23 @@ def test_an_option_of_a_method_not_in_the_run_is_named_as_ignored(caplog):
     assert "ignored" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["sweep", "--n_trials", "abc"], "ft-plugin sweep: error: argument --n_trials: invalid int value: 'abc' (see ft-plugin sweep --help)."),
+        (["predict", "--adapter", "out", "--outptu_file", "p.csv"], "ft-plugin predict: error: unrecognized arguments: --outptu_file"),
+        (["evaluate"], "ft-plugin evaluate: error: the following arguments are required: --adapter (see ft-plugin evaluate --help)."),
+    ],
+)  # fmt: skip
+def test_a_subcommands_argument_errors_are_one_line_naming_the_subcommand(argv, expected, capsys):
+    """argparse printed the whole usage block (21 lines for sweep), and the top-level one for unknown flags."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 on a GPU is valid")
 def test_bf16_without_a_gpu_says_to_add_use_cpu(files, train_argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
