@@ -181,6 +181,8 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
         raise FtPluginError(f"ft-plugin sweep needs {error.name}: pip install 'ft-plugin[search]'.") from None
     if sweep_args.n_trials < 1:
         raise FtPluginError(f"--n_trials must be at least 1, got {sweep_args.n_trials}.")
+    if sweep_args.evals_per_epoch < 1:
+        raise FtPluginError(f"--evals_per_epoch must be at least 1, got {sweep_args.evals_per_epoch}.")
     if sweep_args.timeout is not None and not sweep_args.timeout > 0:
         raise FtPluginError(f"--timeout is in minutes and must be positive, got {sweep_args.timeout}.")
     methods = [m.strip() for m in sweep_args.methods.split(",") if m.strip()]

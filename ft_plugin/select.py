@@ -500,6 +500,8 @@ def select_command(args) -> int:
     from .data import DataArguments, load_data
 
     scorers = parse_scorers(args.scorer)
+    if args.verify < 0:
+        raise FtPluginError(f"--verify is how many top candidates to fine-tune: 0 or more, got {args.verify}.")
     if args.verify_eval_samples is not None and args.verify_eval_samples < 1:
         raise FtPluginError(f"--verify_eval_samples must be positive, got {args.verify_eval_samples}.")
     if args.max_samples < MIN_SAMPLES:

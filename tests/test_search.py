@@ -127,6 +127,8 @@ def test_zero_trials_is_a_user_error(tiny_model_dir, tiny_csv, tmp_path, capsys)
     assert "--n_trials must be at least 1" in capsys.readouterr().err
     assert main(sweep_argv(tiny_model_dir, tiny_csv, tmp_path, "--n_trials", "1", "--timeout", "-1")) == 2
     assert "--timeout is in minutes and must be positive, got -1.0" in capsys.readouterr().err
+    assert main(sweep_argv(tiny_model_dir, tiny_csv, tmp_path, "--n_trials", "1", "--evals_per_epoch", "0")) == 2
+    assert "--evals_per_epoch must be at least 1, got 0." in capsys.readouterr().err
 
 
 def test_empty_search_space_after_dropping_incompatible_methods(tiny_model_dir, tiny_csv, tmp_path, capsys):

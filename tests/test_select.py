@@ -246,6 +246,8 @@ def test_select_model_refuses_too_few_texts_to_score(tmp_path, capsys):
     tiny.write_text("text,label\n" + "good day great,pos\nbad awful day,neg\n" * 5)
     assert main(["select-model", "--candidates", "bert-tiny", "--verify_eval_samples", "0"]) == 2
     assert "--verify_eval_samples must be positive, got 0." in capsys.readouterr().err
+    assert main(["select-model", "--candidates", "bert-tiny", "--verify", "-1"]) == 2
+    assert "--verify is how many top candidates to fine-tune: 0 or more, got -1." in capsys.readouterr().err
     assert main(["select-model", "--candidates", "bert-tiny", "--max_samples", "3"]) == 2
     assert "--max_samples 3 is too few to score features: use at least 10." in capsys.readouterr().err
     assert (
