@@ -155,8 +155,12 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> tuple[RaceResult
     if auto.auto_metric.removeprefix("eval_") not in AUTO_METRICS:
         raise MethodError(f"--auto_metric {auto.auto_metric} is not measured: choose from {', '.join(AUTO_METRICS)}.")
     for method in methods:
-        parse_checked_args([*argv, "--method", method])  # unknown methods and bad flags fail here, in one line
-    model_args, data_args, method_args, training_args = parse_args([*argv, "--method", methods[0]])
+        parse_checked_args(
+            [*argv, "--method", method], warn_unused_options=False
+        )  # unknown methods and bad flags fail here, in one line
+    model_args, data_args, method_args, training_args = parse_args(
+        [*argv, "--method", methods[0]], warn_unused_options=False
+    )
     data = load_data(data_args)
     base, _ = load_base(model_args, data.labels)
     survivors, dropped = compatible_methods(methods, base, method_args)
@@ -178,7 +182,9 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> tuple[RaceResult
                     *argv, "--method", method, "--output_dir", str(folder / method.replace("+", "_")),
                     "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true",
                 ]  # fmt: skip
-                trainer = build_trainer(*parse_args(race_argv), callbacks=[StopAtStep(steps)], data=data)
+                trainer = build_trainer(
+                    *parse_args(race_argv, warn_unused_options=False), callbacks=[StopAtStep(steps)], data=data
+                )
                 trainer.train(resume_from_checkpoint=last_checkpoint(trainer.args.output_dir))
                 trainer.accelerator.wait_for_everyone()  # the checkpoint is written before anyone reads it
                 metrics = trainer.evaluate()
@@ -293,7 +299,7 @@ def resolve_auto(argv: list[str], method: str | None = None) -> tuple[list[str],
     rest = _without_method(rest)
     if not has_flag(rest, "--output_dir"):
         rest += ["--output_dir", "outputs/auto"]
-    model_args, _, _, training_args = parse_checked_args([*rest, "--method", "lora"])
+    model_args, _, _, training_args = parse_checked_args([*rest, "--method", "lora"], warn_unused_options=False)
     output_dir = Path(training_args.output_dir)
     # before the race, not after it: an existing result, an unwritable folder; a checkpoint of the final run
     resume = check_output_dir(training_args, model_args.overwrite_output_dir)

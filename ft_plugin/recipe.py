@@ -238,8 +238,7 @@ def warn_unused_method_options(argv: list[str], method: str) -> None:
     """A warning for each method option on the command line that no method of `method` takes (`--lora_r` with
     `--method ia3`): it changes nothing, which the user would otherwise not learn. Not an error: one config file may
     serve several methods."""
-    asked_auto = "--method=auto" in argv or any(a == "--method" and b == "auto" for a, b in zip(argv, argv[1:]))
-    if method == "auto" or asked_auto:  # the race's candidates take the options (auto.py)
+    if method == "auto":  # the race's candidates take the options (auto.py)
         return
     chosen = {f.name for spec in parse_method(method) for f in fields(spec.config_cls)}
     takers: dict[str, list[str]] = {}
@@ -298,7 +297,7 @@ def _raise_argument_error(message: str) -> NoReturn:
     raise MethodError(f"Invalid arguments: {message} (see --help).")
 
 
-def parse_args(argv: list[str] | None = None, method: str | None = None):
+def parse_args(argv: list[str] | None = None, method: str | None = None, warn_unused_options: bool = True):
     """Parse run_glue-style flags (or a YAML/JSON config file first) into the four argument dataclasses.
 
     The method's default learning rate applies unless `--learning_rate` is given; recipes pass `method`.
@@ -322,7 +321,8 @@ def parse_args(argv: list[str] | None = None, method: str | None = None):
     chosen, _ = pre_parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     method = chosen.method if has_flag(argv, "--method") or method is None else method
     specs = parse_method(method)
-    warn_unused_method_options(argv, method)
+    if warn_unused_options:  # sweeps and `--method auto` parse one method's flags for many
+        warn_unused_method_options(argv, method)
     parser.set_defaults(
         **{**RECIPE_DEFAULTS, **checkpointing_defaults(argv)},
         method=method,
@@ -630,11 +630,11 @@ ARGUMENT_HINTS = {
 }
 
 
-def parse_checked_args(argv: list[str], method: str | None = None):
+def parse_checked_args(argv: list[str], method: str | None = None, warn_unused_options: bool = True):
     """`parse_args` with its ValueErrors (unknown flags, TrainingArguments' own checks) as ft-plugin's one-line
     error, with a hint where transformers' message does not say what to do instead."""
     try:
-        return parse_args(argv, method)
+        return parse_args(argv, method, warn_unused_options)
     except ValueError as error:
         if isinstance(error, FtPluginError):
             raise

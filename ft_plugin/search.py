@@ -532,7 +532,9 @@ def sweep_command(args) -> int:
         **{f.name: getattr(args, f.name) for f in fields(SweepArguments) if hasattr(args, f.name)}
     )
     argv = recipe_argv(args, FORWARDED_FLAGS)
-    model_args, data_args, method_args, training_args = parse_checked_args(argv, method="lora")
+    model_args, data_args, method_args, training_args = parse_checked_args(
+        argv, method="lora", warn_unused_options=False
+    )
     try:
         result = run_sweep(sweep_args, model_args, data_args, method_args, training_args)
     except KeyboardInterrupt:  # Ctrl-C: the finished trials are in the study's SQLite file

@@ -83,6 +83,19 @@ def test_a_study_goes_on_only_with_its_own_methods(tiny_model_dir, tiny_csv, tmp
     assert main([*argv, "--study_name", "with-ia3"]) == 0
 
 
+def test_a_sweep_does_not_call_its_methods_options_ignored(tiny_model_dir, tiny_csv, tmp_path, caplog):
+    """A sweep's flags are parsed once for all its methods: prefix's option is not 'ignored' for not being LoRA's."""
+    import logging
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text("num_virtual_tokens: 5\n")
+    argv = sweep_argv(tiny_model_dir, tiny_csv, tmp_path / "out", "--n_trials", "1", "--num_train_epochs", "1")
+    argv[argv.index("lora,bitfit,adapter")] = "lora,prefix"
+    with caplog.at_level(logging.WARNING, logger="ft_plugin"):
+        assert main([argv[0], str(config), *argv[1:]]) == 0
+    assert "ignored" not in caplog.text
+
+
 def test_a_study_goes_on_only_on_the_model_and_data_it_was_run_on(tiny_model_dir, tiny_csv, tmp_path, capsys):
     """A resume with another base model or data ranked trials of both together, and best_recipe.yaml did not
     reproduce its best trial; now a one-line error before any trial."""
