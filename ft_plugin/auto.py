@@ -154,10 +154,8 @@ def race(argv: list[str], auto: AutoArguments, folder: Path) -> tuple[RaceResult
         raise MethodError("--auto_eta must be at least 2 and --auto_horizon in (0, 1]; defaults: 3 and 1/3.")
     if auto.auto_metric.removeprefix("eval_") not in AUTO_METRICS:
         raise MethodError(f"--auto_metric {auto.auto_metric} is not measured: choose from {', '.join(AUTO_METRICS)}.")
-    for method in methods:
-        parse_checked_args(
-            [*argv, "--method", method], warn_unused_options=False
-        )  # unknown methods and bad flags fail here, in one line
+    for method in methods:  # unknown methods and bad flags fail here, in one line
+        parse_checked_args([*argv, "--method", method], warn_unused_options=False)
     model_args, data_args, method_args, training_args = parse_args(
         [*argv, "--method", methods[0]], warn_unused_options=False
     )

@@ -179,7 +179,7 @@ def _write_result(model: nn.Module, output: Path, tokenizer=None, extra: dict | 
     }
     (output / FT_PLUGIN_CONFIG).write_text(json.dumps(record, indent=2, default=str) + "\n")
     if layout != "full" and not base.name_or_path:
-        logging.getLogger(__name__).warning(
+        logger.warning(
             "The base model has no name_or_path (built in code, not loaded with from_pretrained): the result records "
             "no base model, so load it with model_name_or_path= naming the base it was trained on."
         )

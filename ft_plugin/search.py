@@ -209,7 +209,8 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
             f"({'; '.join(f'{m}: {r}' for m, r in dropped.items())}): choose other methods."
         )
     _check_same_methods(existing, storage, methods)
-    _check_same_setting(existing, storage, study_setting(model_args, data_args))
+    setting = study_setting(model_args, data_args)
+    _check_same_setting(existing, storage, setting)
     prompted = any(virtual_token_count(method, method_args) for method in methods)
     virtual_tokens = max(method_args.num_virtual_tokens, *VIRTUAL_TOKEN_CHOICES) if prompted else 0  # any a trial draws
     tokenized = data.tokenize(
@@ -257,7 +258,7 @@ def run_sweep(sweep_args: SweepArguments, model_args, data_args, method_args, tr
         study = optuna.create_study(
             study_name=sweep_args.study_name, storage=storage, direction="maximize", load_if_exists=True
         )  # the search loads it; created here first to record what its trials train on, before the first one runs
-        study.set_user_attr(SETTING_ATTRIBUTE, study_setting(model_args, data_args))
+        study.set_user_attr(SETTING_ATTRIBUTE, setting)
         trainer.hyperparameter_search(
             hp_space=hp_space,
             compute_objective=lambda metrics: metrics["eval_accuracy"],
